@@ -1,0 +1,1 @@
+"""Classic (tabular and control) meta-RL in PyTorch: task distributions, baselines, meta-learners."""

@@ -1,0 +1,190 @@
+"""Non-learned Bernoulli-bandit baselines, batched over tasks.
+
+All agents keep per-task success/failure counts (n, k) updated from ``prev_action`` and
+``prev_reward``; ties are broken uniformly at random.
+
+Sources:
+    UCB1: Auer, Cesa-Bianchi & Fischer 2002, "Finite-time Analysis of the Multiarmed Bandit
+        Problem" (index mean + sqrt(2 ln t / n_i)).
+    Thompson sampling: Thompson 1933; Beta(1, 1) prior, Chapelle & Li 2011.
+    epsilon-greedy / Greedy: Sutton & Barto 2018, Sec. 2.2-2.3.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+
+def argmax_random_tiebreak(scores: Tensor, generator: torch.Generator, tol: float = 1e-12) -> Tensor:
+    """(n,) argmax of scores (n, k), ties broken uniformly at random."""
+    best = scores.max(dim=1, keepdim=True).values
+    is_best = scores >= best - tol
+    noise = torch.rand(scores.shape, generator=generator)
+    return torch.where(is_best, noise, torch.full_like(noise, -1.0)).argmax(dim=1)
+
+
+class CountingBanditAgent(ABC):
+    """Base class: maintains successes (n, k) and pulls (n, k) counts for ``num_arms`` arms."""
+
+    name = "counting"
+
+    def __init__(self, num_arms: int) -> None:
+        self.num_arms = int(num_arms)
+        self.successes = torch.zeros(0, self.num_arms)
+        self.pulls = torch.zeros(0, self.num_arms)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def reset(self, num_tasks: int, generator: torch.Generator) -> None:
+        self.successes = torch.zeros(num_tasks, self.num_arms)
+        self.pulls = torch.zeros(num_tasks, self.num_arms)
+        self.generator = generator
+
+    def update(self, prev_action: Tensor, prev_reward: Tensor) -> None:
+        ok = (prev_action >= 0) & (prev_action < self.num_arms)
+        if not bool(ok.any()):
+            return
+        idx = prev_action.clamp(0, self.num_arms - 1).unsqueeze(1)
+        w = ok.float().unsqueeze(1)
+        self.pulls.scatter_add_(1, idx, w)
+        self.successes.scatter_add_(1, idx, w * prev_reward.float().unsqueeze(1))
+
+    @abstractmethod
+    def scores(self) -> Tensor:
+        """(n, k) score per arm; the agent pulls the argmax."""
+
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+        self.update(prev_action, prev_reward)
+        return argmax_random_tiebreak(self.scores(), self.generator)
+
+
+class RandomAgent(CountingBanditAgent):
+    """Pulls an arm uniformly at random."""
+
+    name = "Random"
+
+    def scores(self) -> Tensor:
+        return torch.zeros_like(self.pulls)
+
+
+class EpsilonGreedyAgent(CountingBanditAgent):
+    """Pulls the empirically best arm, or a uniformly random one with probability epsilon.
+
+    Unpulled arms have empirical mean ``init_value`` (default 1.0, optimistic, so every arm is
+    tried once before exploitation; with epsilon=0 this is the Greedy baseline of RL²).
+    """
+
+    name = "epsilon-greedy"
+
+    def __init__(self, num_arms: int, epsilon: float = 0.1, init_value: float = 1.0) -> None:
+        super().__init__(num_arms)
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.epsilon = float(epsilon)
+        self.init_value = float(init_value)
+        if epsilon == 0.0:
+            self.name = "Greedy"
+
+    def scores(self) -> Tensor:
+        return torch.where(self.pulls > 0, self.successes / self.pulls.clamp(min=1), torch.full_like(self.pulls, self.init_value))
+
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+        greedy = super().act(obs, prev_action, prev_reward, done)
+        if self.epsilon == 0.0:
+            return greedy
+        n = greedy.shape[0]
+        explore = torch.rand(n, generator=self.generator) < self.epsilon
+        random_arm = torch.randint(self.num_arms, (n,), generator=self.generator)
+        return torch.where(explore, random_arm, greedy)
+
+
+class GreedyAgent(EpsilonGreedyAgent):
+    """epsilon-greedy with epsilon = 0."""
+
+    def __init__(self, num_arms: int, init_value: float = 1.0) -> None:
+        super().__init__(num_arms, epsilon=0.0, init_value=init_value)
+
+
+class UCB1Agent(CountingBanditAgent):
+    """UCB1 (Auer et al. 2002): pull each arm once, then argmax mean_i + c * sqrt(2 ln t / n_i).
+
+    Args:
+        num_arms: k.
+        c: exploration scale (1.0 is the original UCB1).
+    """
+
+    name = "UCB1"
+
+    def __init__(self, num_arms: int, c: float = 1.0) -> None:
+        super().__init__(num_arms)
+        self.c = float(c)
+
+    def scores(self) -> Tensor:
+        t = self.pulls.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = self.successes / self.pulls.clamp(min=1)
+        bonus = self.c * torch.sqrt(2.0 * torch.log(t) / self.pulls.clamp(min=1))
+        return torch.where(self.pulls > 0, mean + bonus, torch.full_like(mean, math.inf))
+
+
+class ThompsonSamplingAgent(CountingBanditAgent):
+    """Thompson sampling with a Beta(alpha0, beta0) prior (default Beta(1, 1) = uniform).
+
+    Each step samples theta_i ~ Beta(alpha0 + s_i, beta0 + f_i) and pulls argmax theta_i.
+    """
+
+    name = "Thompson sampling"
+
+    def __init__(self, num_arms: int, alpha0: float = 1.0, beta0: float = 1.0) -> None:
+        super().__init__(num_arms)
+        self.alpha0, self.beta0 = float(alpha0), float(beta0)
+
+    def posterior(self) -> tuple[Tensor, Tensor]:
+        """Beta posterior parameters (alpha, beta), each (n, k)."""
+        return self.alpha0 + self.successes, self.beta0 + self.pulls - self.successes
+
+    def scores(self) -> Tensor:
+        a, b = self.posterior()
+        return sample_beta(a, b, self.generator)
+
+
+def sample_beta(alpha: Tensor, beta: Tensor, generator: torch.Generator) -> Tensor:
+    """Beta(alpha, beta) samples with an explicit generator (torch's Beta has none).
+
+    Uses X/(X+Y) with X ~ Gamma(alpha), Y ~ Gamma(beta); gammas via ``torch._standard_gamma``
+    are not seedable, so we draw them by Marsaglia & Tsang (2000) with the generator.
+    """
+    x = sample_gamma(alpha, generator)
+    y = sample_gamma(beta, generator)
+    return x / (x + y)
+
+
+def sample_gamma(shape: Tensor, generator: torch.Generator) -> Tensor:
+    """Gamma(shape, 1) samples, Marsaglia & Tsang (2000) squeeze method, boosted for shape < 1.
+
+    Args:
+        shape: any-shape float tensor of shape parameters > 0.
+    Returns:
+        Tensor of the same shape.
+    """
+    shape = shape.double()
+    boost = shape < 1
+    a = torch.where(boost, shape + 1.0, shape)
+    d = a - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out = torch.empty_like(a)
+    todo = torch.ones_like(a, dtype=torch.bool)
+    while bool(todo.any()):
+        z = torch.randn(a.shape, generator=generator, dtype=torch.double)
+        u = torch.rand(a.shape, generator=generator, dtype=torch.double)
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u.clamp(min=1e-300)) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp(min=1e-300)))
+        accept = todo & ok
+        out = torch.where(accept, d * v, out)
+        todo = todo & ~ok
+    if bool(boost.any()):
+        u = torch.rand(a.shape, generator=generator, dtype=torch.double)
+        out = torch.where(boost, out * u.clamp(min=1e-300) ** (1.0 / shape), out)
+    return out.float()

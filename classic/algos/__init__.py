@@ -1,0 +1,1 @@
+"""Meta-learners: one file per algorithm, its config dataclass beside it."""

@@ -1,0 +1,460 @@
+"""RL²: fast reinforcement learning via slow reinforcement learning, trained with PPO.
+
+RL² (Duan et al. 2016, arXiv 1611.02779) meta-learns a bandit/MDP algorithm as the hidden
+state of a recurrent policy: the GRU reads (observation, previous action, previous reward,
+done flag) at every step and keeps its hidden state across the episodes of a trial, so one
+trial on one task is one long episode of a "meta-MDP". The paper optimizes the meta-MDP
+with TRPO; here we use PPO with the clipped surrogate (Schulman et al. 2017,
+arXiv 1707.06347) and GAE advantages (Schulman et al. 2016, arXiv 1506.02438), and BPTT
+through the GRU over whole trials.
+
+The file reads top to bottom like CleanRL ``ppo.py``:
+
+1. :class:`RL2Policy` -- input encoding, GRU, actor and critic heads.
+2. :func:`collect_trials` -- the inner loop: the policy acts in a batch of trials, one
+   task per trial, and everything is recorded time-major in a :class:`TrialBatch`.
+3. :func:`ppo_update` -- the outer loop: PPO epochs over minibatches of whole trials.
+4. :func:`train_rl2` -- iterations of collect + update.
+5. :class:`RL2Agent` -- the trained policy behind the shared ``Agent`` interface.
+
+Example:
+    >>> from classic.envs import BernoulliBandit
+    >>> from classic.evaluate import run_trials
+    >>> dist = BernoulliBandit(num_arms=5)
+    >>> policy = train_rl2(RL2Config(), dist, episodes_per_trial=100)   # a few minutes on CPU
+    >>> run_trials(RL2Agent(policy), dist, 1000, 100, seed=0).summary()["total_reward"]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from classic import functional as F
+from classic.algos.rl2_config import RL2Config
+
+# ---------------------------------------------------------------------------------------
+# 1. The policy
+# ---------------------------------------------------------------------------------------
+
+
+class RL2Policy(nn.Module):
+    """GRU actor-critic whose hidden state carries what was learned within a trial.
+
+    Input at each step (``input_dim = num_actions + 2 + obs_dim``):
+    ``[one_hot(prev_action) (A), prev_reward (1), done (1), obs (obs_dim)]``; a previous
+    action of -1 (first step of a trial, invalid action) encodes as the zero vector.
+
+    Args:
+        num_actions: A, number of discrete actions.
+        obs_dim: size of the observation vector.
+        hidden_size: GRU hidden units.
+        generator: RNG for the (orthogonal) initialization; None uses torch's global RNG.
+
+    Example:
+        >>> policy = RL2Policy(num_actions=5, obs_dim=1, hidden_size=32)
+        >>> h = policy.initial_state(4)                       # (1, 4, 32)
+        >>> x = policy.encode(torch.zeros(4, 1), torch.full((4,), -1), torch.zeros(4), torch.ones(4, dtype=torch.bool))
+        >>> logits, value, h = policy(x.unsqueeze(0), h)      # (1, 4, 5), (1, 4), (1, 4, 32)
+    """
+
+    def __init__(
+        self,
+        num_actions: int,
+        obs_dim: int,
+        hidden_size: int,
+        action_reward_input: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_actions = int(num_actions)
+        self.obs_dim = int(obs_dim)
+        self.hidden_size = int(hidden_size)
+        self.action_reward_input = bool(action_reward_input)
+        self.input_dim = self.num_actions * (2 if self.action_reward_input else 1) + 2 + self.obs_dim
+        self.gru = nn.GRU(self.input_dim, self.hidden_size)
+        self.actor = nn.Linear(self.hidden_size, self.num_actions)
+        self.critic = nn.Linear(self.hidden_size, 1)
+        # CleanRL-style init: orthogonal weights, zero biases, small actor output.
+        for name, param in self.gru.named_parameters():
+            if "weight" in name:
+                for chunk in param.data.chunk(3, dim=0):  # one orthogonal block per gate (r, z, n)
+                    nn.init.orthogonal_(chunk, gain=1.0, generator=generator)
+            else:
+                nn.init.zeros_(param)
+        nn.init.orthogonal_(self.actor.weight, gain=0.01, generator=generator)
+        nn.init.zeros_(self.actor.bias)
+        nn.init.orthogonal_(self.critic.weight, gain=1.0, generator=generator)
+        nn.init.zeros_(self.critic.bias)
+
+    def spec(self) -> dict:
+        """Constructor arguments (saved in checkpoints)."""
+        return {
+            "num_actions": self.num_actions,
+            "obs_dim": self.obs_dim,
+            "hidden_size": self.hidden_size,
+            "action_reward_input": self.action_reward_input,
+        }
+
+    def initial_state(self, batch_size: int) -> Tensor:
+        """(1, batch_size, hidden_size) zero hidden state: the start of a trial."""
+        return torch.zeros(1, batch_size, self.hidden_size)
+
+    def encode(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+        """Build the GRU input from what the agent saw; works for any leading shape ``(...)``.
+
+        Args:
+            obs: (..., obs_dim) float.
+            prev_action: (...) long; -1 (no/invalid previous action) gives a zero one-hot.
+            prev_reward: (...) float.
+            done: (...) bool, the previous step ended an episode.
+
+        Returns:
+            (..., input_dim) float.
+        """
+        valid = (prev_action >= 0) & (prev_action < self.num_actions)
+        one_hot = nn.functional.one_hot(prev_action.clamp(0, self.num_actions - 1).long(), self.num_actions).float()
+        one_hot = one_hot * valid.unsqueeze(-1).float()
+        reward = prev_reward.float().unsqueeze(-1)
+        parts = [one_hot, reward, done.float().unsqueeze(-1), obs.float()]
+        if self.action_reward_input:
+            parts.append(one_hot * reward)
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, inputs: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the GRU over a time-major sequence.
+
+        Args:
+            inputs: (T, B, input_dim) encoded inputs.
+            h: (1, B, hidden_size) hidden state before the first step.
+
+        Returns:
+            ``(logits, values, h)``: logits (T, B, A), values (T, B) in units of the config's
+            ``reward_scale``, and the hidden state (1, B, hidden_size) after the last step.
+        """
+        out, h = self.gru(inputs, h)
+        return self.actor(out), self.critic(out).squeeze(-1), h
+
+    def save(self, path, config: RL2Config | None = None) -> None:
+        """``torch.save`` a checkpoint: ``{"spec", "state_dict", "config"}``."""
+        torch.save({"spec": self.spec(), "state_dict": self.state_dict(), "config": config.to_dict() if config else None}, path)
+
+    @classmethod
+    def load(cls, path) -> "RL2Policy":
+        """Rebuild a policy saved with :meth:`save`; the config (if any) is in ``policy.config``."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        policy = cls(**ckpt["spec"])
+        policy.load_state_dict(ckpt["state_dict"])
+        policy.config = RL2Config(**ckpt["config"]) if ckpt.get("config") else None
+        return policy
+
+
+def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
+    """(n,) long samples from categorical ``logits`` (n, A), drawn with ``generator``."""
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Inner loop: act in a batch of trials
+# ---------------------------------------------------------------------------------------
+
+
+class TrialBatch(NamedTuple):
+    """One batch of trials recorded time-major; T = steps per trial, B = trials (tasks).
+
+    Row ``t`` holds what the policy saw before acting at step ``t`` (obs, previous action,
+    previous reward, done flag) and what followed (action, its log-prob, the value estimate,
+    the reward).
+
+    Attributes:
+        obs: (T, B, obs_dim) float observations.
+        prev_actions: (T, B) long previous actions (-1 at the start of a trial).
+        prev_rewards: (T, B) float previous rewards (0 at the start of a trial).
+        prev_dones: (T, B) bool, the previous step ended an episode (True at the start).
+        actions: (T, B) long actions taken.
+        logprobs: (T, B) float log pi(action) at collection time.
+        values: (T, B) float critic estimates at collection time (units of ``reward_scale``).
+        rewards: (T, B) float rewards (0 on padding steps).
+        dones: (T, B) bool, the *trial* ended after step t (the meta-episode boundary;
+            episode ends inside a trial are not dones, see ``classic.functional``).
+        mask: (T, B) bool, step t was a real step of a live episode (False on the padding
+            the evaluator also produces when episodes of some tasks end early).
+    """
+
+    obs: Tensor
+    prev_actions: Tensor
+    prev_rewards: Tensor
+    prev_dones: Tensor
+    actions: Tensor
+    logprobs: Tensor
+    values: Tensor
+    rewards: Tensor
+    dones: Tensor
+    mask: Tensor
+
+
+@torch.no_grad()
+def collect_trials(policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int, generator: torch.Generator) -> TrialBatch:
+    """Play one trial per task with the current policy (the RL² inner loop, batched over tasks).
+
+    The hidden state starts at zero and is carried across the ``episodes_per_trial``
+    episodes. The step protocol mirrors ``classic.evaluate.run_trials`` exactly (the same
+    inputs at every step, including the padding steps after an early episode end), so the
+    policy is trained on the input distribution it is evaluated on.
+
+    Args:
+        policy: the RL² policy.
+        dist: a task distribution (``classic.envs``).
+        tasks: a batch of B tasks from ``dist.sample_tasks``.
+        episodes_per_trial: episodes per trial.
+        generator: RNG for the environment and the action samples.
+
+    Returns:
+        A :class:`TrialBatch` with T = ``episodes_per_trial * dist.episode_length`` rows
+        (fewer when every task's episode ends early).
+    """
+    n = int(next(iter(tasks)).shape[0])
+    h = policy.initial_state(n)
+    prev_action = torch.full((n,), -1, dtype=torch.long)
+    prev_reward = torch.zeros(n)
+    done = torch.ones(n, dtype=torch.bool)
+    rows: list[tuple[Tensor, ...]] = []
+    for _ in range(episodes_per_trial):
+        state, obs = dist.reset(tasks, generator)
+        alive = torch.ones(n, dtype=torch.bool)
+        for _ in range(dist.episode_length):
+            x = policy.encode(obs, prev_action, prev_reward, done)
+            logits, value, h = policy(x.unsqueeze(0), h)
+            logits, value = logits[0], value[0]
+            action = sample_actions(logits, generator)
+            logprob = torch.log_softmax(logits, dim=-1).gather(1, action.unsqueeze(1)).squeeze(1)
+            step = dist.step(tasks, state, action, generator)
+            rows.append((obs, prev_action, prev_reward, done, action, logprob, value, step.reward * alive, alive))
+            done = step.terminated | step.truncated
+            prev_action, prev_reward = action, step.reward
+            obs, state = step.obs, step.state
+            alive = alive & ~done
+            if not bool(alive.any()):
+                break
+    obs, prev_actions, prev_rewards, prev_dones, actions, logprobs, values, rewards, mask = (torch.stack(c) for c in zip(*rows))
+    dones = torch.zeros_like(mask)
+    dones[-1] = True  # the trial (meta-episode) ends after its last step
+    return TrialBatch(obs, prev_actions, prev_rewards, prev_dones, actions, logprobs, values, rewards, dones, mask)
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Outer loop: PPO over whole trials
+# ---------------------------------------------------------------------------------------
+
+
+class UpdateStats(NamedTuple):
+    """Means over the minibatches of one :func:`ppo_update` (floats)."""
+
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clipfrac: float
+    explained_variance: float
+    epochs_run: int
+
+
+def ppo_update(
+    policy: RL2Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: TrialBatch,
+    config: RL2Config,
+    ent_coef: float,
+    generator: torch.Generator,
+) -> UpdateStats:
+    """PPO epochs over ``batch`` (the RL² outer loop), minibatches of whole trials.
+
+    Advantages come from GAE over the whole trial (``config.gamma``, ``config.gae_lambda``);
+    each minibatch re-runs the GRU from the zero state over its trials and backpropagates
+    through time over the full trial.
+
+    Args:
+        policy: the policy to update in place.
+        optimizer: its optimizer (the learning rate is set by the caller).
+        batch: trials from :func:`collect_trials` with this policy.
+        config: PPO hyperparameters.
+        ent_coef: entropy bonus coefficient for this update.
+        generator: RNG for the minibatch permutation.
+
+    Returns:
+        :class:`UpdateStats`.
+    """
+    scaled_rewards = batch.rewards / config.reward_scale
+    last_value = torch.zeros(batch.rewards.shape[1])
+    advantages, returns = F.gae(scaled_rewards, batch.values, batch.dones, last_value, config.gamma, config.gae_lambda)
+    inputs = policy.encode(batch.obs, batch.prev_actions, batch.prev_rewards, batch.prev_dones)  # (T, B, input_dim)
+
+    num_trials = batch.actions.shape[1]
+    sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+    num_updates, epochs_run = 0, 0
+    for _ in range(config.update_epochs):
+        epochs_run += 1
+        perm = torch.randperm(num_trials, generator=generator)
+        for idx in perm.split(config.minibatch_size):
+            mask = batch.mask[:, idx]
+            logits, values, _ = policy(inputs[:, idx], policy.initial_state(len(idx)))
+            logp_all = torch.log_softmax(logits, dim=-1)
+            logp = logp_all.gather(-1, batch.actions[:, idx].unsqueeze(-1)).squeeze(-1)
+            entropy = F.masked_mean(F.categorical_entropy(logits), mask)
+
+            adv = advantages[:, idx]
+            if config.norm_adv:
+                adv = F.normalize(adv, mask)
+            pg_loss, info = F.ppo_clip_loss(logp, batch.logprobs[:, idx], adv, config.clip_coef, mask)
+            v_loss = F.value_loss(
+                values,
+                returns[:, idx],
+                old_values=batch.values[:, idx],
+                clip_eps=config.clip_coef if config.clip_vloss else None,
+                mask=mask,
+            )
+            loss = pg_loss - ent_coef * entropy + config.vf_coef * v_loss
+
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+
+            num_updates += 1
+            for key, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", entropy)):
+                sums[key] += float(value.detach())
+            sums["approx_kl"] += float(info.approx_kl)
+            sums["clipfrac"] += float(info.clipfrac)
+        if config.target_kl is not None and float(info.approx_kl) > config.target_kl:
+            break
+
+    m = batch.mask
+    var_returns = returns[m].var()
+    explained_var = float(1.0 - (returns[m] - batch.values[m]).var() / var_returns) if var_returns > 0 else float("nan")
+    means = {k: v / num_updates for k, v in sums.items()}
+    return UpdateStats(**means, explained_variance=explained_var, epochs_run=epochs_run)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Training
+# ---------------------------------------------------------------------------------------
+
+
+def train_rl2(
+    config: RL2Config,
+    dist,
+    episodes_per_trial: int,
+    log_fn: Callable[[int, dict], None] | None = None,
+    progress: bool = False,
+) -> RL2Policy:
+    """Meta-train an RL² policy on ``dist`` with PPO.
+
+    Every iteration samples ``config.num_trials_per_batch`` fresh tasks, plays one trial of
+    ``episodes_per_trial`` episodes on each (:func:`collect_trials`), then updates the policy
+    (:func:`ppo_update`). All randomness (initialization, tasks, environment, actions,
+    minibatches) comes from one ``torch.Generator`` seeded with ``config.seed``.
+
+    Args:
+        config: hyperparameters.
+        dist: a task distribution with discrete actions (``num_actions``, ``obs_dim``).
+        episodes_per_trial: episodes per trial.
+        log_fn: called as ``log_fn(env_steps, metrics)`` after every iteration, with
+            ``charts/`` (mean_trial_return, learning_rate, ent_coef, iteration, SPS) and
+            ``losses/`` (policy_loss, value_loss, entropy, approx_kl, clipfrac,
+            explained_variance) metrics.
+        progress: show a tqdm bar over iterations.
+
+    Returns:
+        The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input, generator=generator)
+    policy.config = config
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+
+    iterations = range(config.num_iterations)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterations = tqdm(iterations, desc="RL²")
+    env_steps = 0
+    start = time.perf_counter()
+    for iteration in iterations:
+        lr, ent_coef = config.lr_at(iteration), config.ent_coef_at(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        tasks = dist.sample_tasks(config.num_trials_per_batch, generator)
+        policy.eval()
+        batch = collect_trials(policy, dist, tasks, episodes_per_trial, generator)
+        policy.train()
+        stats = ppo_update(policy, optimizer, batch, config, ent_coef, generator)
+
+        env_steps += int(batch.mask.sum())
+        mean_return = float(batch.rewards.sum(0).mean())
+        if progress:
+            iterations.set_postfix(trial_return=f"{mean_return:.2f}")
+        if log_fn is not None:
+            metrics = {
+                "charts/mean_trial_return": mean_return,
+                "charts/learning_rate": lr,
+                "charts/ent_coef": ent_coef,
+                "charts/iteration": iteration,
+                "charts/SPS": env_steps / (time.perf_counter() - start),
+                "losses/policy_loss": stats.policy_loss,
+                "losses/value_loss": stats.value_loss,
+                "losses/entropy": stats.entropy,
+                "losses/approx_kl": stats.approx_kl,
+                "losses/clipfrac": stats.clipfrac,
+                "losses/explained_variance": stats.explained_variance,
+            }
+            log_fn(env_steps, metrics)
+    policy.eval()
+    return policy
+
+
+# ---------------------------------------------------------------------------------------
+# 5. The trained policy as an Agent
+# ---------------------------------------------------------------------------------------
+
+
+class RL2Agent:
+    """A trained :class:`RL2Policy` behind the ``classic.agents.base.Agent`` interface.
+
+    ``reset`` zeroes the hidden state (start of a trial); ``act`` feeds one step and keeps the
+    hidden state, so memory persists across the episodes of the trial.
+
+    Args:
+        policy: a trained policy.
+        greedy: take the most probable action instead of sampling.
+
+    Example:
+        >>> agent = RL2Agent(policy)
+        >>> result = run_trials(agent, BernoulliBandit(5), num_tasks=1000, episodes_per_trial=100)
+    """
+
+    name = "RL²"
+
+    def __init__(self, policy: RL2Policy, greedy: bool = False) -> None:
+        self.policy = policy.eval()
+        self.greedy = bool(greedy)
+        if self.greedy:
+            self.name = "RL² (greedy)"
+        self.h = policy.initial_state(0)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def reset(self, num_tasks: int, generator: torch.Generator) -> None:
+        self.h = self.policy.initial_state(num_tasks)
+        self.generator = generator
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+        x = self.policy.encode(obs, prev_action, prev_reward, done)
+        logits, _, self.h = self.policy(x.unsqueeze(0), self.h)
+        logits = logits[0]
+        if self.greedy:
+            return logits.argmax(dim=-1)
+        return sample_actions(logits, self.generator)

@@ -1,0 +1,288 @@
+"""The classic bandit experiment: baselines (tuned on training tasks) and RL², evaluated by the
+shared protocol on the same held-out tasks, reported as a table, a regret plot and results.json.
+
+``mrl run recipes/classic/rl2_bandit.yaml`` runs :func:`run_classic`; the LLM experiment
+(``mrl_llm.experiment``) reuses every piece of it and adds the LLM agents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from classic.agents.bandit import EpsilonGreedyAgent, GreedyAgent, RandomAgent, ThompsonSamplingAgent, UCB1Agent
+from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
+from classic.algos.rl2_config import RL2Config
+from classic.config import save_resolved, to_dict
+from classic.envs.bandit import BanditConfig
+from classic.evaluate import TrialResult, run_trials
+from classic.metrics import MetricsLogger
+from classic.report import plot_regret, results_table, stage_times_table, write_results_json
+
+BASELINES = ("Random", "Greedy", "epsilon-greedy", "UCB1", "Thompson sampling", "Gittins")
+TUNE_SEED_BASE = 30_000  # tuning tasks: a training stream, disjoint from evaluation streams
+
+
+@dataclass
+class BaselinesConfig:
+    """Which non-learned baselines to run and how their hyperparameters are chosen.
+
+    Attributes:
+        agents: names among Random, Greedy, epsilon-greedy, UCB1, Thompson sampling, Gittins.
+        tune: choose UCB1's c and epsilon-greedy's epsilon by grid search on training tasks.
+        tune_tasks: training tasks per grid point.
+        ucb_c: UCB1 exploration scale (used as is when ``tune`` is false).
+        ucb_c_grid: grid for c.
+        epsilon: epsilon-greedy's exploration rate (used as is when ``tune`` is false).
+        epsilon_grid: grid for epsilon.
+    """
+
+    agents: list[str] = field(default_factory=lambda: list(BASELINES))
+    tune: bool = True
+    tune_tasks: int = 2000
+    ucb_c: float = 1.0
+    ucb_c_grid: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0])
+    epsilon: float = 0.1
+    epsilon_grid: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.02, 0.05, 0.1, 0.2])
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.agents if a not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
+        if self.tune_tasks < 1:
+            raise ValueError(f"tune_tasks must be >= 1, got {self.tune_tasks}")
+
+
+@dataclass
+class RL2StageConfig:
+    """RL² stage: whether to train it, and its algorithm config.
+
+    Attributes:
+        enabled: train and evaluate RL².
+        greedy_eval: act greedily (argmax) at evaluation instead of sampling.
+        algo: the PPO/GRU settings (``classic.algos.rl2_config.RL2Config``).
+    """
+
+    enabled: bool = True
+    greedy_eval: bool = False
+    algo: RL2Config = field(default_factory=RL2Config)
+
+
+@dataclass
+class EvalConfig:
+    """Meta-test protocol.
+
+    Attributes:
+        num_tasks: held-out tasks (one trial each).
+        seed: evaluation seed (tasks are disjoint from every training stream).
+        batch_size: tasks run at once by classic agents (None = all).
+        llm_batch_size: tasks run at once by LLM agents (memory of the KV cache).
+    """
+
+    num_tasks: int = 1000
+    seed: int = 0
+    batch_size: int | None = None
+    llm_batch_size: int = 250
+
+    def __post_init__(self) -> None:
+        if self.num_tasks < 2:
+            raise ValueError(f"num_tasks must be >= 2 (for a CI), got {self.num_tasks}")
+        if self.llm_batch_size < 1:
+            raise ValueError(f"llm_batch_size must be >= 1, got {self.llm_batch_size}")
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes: ``<root>/<name>/``.
+
+    Attributes:
+        root: parent directory of runs.
+        overwrite: start from scratch even if the run directory holds finished stages
+            (by default finished stages are reused and interrupted trainings resume).
+    """
+
+    root: str = "runs"
+    overwrite: bool = False
+
+
+@dataclass
+class ClassicExperiment:
+    """A classic bandit experiment (``kind: classic`` recipes).
+
+    Attributes:
+        name: run name (directory under ``output.root``).
+        seed: master seed (RL² training seed is ``rl2.algo.seed``).
+        threads: torch CPU threads (None = all cores).
+        task: the task distribution (Bernoulli bandit, num_arms k, episodes_per_trial n).
+        baselines, rl2, eval, output: the stages' settings.
+    """
+
+    name: str = "rl2_bandit"
+    seed: int = 0
+    threads: int | None = None
+    task: BanditConfig = field(default_factory=BanditConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    rl2: RL2StageConfig = field(default_factory=RL2StageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ---- baselines ------------------------------------------------------------------------------
+
+def make_baseline(name: str, task: BanditConfig, params: dict):
+    """A baseline agent by name, with tuned hyperparameters from ``params``."""
+    k = task.num_arms
+    if name == "Random":
+        return RandomAgent(k)
+    if name == "Greedy":
+        return GreedyAgent(k)
+    if name == "epsilon-greedy":
+        return EpsilonGreedyAgent(k, epsilon=params.get("epsilon", 0.1))
+    if name == "UCB1":
+        return UCB1Agent(k, c=params.get("ucb_c", 1.0))
+    if name == "Thompson sampling":
+        return ThompsonSamplingAgent(k)
+    if name == "Gittins":
+        from classic.agents.gittins import GittinsAgent
+
+        return GittinsAgent(k, horizon=task.episodes_per_trial)
+    raise ValueError(f"unknown baseline {name!r}; known: {list(BASELINES)}")
+
+
+def tune_baselines(task: BanditConfig, cfg: BaselinesConfig, seed: int = 0) -> dict:
+    """Grid-search UCB1's c and epsilon-greedy's epsilon on training tasks (never the held-out
+    ones); returns ``{"ucb_c": c, "epsilon": eps, "grid": {...mean total reward per value}}``."""
+    params = {"ucb_c": cfg.ucb_c, "epsilon": cfg.epsilon}
+    if not cfg.tune:
+        return params
+    dist = task.make()
+    g = torch.Generator().manual_seed(TUNE_SEED_BASE + seed)
+    tasks = dist.sample_tasks(cfg.tune_tasks, g)
+    grid: dict[str, dict[str, float]] = {}
+    searches = [("ucb_c", "UCB1", cfg.ucb_c_grid, lambda v: UCB1Agent(task.num_arms, c=v))]
+    searches.append(("epsilon", "epsilon-greedy", cfg.epsilon_grid, lambda v: EpsilonGreedyAgent(task.num_arms, epsilon=v)))
+    for key, agent_name, values, make in searches:
+        if agent_name not in cfg.agents or not values:
+            continue
+        scores = {}
+        for v in values:
+            res = run_trials(make(v), dist, tasks=tasks, episodes_per_trial=task.episodes_per_trial, seed=TUNE_SEED_BASE + seed)
+            scores[str(v)] = float(res.total_reward.mean())
+        params[key] = float(max(values, key=lambda v: scores[str(v)]))
+        grid[key] = scores
+    params["grid"] = grid
+    return params
+
+
+def evaluate_baselines(task: BanditConfig, cfg: BaselinesConfig, ev: EvalConfig, params: dict, progress: bool = True) -> dict[str, TrialResult]:
+    """Every configured baseline on the held-out tasks."""
+    dist = task.make()
+    out = {}
+    names = cfg.agents
+    if progress:
+        from tqdm.auto import tqdm
+
+        names = tqdm(names, desc="baselines")
+    for name in names:
+        out[name] = run_trials(make_baseline(name, task, params), dist, ev.num_tasks, task.episodes_per_trial, seed=ev.seed, batch_size=ev.batch_size)
+    return out
+
+
+# ---- RL² --------------------------------------------------------------------------------------
+
+def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: MetricsLogger | None) -> RL2Policy:
+    """Train RL² (or load the finished policy from ``run_dir/rl2/policy.pt``)."""
+    path = run_dir / "rl2" / "policy.pt"
+    if path.exists():
+        return RL2Policy.load(path)
+    log_fn = None
+    if logger is not None:
+        log_fn = lambda step, metrics: logger.log(step, {f"rl2/{k}": v for k, v in metrics.items()})  # noqa: E731
+    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    policy.save(path, cfg.algo)
+    return policy
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+def prepare_run_dir(name: str, out: OutputConfig) -> Path:
+    run_dir = Path(out.root) / name
+    if out.overwrite and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` torch CPU threads (default: the cores this process may run on)."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def write_report(run_dir: Path, title: str, task: BanditConfig, results: dict, times: dict, notes: list[str], extra_json: dict, reference: dict | None = None) -> None:
+    """report.md, regret.png and results.json in ``run_dir``."""
+    plot_regret(results, run_dir / "regret.png", title=f"{title}: k={task.num_arms}, n={task.episodes_per_trial}")
+    lines = [f"# {title}", "", f"Bernoulli bandit, k={task.num_arms} arms, n={task.episodes_per_trial} pulls per trial.", ""]
+    lines += ["## Held-out evaluation", "", results_table(results, reference=reference), "", "![cumulative regret](regret.png)", ""]
+    lines += ["## Wall time per stage", "", stage_times_table(times), ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    (run_dir / "report.md").write_text("\n".join(lines))
+    write_results_json(run_dir / "results.json", to_dict(task), results, extra={"stage_times_s": times, **extra_json})
+
+
+def paper_reference(task: BanditConfig) -> dict[str, float]:
+    """RL² paper (arXiv 1611.02779, Table 1) numbers for this setting, where shipped in data/."""
+    path = Path(__file__).resolve().parent.parent / "data" / "reference" / "rl2_bandits.json"
+    if not path.exists():
+        return {}
+    cells = json.loads(path.read_text()).get("cells", {})
+    cell = cells.get(f"k{task.num_arms}_n{task.episodes_per_trial}", {})
+    names = {"Gittins": "Gittins", "UCB1": "UCB1", "RL2": "RL²"}
+    return {names.get(k, k): v for k, v in cell.items()}
+
+
+def run_classic(cfg: ClassicExperiment, progress: bool = True) -> Path:
+    """Run a classic experiment end to end; returns the run directory."""
+    set_threads(cfg.threads)
+    run_dir = prepare_run_dir(cfg.name, cfg.output)
+    save_resolved(cfg, run_dir / "config.yaml", kind="classic")
+    times: dict[str, float] = {}
+    with MetricsLogger(run_dir) as logger:
+        results, params, notes = classic_stages(cfg, run_dir, logger, times, progress)
+    write_report(run_dir, cfg.name, cfg.task, results, times, notes, {"baseline_params": params}, paper_reference(cfg.task))
+    return run_dir
+
+
+def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = True):
+    """Tune and evaluate baselines, train and evaluate RL²; fills ``times``."""
+    t = time.perf_counter()
+    params = tune_baselines(cfg.task, cfg.baselines, cfg.seed)
+    times["tune baselines"] = time.perf_counter() - t
+    t = time.perf_counter()
+    results = evaluate_baselines(cfg.task, cfg.baselines, cfg.eval, params, progress)
+    times["evaluate baselines"] = time.perf_counter() - t
+    notes = [
+        f"UCB1 c = {params['ucb_c']}, epsilon-greedy epsilon = {params['epsilon']}"
+        + (" (tuned on training tasks)" if cfg.baselines.tune else " (set in the recipe)"),
+        "Gittins = finite-horizon Gittins index with Beta(1,1) priors (classic/agents/gittins.py).",
+    ]
+    if cfg.rl2.enabled:
+        t = time.perf_counter()
+        policy = rl2_stage(cfg.task, cfg.rl2, run_dir, logger)
+        times["train RL²"] = time.perf_counter() - t
+        t = time.perf_counter()
+        results["RL²"] = run_trials(RL2Agent(policy, greedy=cfg.rl2.greedy_eval), cfg.task.make(), cfg.eval.num_tasks, cfg.task.episodes_per_trial, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size)
+        times["evaluate RL²"] = time.perf_counter() - t
+        notes.append("RL² = GRU policy trained with PPO + GAE (the paper used TRPO).")
+    return results, params, notes

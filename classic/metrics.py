@@ -1,0 +1,166 @@
+"""Training/evaluation metrics to ``<run_dir>/metrics.jsonl`` and TensorBoard.
+
+Metric names are kept as given and are expected to use the project's namespaces
+(``charts/``, ``losses/``, ``rollout/``, ``eval/``); a logger's ``prefix`` namespaces a whole
+stage in front of them (``"rl2/"`` + ``"losses/value"`` -> ``"rl2/losses/value"``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import operator
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MetricsLogger", "read_metrics"]
+
+_TB_WARNED = False
+
+
+def _warn_tensorboard(err: BaseException) -> None:
+    global _TB_WARNED
+    if not _TB_WARNED:
+        _TB_WARNED = True
+        warnings.warn(
+            f"TensorBoard logging disabled ({type(err).__name__}: {err}); metrics still go to metrics.jsonl",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+class MetricsLogger:
+    """Append one JSON line per :meth:`log` call and mirror the scalars to TensorBoard.
+
+    Each line is ``{"step": int, "time": unix seconds, "<prefix><name>": float | null, ...}``
+    (non-finite values are written as ``null`` so the file stays strict JSON; TensorBoard gets
+    the actual value). Several loggers (one per stage) may share one ``run_dir``: the jsonl
+    file is opened in append mode. If TensorBoard cannot be imported or opened, a
+    ``RuntimeWarning`` is issued once per process and only the jsonl file is written.
+
+    Args:
+        run_dir: run folder (created); writes ``metrics.jsonl`` and ``tensorboard/`` in it.
+        prefix: prepended to every metric name, e.g. ``"rl2/"``.
+        tensorboard: set False to skip TensorBoard entirely.
+
+    Example:
+        >>> with MetricsLogger("runs/demo", prefix="rl2/") as logger:  # doctest: +SKIP
+        ...     logger.log(128, {"charts/episodic_return": 3.5, "losses/policy": 0.12})
+    """
+
+    def __init__(self, run_dir: str | Path, prefix: str = "", tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            except Exception as err:  # ImportError when tensorboard is missing, OSError...
+                _warn_tensorboard(err)
+
+    @property
+    def tensorboard_enabled(self) -> bool:
+        """Whether scalars are also going to TensorBoard."""
+        return self._writer is not None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record ``metrics`` at ``step``.
+
+        Args:
+            step: global step (environment steps, updates... the caller's unit); an int.
+            metrics: name -> scalar (Python number or one-element tensor/array).
+
+        Raises:
+            RuntimeError: the logger is closed.
+            TypeError: ``step`` is not an int, or a value is not a real scalar (nothing is
+                written then).
+            ValueError: a prefixed name is "step" or "time".
+        """
+        if self._file is None:
+            raise RuntimeError("MetricsLogger is closed")
+        if isinstance(step, bool):
+            raise TypeError("step must be an int, got bool")
+        try:
+            step = operator.index(step)
+        except TypeError:
+            raise TypeError(f"step must be an int, got {type(step).__name__}") from None
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            key = f"{self.prefix}{name}"
+            if key in ("step", "time"):
+                raise ValueError(f"metric name {key!r} is reserved")
+            values[key] = _scalar(key, value)
+        now = time.time()
+        record: dict[str, Any] = {"step": step, "time": now}
+        record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            try:
+                for key, value in values.items():
+                    self._writer.add_scalar(key, value, global_step=step, walltime=now)
+            except Exception as err:
+                _warn_tensorboard(err)
+                self._close_writer()
+
+    def flush(self) -> None:
+        """Flush both outputs (the jsonl file is already flushed after every call)."""
+        if self._file is not None:
+            self._file.flush()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close; idempotent."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._close_writer()
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except Exception as err:
+                _warn_tensorboard(err)
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _scalar(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    item = getattr(value, "item", None)  # torch / numpy scalars and one-element arrays
+    if callable(item):
+        try:
+            out = item()
+        except (ValueError, RuntimeError):
+            out = None
+        if isinstance(out, numbers.Real):
+            return float(out)
+    raise TypeError(f"metric {key!r} must be a real scalar, got {type(value).__name__}")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (or of ``<run_dir>/metrics.jsonl`` given a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,1 @@
+"""LLM meta-RL: in-context RL trials, meta-RL finetuning (GRPO over trials), MRT."""

@@ -1,0 +1,72 @@
+"""``mrl`` command line: ``mrl run RECIPE [--set key.sub=value ...] [--dry-run]``.
+
+A recipe's top-level ``kind`` picks the experiment: ``classic`` (baselines + RL²,
+:class:`classic.experiment.ClassicExperiment`) or ``llm`` (the default; classic agents plus
+the LLM agent, :class:`mrl_llm.experiment.LLMExperiment`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from classic.config import RecipeError, load_recipe, peek_kind, to_dict
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mrl", description="Meta-RL for LLMs and classic agents on the same tasks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe (YAML) end to end")
+    run.add_argument("recipe", help="path to a recipe YAML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. --set grpo.max_steps=10 (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="resolve the config and build trainer arguments without loading weights or training")
+    return p
+
+
+def load_experiment(path: str, overrides=()):
+    """(kind, config) for a recipe file; raises RecipeError naming the key and the file."""
+    kind = peek_kind(path)
+    if kind == "classic":
+        from classic.experiment import ClassicExperiment
+
+        return kind, load_recipe(ClassicExperiment, path, overrides)
+    if kind == "llm":
+        from mrl_llm.experiment import LLMExperiment
+
+        return kind, load_recipe(LLMExperiment, path, overrides)
+    raise RecipeError(f"{path}: unknown kind {kind!r} (known: classic, llm)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        kind, cfg = load_experiment(args.recipe, args.overrides)
+    except (RecipeError, FileNotFoundError) as err:
+        print(f"mrl: error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"# {args.recipe} (kind: {kind}) resolves to:")
+        print(json.dumps(to_dict(cfg), indent=2, default=str))
+        if kind == "llm":
+            from mrl_llm.experiment import dry_run
+
+            print("# trainer arguments (no weights loaded):")
+            dry_run(cfg)
+        return 0
+    if kind == "classic":
+        from classic.experiment import run_classic
+
+        run_dir = run_classic(cfg)
+    else:
+        from mrl_llm.experiment import run_llm
+
+        run_dir = run_llm(cfg)
+    print(f"wrote {run_dir}/report.md, regret.png, results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""An LLM as a batched in-context RL agent behind the classic Agent interface.
+
+:class:`LLMAgent` plays ``num_tasks`` trials at once: its context starts with the text env's
+instructions, then grows turn by turn with its own replies (model tokens) and the environment's
+feedback (environment tokens), so rewards sit in its context (in-context RL). Because it is an
+:class:`~classic.agents.base.Agent`, ``classic.evaluate.run_trials`` scores it exactly like UCB1
+or RL². With ``record=True`` it keeps, per trial, the token ids, the ``env_mask`` (1 = model
+token, trained on; 0 = environment token, masked) and the sampling logprobs that
+``trl.GRPOTrainer(rollout_func=...)`` needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mrl_llm.envs.text_bandit import INVALID, BanditText
+from mrl_llm.rollout.generation import GenerationStats, HFSession, SamplingConfig, VLLMSession
+
+
+@dataclass
+class Transcript:
+    """One trial as token ids.
+
+    Attributes:
+        prompt_ids: (P,) the instructions' tokens.
+        completion_ids: (C,) everything after the prompt: replies and environment feedback.
+        env_mask: (C,) 1 for tokens the model sampled, 0 for environment tokens.
+        logprobs: (C,) sampling logprob of model tokens, 0.0 at environment tokens.
+    """
+
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+class ChatTurns:
+    """Token-level rendering of multi-turn chat through a tokenizer's chat template.
+
+    The text between an assistant reply and the next user message (e.g. ``<|im_end|>\\n
+    <|im_start|>user\\n``) and after it (``<|im_end|>\\n<|im_start|>assistant\\n``) is read off the
+    template once, so each turn appends only its new tokens to the context and to the KV cache.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        msgs = [
+            {"role": "user", "content": "\x01U0"},
+            {"role": "assistant", "content": "\x01A0"},
+            {"role": "user", "content": "\x01U1"},
+        ]
+        s = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        a = s.index("\x01A0") + len("\x01A0")
+        u = s.index("\x01U1")
+        self.between = s[a:u]
+        self.after = s[u + len("\x01U1") :]
+
+    def wrap(self, user_text: str, reply_end: str) -> str:
+        """Text from the end of the assistant reply to the next generation prompt.
+
+        ``reply_end`` is the decoded stop token the model ended its reply with (if any); when
+        the template's separator starts with it, it is not written twice.
+        """
+        between = self.between
+        if reply_end and between.startswith(reply_end):
+            between = between[len(reply_end) :]
+        return between + user_text + self.after
+
+
+class TrialRenderer:
+    """Turns a trial into token ids, the same way for rollouts and for distillation data.
+
+    Args:
+        tokenizer: the LM's tokenizer (chat template required when ``text_env.chat``).
+        text_env: the text rendering.
+        eos_token_id: extra stop id (e.g. from the model's generation config).
+    """
+
+    def __init__(self, tokenizer, text_env: BanditText, eos_token_id=None) -> None:
+        self.tok = tokenizer
+        self.env = text_env
+        self.chat = ChatTurns(tokenizer) if text_env.chat else None
+        self.stop_ids = self._stop_token_ids(eos_token_id)
+        self._ids_cache: dict[str, list[int]] = {}
+
+    def _stop_token_ids(self, extra) -> set[int]:
+        ids = {self.tok.eos_token_id}
+        if self.chat is not None:
+            im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
+            if isinstance(im_end, int) and im_end != self.tok.unk_token_id:
+                ids.add(im_end)
+            ids.update([extra] if isinstance(extra, int) else (extra or []))
+        else:
+            for t in (" ", "\n"):
+                tid = self.tok.convert_tokens_to_ids(t)
+                if isinstance(tid, int) and tid != self.tok.unk_token_id:
+                    ids.add(tid)
+        return {int(i) for i in ids if i is not None}
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added), memoized."""
+        ids = self._ids_cache.get(text)
+        if ids is None:
+            ids = self.tok(text, add_special_tokens=False).input_ids
+            if len(self._ids_cache) < 100_000:
+                self._ids_cache[text] = ids
+        return ids
+
+    def prompt_ids(self) -> list[int]:
+        """Token ids of the trial's prompt (chat template applied in chat mode)."""
+        if self.chat is None:
+            bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+            return bos + self.encode(self.env.instructions())
+        out = self.tok.apply_chat_template(self.env.prompt(), tokenize=True, add_generation_prompt=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def reply_ids(self, arm: int) -> list[int]:
+        """A teacher's reply pulling ``arm``, ending with the turn's stop token in chat mode."""
+        ids = self.encode(self.env.format_action(arm))
+        if self.chat is not None:
+            end = self.tok.convert_tokens_to_ids("<|im_end|>")
+            ids = ids + [end if isinstance(end, int) and end != self.tok.unk_token_id else self.tok.eos_token_id]
+        return ids
+
+    def feedback_ids(self, action: int, reward: float, pulls_done: int, total: float, last_reply: list[int]) -> list[int]:
+        """Environment tokens after a reply (``last_reply``: its token ids)."""
+        text = self.env.feedback(action, reward, pulls_done, total)
+        end = self.tok.decode(last_reply[-1:]) if last_reply and last_reply[-1] in self.stop_ids else ""
+        if self.chat is not None:
+            text = self.chat.wrap(text, end)
+        elif end and text.startswith(end):
+            text = text[len(end) :]
+        return self.encode(text)
+
+    def teacher_trial(self, actions: list[int], rewards: list[float]) -> Transcript:
+        """The transcript of a trial whose actions and rewards are given (e.g. Thompson sampling's)."""
+        tr = Transcript(prompt_ids=self.prompt_ids())
+        total = 0.0
+        for t, (a, r) in enumerate(zip(actions, rewards)):
+            reply = self.reply_ids(a)
+            tr.completion_ids += reply
+            tr.env_mask += [1] * len(reply)
+            if t + 1 < len(actions):
+                total += r
+                fb = self.feedback_ids(a, r, t + 1, total, reply)
+                tr.completion_ids += fb
+                tr.env_mask += [0] * len(fb)
+        tr.logprobs = [0.0] * len(tr.completion_ids)
+        return tr
+
+
+class LLMAgent:
+    """A causal LM acting in a text-rendered bandit, batched over trials.
+
+    Args:
+        model: transformers causal LM (ignored when ``vllm_llm`` is given).
+        tokenizer: its tokenizer (chat template required when ``text_env.chat``).
+        text_env: the text rendering (instructions, feedback, action parser).
+        sampling: temperature, top-k, reply length, KV-cache reuse.
+        name: agent name in reports.
+        record: keep per-trial :class:`Transcript` s for training.
+        vllm_llm: generate with this ``vllm.LLM`` instead of ``model``.
+
+    Example:
+        >>> agent = LLMAgent(model, tok, BanditText(5, 100))          # doctest: +SKIP
+        >>> result = run_trials(agent, BernoulliBandit(5), 100, 100)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        text_env: BanditText,
+        sampling: SamplingConfig | None = None,
+        name: str = "LLM",
+        record: bool = False,
+        vllm_llm=None,
+    ) -> None:
+        self.model = model
+        self.tok = tokenizer
+        self.env = text_env
+        self.sampling = sampling or SamplingConfig()
+        self.name = name
+        self.record = record
+        self.vllm_llm = vllm_llm
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.renderer = TrialRenderer(tokenizer, text_env, gen_eos)
+        self.total_stats = GenerationStats()
+        self.transcripts: list[Transcript] = []
+        self.invalid_replies: list[str] = []
+
+    # ---- Agent interface ---------------------------------------------------------------------
+    def reset(self, num_tasks: int, generator: torch.Generator) -> None:
+        if self.record and getattr(self, "_trial", None):
+            self.finish()  # evaluation in chunks: keep the previous chunk's transcripts
+        self._accumulate_stats()
+        self.generator = generator
+        self.n = num_tasks
+        if self.vllm_llm is not None:
+            self.session = VLLMSession(self.vllm_llm, num_tasks)
+        else:
+            self.session = HFSession(self.model, self.tok.pad_token_id, num_tasks, self.sampling.use_cache)
+        prompt = self.renderer.prompt_ids()
+        self.session.append([prompt] * num_tasks)
+        self._trial = [Transcript(prompt_ids=list(prompt)) for _ in range(num_tasks)]
+        self.turn = 0
+        self.last_action = [INVALID] * num_tasks
+        self.last_reply: list[list[int]] = [[] for _ in range(num_tasks)]
+        self.total = [0.0] * num_tasks
+
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+        if self.turn > 0:
+            self._append_feedback(prev_reward)
+        s = self.sampling
+        tokens, logps = self.session.sample(
+            s.max_action_tokens, self.renderer.stop_ids, s.temperature, self.generator, s.top_k
+        )
+        texts = self.tok.batch_decode(tokens, skip_special_tokens=True)
+        actions = []
+        for i, (ids, lp, text) in enumerate(zip(tokens, logps, texts)):
+            a = self.env.parse_action(text)
+            if a == INVALID and len(self.invalid_replies) < 20:
+                self.invalid_replies.append(text)
+            actions.append(a)
+            self.last_reply[i] = ids
+            if self.record:
+                tr = self._trial[i]
+                tr.completion_ids += ids
+                tr.env_mask += [1] * len(ids)
+                tr.logprobs += lp
+        self.last_action = actions
+        self.turn += 1
+        return torch.tensor(actions, dtype=torch.long)
+
+    def _append_feedback(self, prev_reward: Tensor) -> None:
+        rewards = prev_reward.tolist()
+        feed = []
+        for i in range(self.n):
+            r = rewards[i] if self.last_action[i] != INVALID else 0.0
+            self.total[i] += r
+            feed.append(self.renderer.feedback_ids(self.last_action[i], r, self.turn, self.total[i], self.last_reply[i]))
+        self.session.append(feed)
+        if self.record:
+            for tr, ids in zip(self._trial, feed):
+                tr.completion_ids += ids
+                tr.env_mask += [0] * len(ids)
+                tr.logprobs += [0.0] * len(ids)
+
+    def finish(self) -> list[Transcript]:
+        """Close the current trials: append EOS as an environment token, move them to
+        ``self.transcripts`` and return all transcripts recorded so far."""
+        if self.record and getattr(self, "_trial", None):
+            eos = self.tok.eos_token_id
+            for tr in self._trial:
+                tr.completion_ids.append(eos)
+                tr.env_mask.append(0)
+                tr.logprobs.append(0.0)
+            self.transcripts.extend(self._trial)
+            self._trial = []
+        self._accumulate_stats()
+        return self.transcripts
+
+    def _accumulate_stats(self) -> None:
+        st = getattr(self, "session", None)
+        if st is None:
+            return
+        for k in ("sampled_tokens", "encoded_tokens", "forward_calls", "seconds"):
+            setattr(self.total_stats, k, getattr(self.total_stats, k) + getattr(st.stats, k))
+        st.stats = GenerationStats()
+
+    def stats(self) -> dict:
+        """Generation counters over every trial run so far (tokens/s of model time)."""
+        self._accumulate_stats()
+        t = self.total_stats
+        return {
+            "sampled_tokens": t.sampled_tokens,
+            "encoded_tokens": t.encoded_tokens,
+            "model_seconds": t.seconds,
+            "tokens_per_second": t.tokens_per_second,
+            "use_cache": self.sampling.use_cache,
+        }

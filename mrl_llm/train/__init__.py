@@ -1,0 +1,1 @@
+"""Thin layers over TRL trainers: SFT (algorithm distillation) and GRPO (meta-RL finetuning)."""

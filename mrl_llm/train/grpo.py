@@ -1,0 +1,247 @@
+"""Meta-RL finetuning of an LLM agent with ``trl.GRPOTrainer`` over whole trials.
+
+A GRPO *completion* is one trial: all ``episodes_per_trial`` turns of the LLM on one task, with
+the environment's feedback inside the sequence. The rollout function below plays the trials
+(``trl.GRPOTrainer(rollout_func=...)``) and returns ``env_mask`` so that only the model's own
+tokens carry the policy-gradient loss. The prompts of one GRPO group are the same task, so the
+group-relative advantage (Shao et al. 2024, arXiv 2402.03300, Eq. 3) compares trials of equal
+difficulty: A_i = (R_i - mean_j R_j) / std_j R_j, with R the trial's reward (e.g. its total
+reward, or minus its expected regret).
+
+Everything else (optimizer, clipping, KL, vLLM weight sync, LoRA, DeepSpeed, checkpoints,
+logging) is TRL's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from classic.evaluate import run_trials
+from mrl_llm.envs.text_bandit import BanditText
+from mrl_llm.rewards import get_reward
+from mrl_llm.rollout.agent import LLMAgent
+from mrl_llm.rollout.generation import SamplingConfig
+
+GRPO_SEED_BASE = 40_000  # training task streams; evaluation uses classic.evaluate.EVAL_SEED_OFFSET
+
+
+@dataclass
+class GRPOStageConfig:
+    """Meta-RL (GRPO over trials) stage settings; fields map onto ``trl.GRPOConfig``.
+
+    Attributes:
+        enabled: run the stage.
+        max_steps: optimizer steps.
+        learning_rate: peak learning rate.
+        num_generations: trials per task in a GRPO group (G).
+        tasks_per_step: tasks per optimizer step; the batch is tasks_per_step * G trials.
+        gradient_accumulation_steps: micro-batches per optimizer step (batch split across them).
+        num_iterations: PPO-style updates per batch of rollouts (mu in the GRPO paper).
+        beta: KL coefficient to the reference (starting) policy.
+        epsilon: clipping range of the probability ratio.
+        loss_type: TRL loss aggregation ("dapo", "grpo", "dr_grpo", "bnpo", ...).
+        scale_rewards: "group", "batch" or "none" (Dr. GRPO, arXiv 2503.20783, argues for none).
+        reward_funcs: registered reward names (mrl_llm.rewards), e.g. trial_return, negative_regret.
+        reward_weights: one weight per reward function (default all 1).
+        temperature: sampling temperature of rollouts (also used by TRL for the logprobs).
+        lr_scheduler_type: transformers scheduler name.
+        warmup_ratio: fraction of steps of linear warmup.
+        max_grad_norm: gradient clipping.
+        use_vllm: generate rollouts with vLLM (GPU; colocate mode).
+        vllm_gpu_memory_utilization: vLLM's share of GPU memory in colocate mode.
+        bf16: bfloat16 mixed precision (GPU).
+        gradient_checkpointing: trade compute for memory.
+        logging_steps: log every k steps.
+        save_steps: checkpoint every k steps (the run resumes from the last one).
+        seed: training task stream and trainer seed.
+    """
+
+    enabled: bool = True
+    max_steps: int = 100
+    learning_rate: float = 1e-4
+    num_generations: int = 8
+    tasks_per_step: int = 4
+    gradient_accumulation_steps: int = 1
+    num_iterations: int = 1
+    beta: float = 0.0
+    epsilon: float = 0.2
+    loss_type: str = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    reward_funcs: list[str] = field(default_factory=lambda: ["trial_return"])
+    reward_weights: list[float] | None = None
+    temperature: float = 1.0
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    use_vllm: bool = False
+    vllm_gpu_memory_utilization: float = 0.3
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "num_generations", "tasks_per_step", "gradient_accumulation_steps", "num_iterations", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: GRPO compares trials within a group")
+        if (self.tasks_per_step * self.num_generations) % self.gradient_accumulation_steps:
+            raise ValueError("tasks_per_step * num_generations must be divisible by gradient_accumulation_steps")
+        if self.temperature <= 0 or self.learning_rate <= 0:
+            raise ValueError("temperature and learning_rate must be > 0")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} reward_funcs")
+        for name in self.reward_funcs:
+            try:
+                get_reward(name)
+            except KeyError as err:
+                raise ValueError(err.args[0]) from None
+
+    @property
+    def trials_per_step(self) -> int:
+        """Trials played per optimizer step (tasks_per_step * num_generations)."""
+        return self.tasks_per_step * self.num_generations
+
+    @property
+    def per_device_train_batch_size(self) -> int:
+        return self.trials_per_step // self.gradient_accumulation_steps
+
+
+def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingConfig, num_generations: int, episodes_per_trial: int, seed: int = 0):
+    """Build ``rollout_func(prompts, trainer) -> dict`` playing one trial per prompt.
+
+    Consecutive blocks of ``num_generations`` prompts (TRL's RepeatSampler puts a group together)
+    share one freshly sampled training task. The returned dict has TRL's required keys
+    ``prompt_ids``, ``completion_ids``, ``logprobs`` plus ``env_mask`` (1 = model token) and the
+    per-trial fields ``trial_return``, ``trial_regret``, ``invalid_actions`` for reward functions.
+
+    Raises:
+        ValueError: if the number of prompts is not a multiple of ``num_generations``.
+    """
+    task_gen = torch.Generator().manual_seed(GRPO_SEED_BASE + seed)
+    calls = [0]
+
+    def rollout_func(prompts, trainer) -> dict:
+        n = len(prompts)
+        if n % num_generations:
+            raise ValueError(f"rollout_func got {n} prompts, not a multiple of num_generations={num_generations}")
+        tasks = dist.sample_tasks(n // num_generations, task_gen)
+        tasks = type(tasks)(*(t.repeat_interleave(num_generations, dim=0) for t in tasks))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        vllm_llm = None
+        if getattr(trainer, "use_vllm", False):
+            if getattr(trainer.args, "vllm_mode", "colocate") != "colocate":
+                raise ValueError("multi-turn trials need vllm_mode='colocate' (per-turn generation on the local engine)")
+            vllm_llm = trainer.vllm_generation.llm
+        was_training = model.training
+        model.eval()
+        agent = LLMAgent(model, tokenizer, text_env, sampling, record=True, vllm_llm=vllm_llm)
+        calls[0] += 1
+        res = run_trials(agent, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=GRPO_SEED_BASE + 7 * seed + 100_003 * calls[0])
+        trs = agent.finish()
+        model.train(was_training)
+        invalid = (res.actions == -1).sum(dim=1)
+        metrics = getattr(trainer, "_metrics", None)
+        if metrics is not None:
+            mode = "train" if was_training else "eval"
+            metrics[mode]["rollout/trial_return"].append(float(res.total_reward.mean()))
+            metrics[mode]["rollout/trial_regret"].append(float(res.final_regret.mean()))
+            metrics[mode]["rollout/invalid_rate"].append(res.invalid_rate)
+            metrics[mode]["rollout/tokens_per_second"].append(agent.stats()["tokens_per_second"])
+        return {
+            "prompt_ids": [t.prompt_ids for t in trs],
+            "completion_ids": [t.completion_ids for t in trs],
+            "logprobs": [t.logprobs for t in trs],
+            "env_mask": [t.env_mask for t in trs],
+            "trial_return": res.total_reward.tolist(),
+            "trial_regret": res.final_regret.tolist(),
+            "invalid_actions": invalid.tolist(),
+        }
+
+    return rollout_func
+
+
+def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_completion_length: int, use_cpu: bool | None = None):
+    """The ``trl.GRPOConfig`` for a stage config (no model needed: used by ``--dry-run`` too)."""
+    from trl import GRPOConfig
+
+    use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_generations=cfg.num_generations,
+        num_iterations=cfg.num_iterations,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        reward_weights=cfg.reward_weights,
+        temperature=cfg.temperature,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm,
+        max_completion_length=max_completion_length,
+        use_vllm=cfg.use_vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        bf16=cfg.bf16,
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        seed=cfg.seed,
+        report_to=[],
+        use_cpu=use_cpu,
+        shuffle_dataset=False,
+        log_completions=False,
+        disable_dropout=True,
+    )
+
+
+def prompt_dataset(text_env: BanditText, num_prompts: int):
+    """A dataset of identical trial prompts; the task is hidden from the model (sampled by the
+    rollout function), as meta-RL requires."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [text_env.prompt()] * num_prompts})
+
+
+def build_grpo_trainer(model, tokenizer, dist, text_env: BanditText, cfg: GRPOStageConfig, sampling: SamplingConfig, episodes_per_trial: int, output_dir, peft_config=None, callbacks=()):
+    """A ``trl.GRPOTrainer`` whose rollouts are whole trials (see :func:`make_rollout_func`)."""
+    from trl import GRPOTrainer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    sampling = SamplingConfig(temperature=cfg.temperature, top_k=sampling.top_k, max_action_tokens=sampling.max_action_tokens, use_cache=sampling.use_cache)
+    max_len = episodes_per_trial * (sampling.max_action_tokens + 64) + 8
+    args = grpo_arguments(cfg, output_dir, max_len)
+    rollout = make_rollout_func(dist, text_env, tokenizer, sampling, cfg.num_generations, episodes_per_trial, cfg.seed)
+    dataset = prompt_dataset(text_env, cfg.max_steps * cfg.tasks_per_step * cfg.num_generations)
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=[get_reward(n) for n in cfg.reward_funcs],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        rollout_func=rollout,
+        callbacks=list(callbacks),
+    )
+
+
+def run_grpo(trainer, output_dir) -> None:
+    """Train, resuming from the last checkpoint in ``output_dir`` if there is one."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    trainer.train(resume_from_checkpoint=last)

@@ -1,0 +1,129 @@
+"""Bernoulli bandit invariants, the baselines, and the evaluator."""
+
+import math
+
+import pytest
+import torch
+
+from classic.agents.bandit import (
+    EpsilonGreedyAgent,
+    GreedyAgent,
+    RandomAgent,
+    ThompsonSamplingAgent,
+    UCB1Agent,
+    argmax_random_tiebreak,
+)
+from classic.envs import BernoulliBandit
+from classic.evaluate import mean_ci, run_trials, sample_eval_tasks
+
+
+def test_random_policy_earns_half_per_pull():
+    dist = BernoulliBandit(5)
+    res = run_trials(RandomAgent(5), dist, num_tasks=4000, episodes_per_trial=100, seed=3)
+    # E[p_a] = 1/2 under p ~ U[0,1]; 4000 x 100 pulls: std of the mean ~ 0.15.
+    assert abs(float(res.total_reward.mean()) - 50.0) < 0.8
+
+
+def test_step_scores_invalid_actions_zero_and_shapes():
+    dist = BernoulliBandit(3)
+    g = torch.Generator().manual_seed(0)
+    tasks = dist.sample_tasks(6, g)
+    tasks = tasks._replace(probs=torch.ones(6, 3))
+    state, obs = dist.reset(tasks, g)
+    step = dist.step(tasks, state, torch.tensor([0, 1, 2, -1, 3, 7]), g)
+    assert obs.shape == (6, 1) and step.obs.shape == (6, 1)
+    assert step.reward.tolist() == [1, 1, 1, 0, 0, 0]
+    assert step.terminated.all() and not step.truncated.any()
+
+
+def test_reward_frequency_matches_probability():
+    dist = BernoulliBandit(2)
+    g = torch.Generator().manual_seed(1)
+    tasks = dist.sample_tasks(1, g)._replace(probs=torch.tensor([[0.3, 0.8]]))
+    tasks = type(tasks)(probs=tasks.probs.expand(20000, 2))
+    state, _ = dist.reset(tasks, g)
+    r = dist.step(tasks, state, torch.ones(20000, dtype=torch.long), g).reward
+    assert abs(float(r.mean()) - 0.8) < 0.015
+
+
+def test_optimal_return_and_regret_definition():
+    dist = BernoulliBandit(4)
+    res = run_trials(GreedyAgent(4), dist, num_tasks=50, episodes_per_trial=20, seed=0)
+    tasks = sample_eval_tasks(dist, 50, 0)
+    best = tasks.probs.max(1).values
+    chosen = tasks.probs.gather(1, res.actions)
+    expected = torch.cumsum(best.unsqueeze(1) - chosen, dim=1)
+    torch.testing.assert_close(res.regret, expected)
+    assert (res.regret[:, 1:] >= res.regret[:, :-1] - 1e-6).all()  # pseudo-regret never decreases
+
+
+def test_eval_tasks_are_seeded_and_disjoint_from_training_streams():
+    dist = BernoulliBandit(5)
+    a = sample_eval_tasks(dist, 10, 0).probs
+    assert torch.equal(a, sample_eval_tasks(dist, 10, 0).probs)
+    assert not torch.equal(a, sample_eval_tasks(dist, 10, 1).probs)
+    train = dist.sample_tasks(10, torch.Generator().manual_seed(0)).probs
+    assert not torch.equal(a, train)
+
+
+def _ucb1_reference(succ, pulls, c):
+    t = sum(pulls)
+    scores = []
+    for s, n in zip(succ, pulls):
+        scores.append(math.inf if n == 0 else s / n + c * math.sqrt(2 * math.log(t) / n))
+    return scores
+
+
+def test_ucb1_scores_match_reference_loop():
+    agent = UCB1Agent(4, c=0.7)
+    agent.reset(3, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(5)
+    for _ in range(30):
+        a = torch.randint(4, (3,), generator=g)
+        r = torch.randint(2, (3,), generator=g).float()
+        agent.update(a, r)
+    scores = agent.scores()
+    for i in range(3):
+        ref = _ucb1_reference(agent.successes[i].tolist(), agent.pulls[i].tolist(), 0.7)
+        assert scores[i].tolist() == pytest.approx(ref)
+
+
+def test_thompson_posterior_is_conjugate_update():
+    agent = ThompsonSamplingAgent(3)
+    agent.reset(1, torch.Generator().manual_seed(0))
+    for a, r in [(0, 1), (0, 0), (2, 1), (0, 1)]:
+        agent.update(torch.tensor([a]), torch.tensor([float(r)]))
+    alpha, beta = agent.posterior()
+    assert alpha.tolist() == [[3.0, 1.0, 2.0]]
+    assert beta.tolist() == [[2.0, 1.0, 1.0]]
+
+
+def test_tiebreak_is_uniform_over_maxima():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0]]).expand(6000, 4)
+    picks = argmax_random_tiebreak(scores, g)
+    assert set(picks.tolist()) == {1, 2}
+    assert abs(float((picks == 1).float().mean()) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("agent_cls", [RandomAgent, GreedyAgent, UCB1Agent, ThompsonSamplingAgent])
+def test_same_seed_same_numbers(agent_cls):
+    dist = BernoulliBandit(5)
+    r1 = run_trials(agent_cls(5), dist, 64, 30, seed=11)
+    r2 = run_trials(agent_cls(5), dist, 64, 30, seed=11)
+    assert torch.equal(r1.actions, r2.actions) and torch.equal(r1.rewards, r2.rewards)
+
+
+def test_baselines_order_on_k5_n100():
+    dist = BernoulliBandit(5)
+    rand = run_trials(RandomAgent(5), dist, 500, 100, seed=0).total_reward.mean()
+    eps = run_trials(EpsilonGreedyAgent(5, 0.1), dist, 500, 100, seed=0).total_reward.mean()
+    ts = run_trials(ThompsonSamplingAgent(5), dist, 500, 100, seed=0).total_reward.mean()
+    assert rand < eps and rand < ts and ts > 70
+
+
+def test_mean_ci():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = mean_ci(x)
+    assert out["mean"] == pytest.approx(2.5)
+    assert out["ci95"] == pytest.approx(1.96 * float(x.std()) / 2)

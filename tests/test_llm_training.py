@@ -1,0 +1,95 @@
+"""Distillation data, a tiny SFT run, the GRPO rollout function and a tiny GRPO step."""
+
+import copy
+from collections import defaultdict
+
+import pytest
+import torch
+
+from classic.agents.bandit import ThompsonSamplingAgent
+from classic.envs import BernoulliBandit
+from mrl_llm.envs.text_bandit import BanditText
+from mrl_llm.rewards import REWARDS, get_reward
+from mrl_llm.rollout.agent import TrialRenderer
+from mrl_llm.rollout.generation import SamplingConfig
+from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, make_rollout_func, run_grpo
+from mrl_llm.train.sft import SFTStageConfig, distillation_dataset, run_sft, teacher_transcripts
+
+
+def _changed(before: dict, model) -> float:
+    return sum(float((p.detach() - before[n]).abs().sum()) for n, p in model.named_parameters())
+
+
+def test_distillation_masks_only_teacher_replies(tiny_tok):
+    env = BanditText(5, 8)
+    trs = teacher_transcripts(ThompsonSamplingAgent(5), BernoulliBandit(5), TrialRenderer(tiny_tok, env), 4, 8, seed=0)
+    ds = distillation_dataset(trs)
+    arm_ids = {tiny_tok.convert_tokens_to_ids(str(a)) for a in range(5)}
+    for row in ds:
+        ids, mask = row["input_ids"], row["completion_mask"]
+        trained = [i for i, m in zip(ids, mask) if m]
+        assert len(trained) == 8 and set(trained) <= arm_ids  # one arm token per pull, nothing else
+        assert tiny_tok.decode(ids).count("\n") == 8  # header + 7 feedback lines
+
+
+def test_teacher_transcripts_are_seeded(tiny_tok):
+    env = BanditText(5, 8)
+    make = lambda s: teacher_transcripts(ThompsonSamplingAgent(5), BernoulliBandit(5), TrialRenderer(tiny_tok, env), 3, 8, seed=s)  # noqa: E731
+    assert [t.completion_ids for t in make(1)] == [t.completion_ids for t in make(1)]
+    assert [t.completion_ids for t in make(1)] != [t.completion_ids for t in make(2)]
+
+
+def test_tiny_sft_changes_parameters_and_lowers_loss(tmp_path, tiny_model, tiny_tok):
+    env = BanditText(5, 10)
+    trs = teacher_transcripts(ThompsonSamplingAgent(5), BernoulliBandit(5), TrialRenderer(tiny_tok, env), 64, 10, seed=0)
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    cfg = SFTStageConfig(num_trials=64, num_train_epochs=3, learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=1, save_steps=1000)
+    trainer = run_sft(tiny_model, tiny_tok, distillation_dataset(trs), cfg, tmp_path / "sft")
+    assert _changed(before, trainer.model) > 0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+
+
+def test_rewards_registry():
+    assert {"trial_return", "negative_regret", "invalid_action_penalty"} <= set(REWARDS)
+    assert get_reward("negative_regret")(None, None, trial_regret=[1.5, 0.0]) == [-1.5, 0.0]
+    with pytest.raises(KeyError, match="known"):
+        get_reward("nope")
+    with pytest.raises(ValueError, match="unknown_reward|known"):
+        GRPOStageConfig(reward_funcs=["unknown_reward"])
+
+
+def test_rollout_func_groups_share_a_task(tiny_model, tiny_tok):
+    class FakeTrainer:
+        model = tiny_model
+        use_vllm = False
+        _metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+        class accelerator:
+            @staticmethod
+            def unwrap_model(m):
+                return m
+
+    env = BanditText(5, 6)
+    fn = make_rollout_func(BernoulliBandit(5), env, tiny_tok, SamplingConfig(), num_generations=4, episodes_per_trial=6, seed=0)
+    out = fn([env.prompt()] * 8, FakeTrainer())
+    assert len(out["completion_ids"]) == 8
+    for c, m, lp in zip(out["completion_ids"], out["env_mask"], out["logprobs"]):
+        assert len(c) == len(m) == len(lp) and sum(m) == 6
+    regrets = torch.tensor(out["trial_regret"])
+    assert (regrets >= 0).all() and len(out["trial_return"]) == 8
+    assert FakeTrainer._metrics["eval"]["rollout/trial_return"]  # the model was in eval mode
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        fn([env.prompt()] * 6, FakeTrainer())
+
+
+def test_tiny_grpo_step_changes_parameters(tmp_path, tiny_model, tiny_tok):
+    model = copy.deepcopy(tiny_model).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = GRPOStageConfig(max_steps=2, num_generations=4, tasks_per_step=2, learning_rate=1e-2, reward_funcs=["negative_regret"], save_steps=1000)
+    trainer = build_grpo_trainer(model, tiny_tok, BernoulliBandit(5), BanditText(5, 8), cfg, SamplingConfig(), 8, tmp_path / "grpo")
+    run_grpo(trainer, tmp_path / "grpo")
+    assert trainer.state.global_step == 2
+    assert _changed(before, trainer.model) > 0
+    logs = [h for h in trainer.state.log_history if "rollout/trial_regret" in h]
+    assert logs and all(h["completions/mean_length"] == 8 for h in logs)  # model tokens only (env_mask)

@@ -1,0 +1,217 @@
+"""RL² + PPO: input encoding, rollout/update consistency, memory handling, smoke training, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from classic.agents.base import Agent
+from classic.algos.rl2 import RL2Agent, RL2Policy, collect_trials, ppo_update, train_rl2
+from classic.algos.rl2_config import RL2Config
+from classic.envs import BernoulliBandit
+from classic.evaluate import run_trials
+
+TINY = dict(hidden_size=16, num_trials_per_batch=32, num_minibatches=2, num_iterations=3, update_epochs=2, seed=3)
+EPISODES = 12
+
+
+def _train(**overrides):
+    config = RL2Config(**{**TINY, **overrides})
+    logs: list[tuple[int, dict]] = []
+    policy = train_rl2(config, BernoulliBandit(num_arms=3), EPISODES, log_fn=lambda step, m: logs.append((step, m)))
+    return config, policy, logs
+
+
+# --- input encoding -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action_reward_input", [False, True])
+def test_encode_shapes_and_values(action_reward_input):
+    policy = RL2Policy(num_actions=4, obs_dim=2, hidden_size=8, action_reward_input=action_reward_input)
+    assert policy.input_dim == 4 * (2 if action_reward_input else 1) + 2 + 2
+    obs = torch.tensor([[0.5, -1.0], [2.0, 3.0], [0.0, 0.0]])
+    x = policy.encode(obs, torch.tensor([-1, 2, 3]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([True, False, True]))
+    assert x.shape == (3, policy.input_dim)
+    torch.testing.assert_close(x[:, :4], torch.tensor([[0.0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))  # -1 -> zeros
+    torch.testing.assert_close(x[:, 4], torch.tensor([0.0, 1.0, 0.0]))  # previous reward
+    torch.testing.assert_close(x[:, 5], torch.tensor([1.0, 0.0, 1.0]))  # done flag
+    torch.testing.assert_close(x[:, 6:8], obs)
+    if action_reward_input:
+        torch.testing.assert_close(x[:, 8:], torch.tensor([[0.0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]))
+    # any leading shape (time-major batches)
+    xt = policy.encode(torch.zeros(5, 3, 2), torch.zeros(5, 3, dtype=torch.long), torch.zeros(5, 3), torch.ones(5, 3, dtype=torch.bool))
+    assert xt.shape == (5, 3, policy.input_dim)
+    logits, values, h = policy(xt, policy.initial_state(3))
+    assert logits.shape == (5, 3, 4) and values.shape == (5, 3) and h.shape == (1, 3, 8)
+
+
+# --- inner loop -----------------------------------------------------------------------
+
+
+def test_collect_trials_shapes_and_logprobs_match_sequence_forward():
+    dist = BernoulliBandit(num_arms=3)
+    g = torch.Generator().manual_seed(0)
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, 16, action_reward_input=True, generator=g)
+    tasks = dist.sample_tasks(6, g)
+    batch = collect_trials(policy, dist, tasks, EPISODES, g)
+    T, B = EPISODES, 6
+    for name in ("prev_actions", "prev_rewards", "prev_dones", "actions", "logprobs", "values", "rewards", "dones", "mask"):
+        assert getattr(batch, name).shape == (T, B), name
+    assert batch.obs.shape == (T, B, 1)
+    assert bool(batch.mask.all())
+    assert batch.dones[:-1].sum() == 0 and bool(batch.dones[-1].all())  # only the trial end is a done
+    assert torch.equal(batch.prev_actions[0], torch.full((B,), -1))
+    assert torch.equal(batch.prev_actions[1:], batch.actions[:-1])  # row t sees action t-1
+    assert torch.equal(batch.prev_rewards[1:], batch.rewards[:-1])
+    assert bool(batch.prev_dones.all())  # every bandit episode is one pull
+    # Re-running the GRU over the whole recorded trial from the zero state (what ppo_update
+    # does with BPTT) reproduces the step-by-step log-probs and values.
+    inputs = policy.encode(batch.obs, batch.prev_actions, batch.prev_rewards, batch.prev_dones)
+    logits, values, _ = policy(inputs, policy.initial_state(B))
+    logp = torch.log_softmax(logits, -1).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logp, batch.logprobs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, batch.values, rtol=1e-5, atol=1e-5)
+
+
+def test_first_ppo_epoch_starts_on_policy():
+    dist = BernoulliBandit(num_arms=3)
+    g = torch.Generator().manual_seed(1)
+    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1})
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, generator=g)
+    batch = collect_trials(policy, dist, dist.sample_tasks(config.num_trials_per_batch, g), EPISODES, g)
+    stats = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, config, 0.01, g)
+    # One minibatch, one epoch: the ratio is exactly 1 when the loss is evaluated.
+    assert stats.approx_kl == pytest.approx(0.0, abs=1e-6)
+    assert stats.clipfrac == 0.0
+
+
+# --- memory: carried within a trial, reset between trials -----------------------------
+
+
+def test_agent_hidden_state_carried_within_and_reset_between_trials():
+    torch.manual_seed(0)
+    policy = RL2Policy(num_actions=3, obs_dim=1, hidden_size=8, action_reward_input=True)
+    agent = RL2Agent(policy)
+    assert isinstance(agent, Agent) and agent.name == "RL²"
+    n = 4
+    obs = torch.zeros(n, 1)
+    steps = [
+        (torch.full((n,), -1), torch.zeros(n), torch.ones(n, dtype=torch.bool)),
+        (torch.tensor([0, 1, 2, 0]), torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.ones(n, dtype=torch.bool)),
+        (torch.tensor([2, 2, 1, 0]), torch.tensor([0.0, 1.0, 1.0, 1.0]), torch.ones(n, dtype=torch.bool)),
+    ]
+
+    def play():
+        agent.reset(n, torch.Generator().manual_seed(5))
+        assert torch.equal(agent.h, torch.zeros(1, n, 8))
+        hs = []
+        for prev_a, prev_r, done in steps:
+            action = agent.act(obs, prev_a, prev_r, done)
+            assert action.shape == (n,) and action.dtype == torch.long
+            hs.append(agent.h.clone())
+        return hs
+
+    first = play()
+    # carried: the state after step t equals the GRU run over the whole prefix from zero
+    inputs = torch.stack([policy.encode(obs, a, r, d) for a, r, d in steps])
+    _, _, h_seq = policy(inputs, policy.initial_state(n))
+    torch.testing.assert_close(first[-1], h_seq)
+    assert not torch.allclose(first[1], first[2])
+    # reset: a second trial starts from zero again and retraces the first exactly
+    second = play()
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+    # and the state size follows num_tasks
+    agent.reset(7, torch.Generator())
+    assert agent.h.shape == (1, 7, 8)
+
+
+def test_agent_runs_in_evaluator_sampled_and_greedy():
+    torch.manual_seed(0)
+    policy = RL2Policy(num_actions=3, obs_dim=1, hidden_size=8)
+    dist = BernoulliBandit(num_arms=3)
+    sampled = run_trials(RL2Agent(policy), dist, num_tasks=20, episodes_per_trial=10, seed=0)
+    again = run_trials(RL2Agent(policy), dist, num_tasks=20, episodes_per_trial=10, seed=0)
+    assert torch.equal(sampled.actions, again.actions)  # actions drawn from the evaluator's generator
+    greedy = RL2Agent(policy, greedy=True)
+    assert greedy.name == "RL² (greedy)"
+    result = run_trials(greedy, dist, num_tasks=20, episodes_per_trial=10, seed=0)
+    assert result.rewards.shape == (20, 10) and result.invalid_rate == 0.0
+
+
+# --- smoke training and determinism ---------------------------------------------------
+
+
+def test_smoke_training_changes_parameters_and_logs_finite_losses():
+    config, policy, logs = _train()
+    init = RL2Policy(policy.num_actions, policy.obs_dim, config.hidden_size, config.action_reward_input,
+                     generator=torch.Generator().manual_seed(config.seed))
+    for (name, p0), p1 in zip(init.named_parameters(), policy.parameters()):
+        assert not torch.equal(p0, p1), f"{name} did not change"
+    assert len(logs) == config.num_iterations
+    steps = [s for s, _ in logs]
+    assert steps == [config.num_trials_per_batch * EPISODES * (i + 1) for i in range(config.num_iterations)]
+    for _, m in logs:
+        for key in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac"):
+            assert torch.isfinite(torch.tensor(m[key])), key
+        assert 0.0 <= m["charts/mean_trial_return"] <= EPISODES
+    assert logs[-1][1]["charts/ent_coef"] == pytest.approx(config.ent_coef_final)
+
+
+def test_same_seed_same_numbers_and_other_seed_differs():
+    _, p1, logs1 = _train()
+    _, p2, logs2 = _train()
+    for (name, a), b in zip(p1.state_dict().items(), p2.state_dict().values()):
+        assert torch.equal(a, b), name
+    strip = lambda logs: [(s, {k: v for k, v in m.items() if k != "charts/SPS"}) for s, m in logs]  # noqa: E731
+    assert strip(logs1) == strip(logs2)
+    _, p3, _ = _train(seed=4)
+    assert not torch.equal(p1.actor.weight, p3.actor.weight)
+
+
+def test_save_load_roundtrip(tmp_path):
+    config, policy, _ = _train(num_iterations=1)
+    path = tmp_path / "rl2.pt"
+    policy.save(path, config)
+    loaded = RL2Policy.load(path)
+    assert loaded.config == config
+    for a, b in zip(policy.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    dist = BernoulliBandit(num_arms=3)
+    r1 = run_trials(RL2Agent(policy), dist, num_tasks=10, episodes_per_trial=5, seed=1)
+    r2 = run_trials(RL2Agent(loaded), dist, num_tasks=10, episodes_per_trial=5, seed=1)
+    assert torch.equal(r1.actions, r2.actions)
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("hidden_size", 0),
+        ("num_trials_per_batch", 30),  # not divisible by num_minibatches=4
+        ("learning_rate", -1e-3),
+        ("gamma", 1.5),
+        ("gae_lambda", -0.1),
+        ("clip_coef", 0.0),
+        ("ent_coef", -0.01),
+        ("max_grad_norm", float("nan")),
+        ("update_epochs", 1.5),
+        ("target_kl", 0.0),
+    ],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        RL2Config(**{field: value})
+
+
+def test_config_derived_values():
+    config = RL2Config(num_trials_per_batch=64, num_minibatches=4, num_iterations=10, ent_coef=0.02, ent_coef_final=0.0)
+    assert config.minibatch_size == 16
+    assert config.total_env_steps(100) == 64 * 10 * 100
+    assert config.ent_coef_at(0) == pytest.approx(0.02) and config.ent_coef_at(9) == pytest.approx(0.0)
+    assert config.lr_at(0) == config.learning_rate
+    assert dataclasses.asdict(config) == config.to_dict()
