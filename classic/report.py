@@ -179,7 +179,7 @@ def _cell(text: str) -> str:
 
 def _decimals(mean: float, ci: float) -> int:
     if ci > 0 and math.isfinite(ci):
-        return min(max(-math.floor(math.log10(ci)), 0), 4)
+        return min(max(-math.floor(math.log10(ci)), 1), 4)  # at least one decimal: 78.1 ± 2.0
     m = abs(mean)
     return 1 if m >= 10 else 2 if m >= 1 else 3
 
@@ -194,7 +194,7 @@ def _fmt_mean_ci(stat: Mapping | None) -> str:
 
 def _fmt_number(x: float) -> str:
     x = float(x)
-    return f"{x:.0f}" if abs(x) >= 1e4 else f"{x:.4g}"
+    return f"{x:.0f}" if abs(x) >= 1e4 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.4g}"
 
 
 def _fmt_seconds(s: float | None) -> str:

@@ -61,16 +61,9 @@ def test_env_mask_marks_exactly_the_environment_tokens(tiny_model, tiny_tok, cha
     for i, tr in enumerate(trs):
         assert len(tr.completion_ids) == len(tr.env_mask) == len(tr.logprobs)
         # Rebuild the expected environment segments from the actions and rewards.
-        segments, cur, model_runs = [], [], []
-        for tok, m in zip(tr.completion_ids, tr.env_mask):
-            if m == 0:
-                cur.append(tok)
-            elif cur:
-                segments.append(cur)
-                cur = []
-        segments.append(cur)  # the last one ends with EOS
+        segments = _runs(tr, 0)  # the last one is the closing EOS
         assert len(segments) == 6  # 5 feedbacks between 6 replies + the closing EOS
-        replies = _model_runs(tr)
+        replies = _runs(tr, 1)
         total = 0.0
         for t in range(5):
             a = int(res.actions[i, t])
@@ -83,10 +76,11 @@ def test_env_mask_marks_exactly_the_environment_tokens(tiny_model, tiny_tok, cha
             assert (lp < 0) if m == 1 else (lp == 0.0)
 
 
-def _model_runs(tr):
+def _runs(tr, mask_value):
+    """Maximal runs of completion tokens whose env_mask equals ``mask_value``."""
     runs, cur = [], []
     for tok, m in zip(tr.completion_ids, tr.env_mask):
-        if m == 1:
+        if m == mask_value:
             cur.append(tok)
         elif cur:
             runs.append(cur)

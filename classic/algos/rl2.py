@@ -75,6 +75,7 @@ class RL2Policy(nn.Module):
         self.hidden_size = int(hidden_size)
         self.action_reward_input = bool(action_reward_input)
         self.input_dim = self.num_actions * (2 if self.action_reward_input else 1) + 2 + self.obs_dim
+        self.config: RL2Config | None = None  # set by train_rl2 / load, for the record
         self.gru = nn.GRU(self.input_dim, self.hidden_size)
         self.actor = nn.Linear(self.hidden_size, self.num_actions)
         self.critic = nn.Linear(self.hidden_size, 1)

@@ -1,0 +1,87 @@
+"""`mrl run`: recipe validation, dry runs of the shipped recipes, and a tiny end-to-end run."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mrl_llm.cli import load_experiment, main
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_dry_run(recipe, capsys):
+    assert main(["run", str(recipe), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "resolves to" in out
+
+
+def test_qwen_recipe_builds_chat_lora_vllm_arguments(capsys):
+    assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_qwen.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])
+    assert summary["chat"] is True and summary["lora"]["r"] == 16
+    assert summary["grpo"]["use_vllm"] is True and summary["grpo"]["vllm_mode"] == "colocate"
+    assert summary["model"].startswith("Qwen/Qwen2.5")
+
+
+def test_malformed_recipe_names_key_and_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: llm\ntask:\n  num_arms: 5\n  episodes: 100\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "task.episodes" in err
+    bad.write_text("kind: llm\ngrpo:\n  num_generations: one\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "grpo.num_generations" in err
+    bad.write_text("kind: llm\ngrpo:\n  num_generations: 1\n")
+    assert main(["run", str(bad)]) == 2
+    assert "num_generations must be >= 2" in capsys.readouterr().err
+    assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", "sft.lr=1"]) == 2
+    assert "sft.lr" in capsys.readouterr().err
+
+
+def test_overrides_apply(tmp_path):
+    kind, cfg = load_experiment(str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), ["grpo.max_steps=7", "task.num_arms=3"])
+    assert kind == "llm" and cfg.grpo.max_steps == 7 and cfg.task.num_arms == 3
+
+
+TINY = [
+    "task.episodes_per_trial=8", "task.num_arms=3", "baselines.tune_tasks=50", "baselines.agents=[Random,UCB1,Thompson sampling]",
+    "rl2.algo.num_iterations=2", "rl2.algo.num_trials_per_batch=16",
+    "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.num_heads=2", "model.tiny.intermediate_size=64",
+    "sft.num_trials=32", "sft.num_train_epochs=1", "sft.per_device_train_batch_size=16",
+    "grpo.max_steps=2", "grpo.num_generations=2", "grpo.tasks_per_step=2", "grpo.save_steps=1",
+    "eval.num_tasks=20", "eval.llm_batch_size=10", "kv_cache_benchmark.num_tasks=4",
+]
+
+
+def test_tiny_end_to_end_run_writes_report_and_resumes(tmp_path):
+    recipe = str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml")
+    args = ["run", recipe, "--set", f"output.root={tmp_path}", "--set", "name=e2e"]
+    for o in TINY:
+        args += ["--set", o]
+    assert main(args) == 0
+    run = tmp_path / "e2e"
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"] == {"num_arms": 3, "episodes_per_trial": 8}
+    agents = results["agents"]
+    assert {"Random", "UCB1", "Thompson sampling", "RL²", "LLM (SFT)", "LLM (SFT+GRPO)"} <= set(agents)
+    for entry in agents.values():
+        assert set(entry["total_reward"]) >= {"mean", "ci95"} and set(entry["regret"]) >= {"mean", "ci95"}
+    report = (run / "report.md").read_text()
+    for name in agents:
+        assert name in report
+    assert "invalid" in report.lower() and "KV-cache" in report
+    assert (run / "regret.png").stat().st_size > 1000
+    assert (run / "config.yaml").exists() and (run / "metrics.jsonl").stat().st_size > 0
+    assert (run / "sft" / "final" / "config.json").exists() and (run / "grpo" / "final" / "config.json").exists()
+    assert any((run / "grpo").glob("checkpoint-*"))
+    # A second run reuses the finished stages and reproduces the same numbers.
+    assert main(args) == 0
+    again = json.loads((run / "results.json").read_text())["agents"]
+    for name in agents:
+        assert again[name]["total_reward"]["mean"] == pytest.approx(agents[name]["total_reward"]["mean"])
