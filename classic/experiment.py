@@ -196,7 +196,7 @@ def evaluate_baselines(task: BanditConfig, cfg: BaselinesConfig, ev: EvalConfig,
 
 # ---- RL² --------------------------------------------------------------------------------------
 
-def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: MetricsLogger | None) -> RL2Policy:
+def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: MetricsLogger | None, progress: bool = True) -> RL2Policy:
     """Train RL² (or load the finished policy from ``run_dir/rl2/policy.pt``)."""
     path = run_dir / "rl2" / "policy.pt"
     if path.exists():
@@ -204,7 +204,7 @@ def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: Me
     log_fn = None
     if logger is not None:
         log_fn = lambda step, metrics: logger.log(step, {f"rl2/{k}": v for k, v in metrics.items()})  # noqa: E731
-    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=True)
+    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     policy.save(path, cfg.algo)
     return policy
@@ -264,8 +264,8 @@ def run_classic(cfg: ClassicExperiment, progress: bool = True) -> Path:
     return run_dir
 
 
-def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = True):
-    """Tune and evaluate baselines, train and evaluate RL²; fills ``times``."""
+def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = True, rl2: bool = True):
+    """Tune and evaluate baselines, then (if ``rl2``) train and evaluate RL²; fills ``times``."""
     t = time.perf_counter()
     params = tune_baselines(cfg.task, cfg.baselines, cfg.seed)
     times["tune baselines"] = time.perf_counter() - t
@@ -277,12 +277,29 @@ def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = Tru
         + (" (tuned on training tasks)" if cfg.baselines.tune else " (set in the recipe)"),
         "Gittins = finite-horizon Gittins index with Beta(1,1) priors (classic/agents/gittins.py).",
     ]
-    if cfg.rl2.enabled:
+    if cfg.rl2.enabled and rl2:
         t = time.perf_counter()
         policy = rl2_stage(cfg.task, cfg.rl2, run_dir, logger)
         times["train RL²"] = time.perf_counter() - t
-        t = time.perf_counter()
-        results["RL²"] = run_trials(RL2Agent(policy, greedy=cfg.rl2.greedy_eval), cfg.task.make(), cfg.eval.num_tasks, cfg.task.episodes_per_trial, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size)
-        times["evaluate RL²"] = time.perf_counter() - t
+        evaluate_rl2(cfg, policy, results, times)
+    if cfg.rl2.enabled:
         notes.append("RL² = GRU policy trained with PPO + GAE (the paper used TRPO).")
     return results, params, notes
+
+
+def evaluate_rl2(cfg, policy: RL2Policy, results: dict, times: dict) -> None:
+    """RL² on the held-out tasks, added to ``results`` as "RL²"."""
+    t = time.perf_counter()
+    agent = RL2Agent(policy, greedy=cfg.rl2.greedy_eval)
+    results["RL²"] = run_trials(agent, cfg.task.make(), cfg.eval.num_tasks, cfg.task.episodes_per_trial, seed=cfg.eval.seed, batch_size=cfg.eval.batch_size)
+    times["evaluate RL²"] = time.perf_counter() - t
+
+
+def train_rl2_in_process(task: BanditConfig, cfg: RL2StageConfig, run_dir: str, threads: int = 1) -> float:
+    """Entry point of a worker process that trains RL² (one thread) while the parent trains
+    something else; writes ``run_dir/rl2/policy.pt`` and returns the training seconds."""
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    with MetricsLogger(run_dir, tensorboard=True) as logger:
+        rl2_stage(task, cfg, Path(run_dir), logger, progress=False)
+    return time.perf_counter() - t

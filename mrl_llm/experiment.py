@@ -29,11 +29,14 @@ from classic.experiment import (
     OutputConfig,
     RL2StageConfig,
     classic_stages,
+    evaluate_rl2,
     paper_reference,
     prepare_run_dir,
     set_threads,
+    train_rl2_in_process,
     write_report,
 )
+from classic.algos.rl2 import RL2Policy
 from classic.metrics import MetricsLogger
 from mrl_llm.envs.text_bandit import BanditText
 from mrl_llm.models import ModelConfig, load_model_and_tokenizer
@@ -67,6 +70,8 @@ class LLMExperiment:
         name: run name (directory under ``output.root``).
         seed: master seed (tiny-LM initialization; stage seeds are in their groups).
         threads: torch CPU threads (None = all cores).
+        parallel_rl2: train RL² in a second process (one thread) while the LLM stages run, so a
+            2-core machine uses both cores; off = train it first, in this process.
         task: Bernoulli bandit (num_arms k, episodes_per_trial n).
         baselines: classic baselines evaluated beside the LLM.
         rl2: RL² trained and evaluated beside the LLM.
@@ -80,6 +85,7 @@ class LLMExperiment:
     name: str = "icrl_bandit_tiny"
     seed: int = 0
     threads: int | None = None
+    parallel_rl2: bool = True
     task: BanditConfig = field(default_factory=BanditConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     rl2: RL2StageConfig = field(default_factory=RL2StageConfig)
@@ -172,6 +178,15 @@ def kv_cache_benchmark(model, tok, cfg: LLMExperiment) -> dict:
     return out
 
 
+def _start_rl2_process(cfg: LLMExperiment, run_dir: Path):
+    """Train RL² in a spawned worker process; returns (pool, future of its training seconds)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return pool, pool.submit(train_rl2_in_process, cfg.task, cfg.rl2, str(run_dir), 1)
+
+
 def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
     """Run the whole chain; returns the run directory (report.md, regret.png, results.json...)."""
     set_threads(cfg.threads)
@@ -179,8 +194,11 @@ def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
     save_resolved(cfg, run_dir / "config.yaml", kind="llm")
     times: dict[str, float] = {}
     extra: dict = {}
+    rl2_job = None
+    if cfg.rl2.enabled and cfg.parallel_rl2:
+        rl2_job = _start_rl2_process(cfg, run_dir)
     with MetricsLogger(run_dir) as logger:
-        results, params, notes = classic_stages(cfg, run_dir, logger, times, progress)
+        results, params, notes = classic_stages(cfg, run_dir, logger, times, progress, rl2=rl2_job is None)
         extra["baseline_params"] = params
         t = time.perf_counter()
         model, tok = sft_stage(cfg, run_dir, logger) if cfg.sft.enabled else load_model_and_tokenizer(cfg.model, seed=cfg.seed)
@@ -199,6 +217,11 @@ def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
             t = time.perf_counter()
             extra["kv_cache"] = kv_cache_benchmark(model, tok, cfg)
             times["KV-cache benchmark"] = time.perf_counter() - t
+        if rl2_job is not None:
+            pool, future = rl2_job
+            times["train RL² (in parallel)"] = future.result()
+            pool.shutdown()
+            evaluate_rl2(cfg, RL2Policy.load(run_dir / "rl2" / "policy.pt"), results, times)
         for name, res in results.items():
             logger.log(0, {f"eval/{name}/total_reward": float(res.total_reward.mean()), f"eval/{name}/regret": float(res.final_regret.mean())})
     notes += llm_notes(cfg, results, extra)
