@@ -44,14 +44,23 @@ from classic.algos.rl2_config import RL2Config
 class RL2Policy(nn.Module):
     """GRU actor-critic whose hidden state carries what was learned within a trial.
 
-    Input at each step (``input_dim = num_actions + 2 + obs_dim``):
-    ``[one_hot(prev_action) (A), prev_reward (1), done (1), obs (obs_dim)]``; a previous
-    action of -1 (first step of a trial, invalid action) encodes as the zero vector.
+    Input at each step: ``[one_hot(prev_action) (A), prev_reward (1), done (1), obs (obs_dim)]``
+    as in the paper, plus, with ``action_reward_input``, ``one_hot(prev_action) * prev_reward``
+    (A): ``input_dim = A + 2 + obs_dim`` (+ A). A previous action of -1 (first step of a
+    trial, invalid action) encodes as the zero vector. The extra block is our addition, not
+    the paper's: it makes "arm i paid r" a linear function of the input, so per-arm reward
+    sums are a linear integration for the GRU instead of an AND it must first learn through
+    its gates. On the 5-arm bandit it was the largest single gain we measured (same budget
+    of 600 x 256 trials, 4 minibatches: 74.96 -> 77.31 held-out sampled return).
+
+    The actor and critic are linear heads on the GRU output; init as in CleanRL
+    (orthogonal weights, zero biases, actor gain 0.01).
 
     Args:
         num_actions: A, number of discrete actions.
         obs_dim: size of the observation vector.
         hidden_size: GRU hidden units.
+        action_reward_input: add the ``one_hot(prev_action) * prev_reward`` block.
         generator: RNG for the (orthogonal) initialization; None uses torch's global RNG.
 
     Example:

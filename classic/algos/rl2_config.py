@@ -14,8 +14,12 @@ class RL2Config:
     current policy and then runs ``update_epochs`` epochs of PPO over them, in
     ``num_minibatches`` minibatches of whole trials (BPTT through the GRU over the trial).
 
-    The defaults reach a held-out mean total reward of about 77-78 on
-    ``BernoulliBandit(num_arms=5)`` with 100 episodes per trial (see ``classic/algos/rl2.py``).
+    The defaults are tuned for ``BernoulliBandit(num_arms=5)`` with 100 episodes per trial:
+    300 iterations x 256 trials = 7.68M environment steps, about 3.5 minutes on one CPU
+    thread, reaching a held-out mean total reward of about 78 (sampled) / 78.7 (greedy) on
+    ``run_trials(..., 1000, 100, seed=0)`` (numbers in ``classic/algos/rl2.py``). Many small
+    minibatches (16 x 16 trials) matter most: the budget is bound by BPTT compute, and more
+    gradient steps per trial collected learned much faster than bigger minibatches.
 
     Attributes:
         hidden_size: GRU hidden units.
@@ -26,7 +30,8 @@ class RL2Config:
         update_epochs: PPO epochs over each batch of trials.
         num_minibatches: minibatches per epoch; each holds whole trials.
         clip_coef: PPO ratio clipping epsilon.
-        clip_vloss: clip the value loss (PPO2 style) with ``clip_coef`` scaled by the value scale.
+        clip_vloss: clip the value loss (PPO2 style) at ``clip_coef`` in critic units
+            (``clip_coef * reward_scale`` in reward units).
         gamma: discount across the whole trial (1.0 = the undiscounted trial return).
         gae_lambda: GAE lambda.
         norm_adv: standardize advantages per minibatch.
@@ -35,9 +40,11 @@ class RL2Config:
         vf_coef: value-loss coefficient.
         max_grad_norm: global gradient-norm clip.
         target_kl: stop the epochs of an iteration early when approx KL exceeds this (None: never).
-        reward_scale: the critic predicts returns in units of ``reward_scale`` (targets are
-            divided by it), which keeps the value loss O(1) for long trials.
+        reward_scale: rewards are divided by this before GAE, so the critic predicts returns
+            in units of ``reward_scale`` and the value loss stays O(1) for long trials.
         adam_eps: Adam epsilon.
+        action_reward_input: also feed ``one_hot(prev_action) * prev_reward`` to the GRU
+            (see :class:`~classic.algos.rl2.RL2Policy`).
         seed: seeds the one ``torch.Generator`` used for initialization, tasks, actions and
             minibatches; the same seed gives the same numbers.
 
@@ -47,16 +54,18 @@ class RL2Config:
     Example:
         >>> cfg = RL2Config(num_iterations=10)
         >>> cfg.minibatch_size
-        128
+        16
+        >>> cfg.total_env_steps(trial_length=100)
+        256000
     """
 
     hidden_size: int = 64
     learning_rate: float = 3e-3
     anneal_lr: bool = True
     num_trials_per_batch: int = 256
-    num_iterations: int = 600
+    num_iterations: int = 300
     update_epochs: int = 2
-    num_minibatches: int = 4
+    num_minibatches: int = 16
     clip_coef: float = 0.2
     clip_vloss: bool = False
     gamma: float = 1.0
