@@ -229,16 +229,16 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def write_report(run_dir: Path, title: str, task: BanditConfig, results: dict, times: dict, notes: list[str], extra_json: dict, reference: dict | None = None) -> None:
+def write_report(run_dir: Path, title: str, task: BanditConfig, results: dict, times: dict, notes: list[str], extra_json: dict, reference: dict | None = None, wall_time: float | None = None, parallel: tuple[str, ...] = ()) -> None:
     """report.md, regret.png and results.json in ``run_dir``."""
     plot_regret(results, run_dir / "regret.png", title=f"{title}: k={task.num_arms}, n={task.episodes_per_trial}")
     lines = [f"# {title}", "", f"Bernoulli bandit, k={task.num_arms} arms, n={task.episodes_per_trial} pulls per trial.", ""]
     lines += ["## Held-out evaluation", "", results_table(results, reference=reference), "", "![cumulative regret](regret.png)", ""]
-    lines += ["## Wall time per stage", "", stage_times_table(times), ""]
+    lines += ["## Wall time per stage", "", stage_times_table(times, wall_time, parallel), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     (run_dir / "report.md").write_text("\n".join(lines))
-    write_results_json(run_dir / "results.json", to_dict(task), results, extra={"stage_times_s": times, **extra_json})
+    write_results_json(run_dir / "results.json", to_dict(task), results, extra={"stage_times_s": times, "wall_time_s": wall_time, **extra_json})
 
 
 def paper_reference(task: BanditConfig) -> dict[str, float]:
@@ -254,13 +254,14 @@ def paper_reference(task: BanditConfig) -> dict[str, float]:
 
 def run_classic(cfg: ClassicExperiment, progress: bool = True) -> Path:
     """Run a classic experiment end to end; returns the run directory."""
+    start = time.perf_counter()
     set_threads(cfg.threads)
     run_dir = prepare_run_dir(cfg.name, cfg.output)
     save_resolved(cfg, run_dir / "config.yaml", kind="classic")
     times: dict[str, float] = {}
     with MetricsLogger(run_dir) as logger:
         results, params, notes = classic_stages(cfg, run_dir, logger, times, progress)
-    write_report(run_dir, cfg.name, cfg.task, results, times, notes, {"baseline_params": params}, paper_reference(cfg.task))
+    write_report(run_dir, cfg.name, cfg.task, results, times, notes, {"baseline_params": params}, paper_reference(cfg.task), wall_time=time.perf_counter() - start)
     return run_dir
 
 

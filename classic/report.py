@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
@@ -151,21 +151,29 @@ def results_table(
     return "\n".join(lines) + "\n"
 
 
-def stage_times_table(times: Mapping[str, float]) -> str:
+def stage_times_table(times: Mapping[str, float], wall_time: float | None = None, parallel: Iterable[str] = ()) -> str:
     """Markdown table of wall time per stage (seconds and minutes) with a total row.
 
     Args:
         times: stage name -> seconds, in the order to show.
+        wall_time: the run's measured wall time; shown as the total when given (stages that
+            ran in parallel make the sum of the rows larger than it).
+        parallel: stages that ran in parallel to the others; marked, and left out of the sum.
 
     Returns:
         The table, ending with a newline.
     """
+    parallel = set(parallel)
     lines = [_row(["stage", "seconds", "minutes"]), _row(["---", "---:", "---:"])]
     total = 0.0
     for stage, seconds in times.items():
-        total += float(seconds)
-        lines.append(_row([_cell(stage), f"{seconds:.1f}", f"{seconds / 60:.2f}"]))
-    lines.append(_row(["**total**", f"**{total:.1f}**", f"**{total / 60:.2f}**"]))
+        name = _cell(stage) + (" (in parallel)" if stage in parallel else "")
+        if stage not in parallel:
+            total += float(seconds)
+        lines.append(_row([name, f"{seconds:.1f}", f"{seconds / 60:.2f}"]))
+    label = "**total (wall clock)**" if wall_time is not None else "**total**"
+    total = float(wall_time) if wall_time is not None else total
+    lines.append(_row([label, f"**{total:.1f}**", f"**{total / 60:.2f}**"]))
     return "\n".join(lines) + "\n"
 
 

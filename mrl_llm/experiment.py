@@ -189,6 +189,7 @@ def _start_rl2_process(cfg: LLMExperiment, run_dir: Path):
 
 def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
     """Run the whole chain; returns the run directory (report.md, regret.png, results.json...)."""
+    start = time.perf_counter()
     set_threads(cfg.threads)
     run_dir = prepare_run_dir(cfg.name, cfg.output)
     save_resolved(cfg, run_dir / "config.yaml", kind="llm")
@@ -219,13 +220,14 @@ def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
             times["KV-cache benchmark"] = time.perf_counter() - t
         if rl2_job is not None:
             pool, future = rl2_job
-            times["train RL² (in parallel)"] = future.result()
+            times["train RL²"] = future.result()
             pool.shutdown()
             evaluate_rl2(cfg, RL2Policy.load(run_dir / "rl2" / "policy.pt"), results, times)
         for name, res in results.items():
             logger.log(0, {f"eval/{name}/total_reward": float(res.total_reward.mean()), f"eval/{name}/regret": float(res.final_regret.mean())})
     notes += llm_notes(cfg, results, extra)
-    write_report(run_dir, cfg.name, cfg.task, results, times, notes, extra, paper_reference(cfg.task))
+    parallel = ("train RL²",) if rl2_job is not None else ()
+    write_report(run_dir, cfg.name, cfg.task, results, times, notes, extra, paper_reference(cfg.task), wall_time=time.perf_counter() - start, parallel=parallel)
     return run_dir
 
 

@@ -179,3 +179,12 @@ def test_metrics_logger_without_tensorboard(tmp_path, monkeypatch):
     logger.close()
     logger.close()  # idempotent
     assert read_metrics(tmp_path / "metrics.jsonl")[0]["s/eval/x"] == 2.0
+
+
+def test_stage_times_parallel_stages_not_summed():
+    from classic.report import stage_times_table
+
+    table = stage_times_table({"a": 60.0, "b": 30.0, "rl2": 80.0}, parallel=["rl2"])
+    assert "rl2 (in parallel)" in table and "**90.0**" in table
+    table = stage_times_table({"a": 60.0, "rl2": 80.0}, wall_time=75.0, parallel=["rl2"])
+    assert "total (wall clock)" in table and "**75.0**" in table
