@@ -204,7 +204,7 @@ def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: Me
     log_fn = None
     if logger is not None:
         log_fn = lambda step, metrics: logger.log(step, {f"rl2/{k}": v for k, v in metrics.items()})  # noqa: E731
-    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=progress)
+    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=progress, checkpoint_path=path.parent / "training_state.pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     policy.save(path, cfg.algo)
     return policy

@@ -215,3 +215,29 @@ def test_config_derived_values():
     assert config.ent_coef_at(0) == pytest.approx(0.02) and config.ent_coef_at(9) == pytest.approx(0.0)
     assert config.lr_at(0) == config.learning_rate
     assert dataclasses.asdict(config) == config.to_dict()
+
+
+def test_interrupted_training_resumes_to_the_same_numbers(tmp_path):
+    """Train 4 iterations straight, or 2 + crash + resume: same parameters."""
+    from classic.algos.rl2 import train_rl2
+    from classic.algos.rl2_config import RL2Config
+    from classic.envs import BernoulliBandit
+
+    cfg = RL2Config(num_iterations=4, num_trials_per_batch=8, num_minibatches=2, hidden_size=8)
+    dist = BernoulliBandit(3)
+    straight = train_rl2(cfg, dist, 5)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_after_two(step, metrics):
+        if metrics["charts/iteration"] == 2:
+            raise Interrupt
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(Interrupt):
+        train_rl2(cfg, dist, 5, log_fn=crash_after_two, checkpoint_path=ckpt, checkpoint_every=1)
+    assert ckpt.exists()
+    resumed = train_rl2(cfg, dist, 5, checkpoint_path=ckpt, checkpoint_every=1)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)

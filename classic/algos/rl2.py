@@ -49,7 +49,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -381,6 +383,8 @@ def train_rl2(
     episodes_per_trial: int,
     log_fn: Callable[[int, dict], None] | None = None,
     progress: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 25,
 ) -> RL2Policy:
     """Meta-train an RL² policy on ``dist`` with PPO.
 
@@ -398,6 +402,10 @@ def train_rl2(
             ``losses/`` (policy_loss, value_loss, entropy, approx_kl, clipfrac,
             explained_variance) metrics.
         progress: show a tqdm bar over iterations.
+        checkpoint_path: if given, the training state (policy, optimizer, RNG, iteration) is
+            saved there every ``checkpoint_every`` iterations, and training resumes from it if
+            the file exists; a resumed run gives the same numbers as an uninterrupted one.
+        checkpoint_every: iterations between checkpoints.
 
     Returns:
         The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
@@ -407,12 +415,19 @@ def train_rl2(
     policy.config = config
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
 
-    iterations = range(config.num_iterations)
+    first, env_steps = 0, 0
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        policy.load_state_dict(ckpt["policy"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+        first, env_steps = ckpt["iteration"] + 1, ckpt["env_steps"]
+
+    iterations = range(first, config.num_iterations)
     if progress:
         from tqdm.auto import tqdm
 
-        iterations = tqdm(iterations, desc="RL²")
-    env_steps = 0
+        iterations = tqdm(iterations, desc="RL²", initial=first, total=config.num_iterations)
     start = time.perf_counter()
     for iteration in iterations:
         lr, ent_coef = config.lr_at(iteration), config.ent_coef_at(iteration)
@@ -444,8 +459,20 @@ def train_rl2(
                 "losses/explained_variance": stats.explained_variance,
             }
             log_fn(env_steps, metrics)
+        if checkpoint_path is not None and ((iteration + 1) % checkpoint_every == 0 or iteration + 1 == config.num_iterations):
+            _save_training_state(checkpoint_path, policy, optimizer, generator, iteration, env_steps)
     policy.eval()
     return policy
+
+
+def _save_training_state(path, policy, optimizer, generator, iteration: int, env_steps: int) -> None:
+    """Atomically write what :func:`train_rl2` needs to resume after ``iteration``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    state = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "iteration": iteration, "env_steps": env_steps}
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------
