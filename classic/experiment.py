@@ -40,7 +40,7 @@ class BaselinesConfig:
         ucb_c: UCB1 exploration scale (used as is when ``tune`` is false).
         ucb_c_grid: grid for c.
         epsilon: epsilon-greedy's exploration rate (used as is when ``tune`` is false).
-        epsilon_grid: grid for epsilon.
+        epsilon_grid: grid for epsilon (without 0, which is the Greedy row).
     """
 
     agents: list[str] = field(default_factory=lambda: list(BASELINES))
@@ -49,7 +49,7 @@ class BaselinesConfig:
     ucb_c: float = 1.0
     ucb_c_grid: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0])
     epsilon: float = 0.1
-    epsilon_grid: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.02, 0.05, 0.1, 0.2])
+    epsilon_grid: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2])
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.agents if a not in BASELINES]
@@ -57,6 +57,8 @@ class BaselinesConfig:
             raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
         if self.tune_tasks < 1:
             raise ValueError(f"tune_tasks must be >= 1, got {self.tune_tasks}")
+        if any(not 0.0 <= e <= 1.0 for e in self.epsilon_grid + [self.epsilon]):
+            raise ValueError("epsilon and epsilon_grid values must be in [0, 1]")
 
 
 @dataclass
