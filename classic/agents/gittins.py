@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -447,8 +448,8 @@ def fh_gittins_table(
             if same and table.values.dtype == torch.float32 and table.values.shape[0] == int(table.offsets[-1]):
                 _MEMORY_CACHE[key] = table
                 return table
-        except Exception:  # corrupt or incompatible file: rebuild
-            pass
+        except Exception as err:  # corrupt or incompatible file: rebuild it
+            warnings.warn(f"ignoring unreadable Gittins cache {path}: {err}", RuntimeWarning, stacklevel=2)
     table = _build(n, alpha0, beta0, K, exact_m, chunk)
     if cache:
         _MEMORY_CACHE[key] = table
@@ -460,8 +461,8 @@ def fh_gittins_table(
                 torch.save({"values": table.values, **meta}, tmp)
                 os.replace(tmp, path)
                 table.meta["path"] = str(path)
-            except OSError:
-                pass
+            except OSError:  # read-only cache directory: the table stays in memory only
+                table.meta["path"] = None
     return table
 
 
