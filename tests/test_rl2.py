@@ -228,7 +228,7 @@ def test_interrupted_training_resumes_to_the_same_numbers(tmp_path):
     straight = train_rl2(cfg, dist, 5)
 
     class Interrupt(Exception):
-        pass
+        """Stands for a killed run."""
 
     def crash_after_two(step, metrics):
         if metrics["charts/iteration"] == 2:

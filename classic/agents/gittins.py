@@ -56,8 +56,8 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
