@@ -86,12 +86,12 @@ class BernoulliBandit:
         self.num_actions = self.num_arms
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> BanditTasks:
-        """Draw ``n`` tasks; returns probs (n, k) ~ U[0, 1]."""
-        return BanditTasks(probs=torch.rand(n, self.num_arms, generator=generator))
+        """Draw ``n`` tasks; returns probs (n, k) ~ U[0, 1], on the generator's device."""
+        return BanditTasks(probs=torch.rand(n, self.num_arms, generator=generator, device=generator.device))
 
     def reset(self, tasks: BanditTasks, generator: torch.Generator | None = None) -> tuple[BanditState, Tensor]:
-        n = tasks.probs.shape[0]
-        return BanditState(t=torch.zeros(n, dtype=torch.long)), torch.zeros(n, 1)
+        n, device = tasks.probs.shape[0], tasks.probs.device
+        return BanditState(t=torch.zeros(n, dtype=torch.long, device=device)), torch.zeros(n, 1, device=device)
 
     def valid(self, action: Tensor) -> Tensor:
         """(n,) bool, whether each action indexes an arm."""
@@ -106,15 +106,15 @@ class BernoulliBandit:
     def step(self, tasks: BanditTasks, state: BanditState, action: Tensor, generator: torch.Generator) -> Step:
         """Pull ``action`` (n,) long; reward (n,) in {0, 1}; the episode always terminates."""
         p = self.mean_reward(tasks, state, action)
-        u = torch.rand(p.shape, generator=generator)
+        u = torch.rand(p.shape, generator=generator, device=p.device)
         reward = (u < p).float()
         n = p.shape[0]
-        done = torch.ones(n, dtype=torch.bool)
+        done = torch.ones(n, dtype=torch.bool, device=p.device)
         return Step(
-            obs=torch.zeros(n, 1),
+            obs=torch.zeros(n, 1, device=p.device),
             reward=reward,
             terminated=done,
-            truncated=torch.zeros(n, dtype=torch.bool),
+            truncated=torch.zeros(n, dtype=torch.bool, device=p.device),
             state=BanditState(t=state.t + 1),
         )
 
