@@ -57,3 +57,20 @@ def test_reward_frequency_matches_the_task_and_seeding_repeats():
     again = [env.step(1)[1] for _ in range(50)]
     env.reset(seed=3)
     assert again == [env.step(1)[1] for _ in range(50)]
+
+
+def test_tabular_mdp_through_the_adapter():
+    from gymnasium.utils.env_checker import check_env
+
+    from classic.envs import TabularMDPConfig
+
+    env = TaskDistributionEnv(TabularMDPConfig().make(), episodes_per_trial=3)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (10,) and obs[0] == 1.0
+    steps, done = 0, False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps += 1
+        done = terminated or truncated
+    assert steps == 30 and truncated and not terminated  # an MDP trial ends by its time limit
