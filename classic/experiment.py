@@ -25,7 +25,8 @@ from classic.evaluate import TrialResult, run_trials
 from classic.metrics import MetricsLogger
 from classic.report import plot_regret, results_table, stage_times_table, write_results_json
 
-BASELINES = ("Random", "Greedy", "epsilon-greedy", "UCB1", "Thompson sampling", "Gittins")
+DEFAULT_BASELINES = ("Random", "Greedy", "epsilon-greedy", "UCB1", "Thompson sampling", "Gittins")
+BASELINES = DEFAULT_BASELINES + ("Bayes-optimal",)  # the exact DP: 2-armed bandits only
 TUNE_SEED_BASE = 30_000  # tuning tasks: a training stream, disjoint from evaluation streams
 
 
@@ -34,7 +35,8 @@ class BaselinesConfig:
     """Which non-learned baselines to run and how their hyperparameters are chosen.
 
     Attributes:
-        agents: names among Random, Greedy, epsilon-greedy, UCB1, Thompson sampling, Gittins.
+        agents: names among Random, Greedy, epsilon-greedy, UCB1, Thompson sampling, Gittins,
+            Bayes-optimal (exact dynamic programming, num_arms = 2 only).
         tune: choose UCB1's c and epsilon-greedy's epsilon by grid search on training tasks.
         tune_tasks: training tasks per grid point.
         ucb_c: UCB1 exploration scale (used as is when ``tune`` is false).
@@ -43,7 +45,7 @@ class BaselinesConfig:
         epsilon_grid: grid for epsilon (without 0, which is the Greedy row).
     """
 
-    agents: list[str] = field(default_factory=lambda: list(BASELINES))
+    agents: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     tune: bool = True
     tune_tasks: int = 2000
     ucb_c: float = 1.0
@@ -154,6 +156,10 @@ def make_baseline(name: str, task: BanditConfig, params: dict):
         from classic.agents.gittins import GittinsAgent
 
         return GittinsAgent(k, horizon=task.episodes_per_trial)
+    if name == "Bayes-optimal":
+        from classic.agents.bayes_optimal import BayesOptimalAgent
+
+        return BayesOptimalAgent(k, horizon=task.episodes_per_trial)
     raise ValueError(f"unknown baseline {name!r}; known: {list(BASELINES)}")
 
 

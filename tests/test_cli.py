@@ -85,3 +85,16 @@ def test_tiny_end_to_end_run_writes_report_and_resumes(tmp_path):
     again = json.loads((run / "results.json").read_text())["agents"]
     for name in agents:
         assert again[name]["total_reward"]["mean"] == pytest.approx(agents[name]["total_reward"]["mean"])
+
+
+def test_classic_recipe_end_to_end_with_bayes_optimal_row(tmp_path):
+    args = ["run", str(ROOT / "recipes/classic/rl2_bandit.yaml"), "--set", f"output.root={tmp_path}", "--set", "name=c",
+            "--set", "task.num_arms=2", "--set", "task.episodes_per_trial=10", "--set", "eval.num_tasks=200",
+            "--set", "baselines.agents=[Random,UCB1,Bayes-optimal]", "--set", "baselines.tune_tasks=50",
+            "--set", "rl2.algo.num_iterations=2", "--set", "rl2.algo.num_trials_per_batch=16"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "c" / "results.json").read_text())
+    agents = results["agents"]
+    assert set(agents) == {"Random", "UCB1", "Bayes-optimal", "RL²"}
+    assert agents["Bayes-optimal"]["regret"]["mean"] < agents["Random"]["regret"]["mean"]
+    assert (tmp_path / "c" / "rl2" / "policy.pt").exists() and (tmp_path / "c" / "report.md").exists()
