@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from classic.agents.bandit import ThompsonSamplingAgent
-from classic.config import save_resolved, to_dict
+from classic.config import save_resolved
 from classic.envs.bandit import BanditConfig
 from classic.evaluate import TrialResult, run_trials
 from classic.experiment import (

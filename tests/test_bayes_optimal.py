@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from classic.agents.bandit import ThompsonSamplingAgent, UCB1Agent
 from classic.agents.bayes_optimal import BayesOptimalAgent, bayes_optimal_table, brute_force_value

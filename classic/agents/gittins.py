@@ -272,6 +272,7 @@ def _grid_pass(n: int, a0: float, b0: float, K: int, chunk: int, out: Tensor, do
         p = p32.index_select(0, S)[:, None]
         A = p - lam
         Nc = torch.ones_like(A)
+        P = torch.empty(0)  # [V | N] of the previous level's states, set at the end of each level
         for m in range(1, n + 1):
             if m > 1:
                 # Children: success (t+1, s+1) = flat + t + 2, failure (t+1, s) = flat + t + 1.

@@ -99,7 +99,7 @@ class HFSession:
         self.use_cache = use_cache
         self.device = next(model.parameters()).device
         self.pending: list[list[int]] = [[] for _ in range(self.B)]  # fed lazily, at the next forward
-        self.history: list[list[int]] = [[] for _ in range(self.B)]  # everything, for use_cache=False
+        self.history: list[list[int]] = [[] for _ in range(self.B)]  # whole sequences; use_cache=False only
         self.past = None
         self.mask = torch.zeros(self.B, 0, dtype=torch.long, device=self.device)
         self.pos = torch.zeros(self.B, dtype=torch.long, device=self.device)
@@ -151,8 +151,6 @@ class HFSession:
         else:
             self.last_logits = torch.where((n_new > 0).unsqueeze(1), new_logits, self.last_logits)
         self.pos = self.pos + n_new
-        for i, p in enumerate(self.pending):
-            self.history[i].extend(p)
         self.pending = [[] for _ in range(self.B)]
 
     def _forward_full(self) -> None:
