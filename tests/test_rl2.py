@@ -241,3 +241,19 @@ def test_interrupted_training_resumes_to_the_same_numbers(tmp_path):
     resumed = train_rl2(cfg, dist, 5, checkpoint_path=ckpt, checkpoint_every=1)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_on_iteration_sees_every_update_and_can_stop_training_early():
+    seen: list[tuple[int, int]] = []
+
+    def hook(iteration, policy, env_steps):
+        assert isinstance(policy, RL2Policy) and not policy.training
+        seen.append((iteration, env_steps))
+        return iteration == 1  # stop after the second update
+
+    config = RL2Config(**TINY)
+    policy = train_rl2(config, BernoulliBandit(num_arms=3), EPISODES, on_iteration=hook)
+    assert seen == [(0, 32 * EPISODES), (1, 64 * EPISODES)]
+    # It stopped after 2 of the 3 updates, so it differs from the full run.
+    _, full, _ = _train()
+    assert not torch.equal(policy.actor.weight, full.actor.weight)

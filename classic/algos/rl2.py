@@ -385,6 +385,7 @@ def train_rl2(
     progress: bool = False,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
+    on_iteration: Callable[[int, "RL2Policy", int], bool | None] | None = None,
 ) -> RL2Policy:
     """Meta-train an RL² policy on ``dist`` with PPO.
 
@@ -406,6 +407,10 @@ def train_rl2(
             saved there every ``checkpoint_every`` iterations, and training resumes from it if
             the file exists; a resumed run gives the same numbers as an uninterrupted one.
         checkpoint_every: iterations between checkpoints.
+        on_iteration: called as ``on_iteration(iteration, policy, env_steps)`` after every
+            update (and checkpoint); returning True stops training early (the benchmark
+            ``benchmarks/rl2_time_to_target.py`` evaluates the policy here). Time spent in it
+            is not counted in ``charts/SPS``.
 
     Returns:
         The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
@@ -461,6 +466,13 @@ def train_rl2(
             log_fn(env_steps, metrics)
         if checkpoint_path is not None and ((iteration + 1) % checkpoint_every == 0 or iteration + 1 == config.num_iterations):
             _save_training_state(checkpoint_path, policy, optimizer, generator, iteration, env_steps)
+        if on_iteration is not None:
+            paused = time.perf_counter()
+            policy.eval()
+            stop = on_iteration(iteration, policy, env_steps)
+            start += time.perf_counter() - paused
+            if stop:
+                break
     policy.eval()
     return policy
 
