@@ -15,7 +15,14 @@ from pathlib import Path
 
 import torch
 
-from classic.agents.bandit import EpsilonGreedyAgent, GreedyAgent, RandomAgent, ThompsonSamplingAgent, UCB1Agent
+from classic.agents.bandit import (
+    EpsilonGreedyAgent,
+    GreedyAgent,
+    OptimisticThompsonSamplingAgent,
+    RandomAgent,
+    ThompsonSamplingAgent,
+    UCB1Agent,
+)
 from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
 from classic.algos.rl2_config import RL2Config
 from classic.config import save_resolved, to_dict
@@ -25,7 +32,7 @@ from classic.metrics import MetricsLogger
 from classic.report import plot_regret, results_table, stage_times_table, write_results_json
 
 DEFAULT_BASELINES = ("Random", "Greedy", "epsilon-greedy", "UCB1", "Thompson sampling", "Gittins")
-BASELINES = DEFAULT_BASELINES + ("Bayes-optimal",)  # the exact DP: 2-armed bandits only
+BASELINES = DEFAULT_BASELINES + ("OTS", "Bayes-optimal")  # Bayes-optimal: exact DP, small k and n only
 TUNE_SEED_BASE = 30_000  # tuning tasks: a training stream, disjoint from evaluation streams
 
 
@@ -34,14 +41,21 @@ class BaselinesConfig:
     """Which non-learned baselines to run and how their hyperparameters are chosen.
 
     Attributes:
-        agents: names among Random, Greedy, epsilon-greedy, UCB1, Thompson sampling, Gittins,
-            Bayes-optimal (exact dynamic programming, num_arms = 2 only).
-        tune: choose UCB1's c and epsilon-greedy's epsilon by grid search on training tasks.
+        agents: names among Random, Greedy, epsilon-greedy, UCB1, Thompson sampling, OTS
+            (optimistic Thompson sampling), Gittins, Bayes-optimal (exact dynamic programming,
+            small k and n only, see ``classic.agents.bayes_optimal``).
+        tune: choose UCB1's c, epsilon-greedy's epsilon, Thompson sampling's prior and OTS's
+            number of samples by grid search on training tasks.
         tune_tasks: training tasks per grid point.
         ucb_c: UCB1 exploration scale (used as is when ``tune`` is false).
         ucb_c_grid: grid for c.
         epsilon: epsilon-greedy's exploration rate (used as is when ``tune`` is false).
         epsilon_grid: grid for epsilon (without 0, which is the Greedy row).
+        ts_prior: Thompson sampling's symmetric Beta(s, s) prior pseudo-count s (1 = the
+            task prior U[0, 1]; used as is when ``tune`` is false).
+        ts_prior_grid: grid for s.
+        ots_samples: OTS's posterior samples per arm and step.
+        ots_samples_grid: grid for it.
     """
 
     agents: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
@@ -51,6 +65,10 @@ class BaselinesConfig:
     ucb_c_grid: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0])
     epsilon: float = 0.1
     epsilon_grid: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2])
+    ts_prior: float = 1.0
+    ts_prior_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
+    ots_samples: int = 1
+    ots_samples_grid: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.agents if a not in BASELINES]
@@ -60,6 +78,10 @@ class BaselinesConfig:
             raise ValueError(f"tune_tasks must be >= 1, got {self.tune_tasks}")
         if any(not 0.0 <= e <= 1.0 for e in self.epsilon_grid + [self.epsilon]):
             raise ValueError("epsilon and epsilon_grid values must be in [0, 1]")
+        if any(not s > 0 for s in self.ts_prior_grid + [self.ts_prior]):
+            raise ValueError("ts_prior and ts_prior_grid values must be > 0")
+        if any(k < 1 for k in self.ots_samples_grid + [self.ots_samples]):
+            raise ValueError("ots_samples and ots_samples_grid values must be >= 1")
 
 
 @dataclass
@@ -150,7 +172,10 @@ def make_baseline(name: str, task: BanditConfig, params: dict):
     if name == "UCB1":
         return UCB1Agent(k, c=params.get("ucb_c", 1.0))
     if name == "Thompson sampling":
-        return ThompsonSamplingAgent(k)
+        prior = params.get("ts_prior", 1.0)
+        return ThompsonSamplingAgent(k, alpha0=prior, beta0=prior)
+    if name == "OTS":
+        return OptimisticThompsonSamplingAgent(k, num_samples=int(params.get("ots_samples", 1)))
     if name == "Gittins":
         from classic.agents.gittins import GittinsAgent
 
@@ -163,9 +188,13 @@ def make_baseline(name: str, task: BanditConfig, params: dict):
 
 
 def tune_baselines(task: BanditConfig, cfg: BaselinesConfig, seed: int = 0) -> dict:
-    """Grid-search UCB1's c and epsilon-greedy's epsilon on training tasks (never the held-out
-    ones); returns ``{"ucb_c": c, "epsilon": eps, "grid": {...mean total reward per value}}``."""
-    params = {"ucb_c": cfg.ucb_c, "epsilon": cfg.epsilon}
+    """Grid-search the baselines' hyperparameters on training tasks (never the held-out ones).
+
+    Returns:
+        ``{"ucb_c": c, "epsilon": eps, "ts_prior": s, "ots_samples": K, "grid": {key: {value:
+        mean total reward}}}``; only the agents in ``cfg.agents`` are searched.
+    """
+    params = {"ucb_c": cfg.ucb_c, "epsilon": cfg.epsilon, "ts_prior": cfg.ts_prior, "ots_samples": cfg.ots_samples}
     if not cfg.tune:
         return params
     dist = task.make()
@@ -174,6 +203,8 @@ def tune_baselines(task: BanditConfig, cfg: BaselinesConfig, seed: int = 0) -> d
     grid: dict[str, dict[str, float]] = {}
     searches = [("ucb_c", "UCB1", cfg.ucb_c_grid, lambda v: UCB1Agent(task.num_arms, c=v))]
     searches.append(("epsilon", "epsilon-greedy", cfg.epsilon_grid, lambda v: EpsilonGreedyAgent(task.num_arms, epsilon=v)))
+    searches.append(("ts_prior", "Thompson sampling", cfg.ts_prior_grid, lambda v: ThompsonSamplingAgent(task.num_arms, alpha0=v, beta0=v)))
+    searches.append(("ots_samples", "OTS", cfg.ots_samples_grid, lambda v: OptimisticThompsonSamplingAgent(task.num_arms, num_samples=v)))
     for key, agent_name, values, make in searches:
         if agent_name not in cfg.agents or not values:
             continue
@@ -181,7 +212,8 @@ def tune_baselines(task: BanditConfig, cfg: BaselinesConfig, seed: int = 0) -> d
         for v in values:
             res = run_trials(make(v), dist, tasks=tasks, episodes_per_trial=task.episodes_per_trial, seed=TUNE_SEED_BASE + seed)
             scores[str(v)] = float(res.total_reward.mean())
-        params[key] = float(max(values, key=lambda v: scores[str(v)]))
+        best = max(values, key=lambda v: scores[str(v)])
+        params[key] = int(best) if key == "ots_samples" else float(best)
         grid[key] = scores
     params["grid"] = grid
     return params
@@ -236,10 +268,10 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def write_report(run_dir: Path, title: str, task: BanditConfig, results: dict, times: dict, notes: list[str], extra_json: dict, reference: dict | None = None, wall_time: float | None = None, parallel: tuple[str, ...] = ()) -> None:
+def write_report(run_dir: Path, title: str, task, results: dict, times: dict, notes: list[str], extra_json: dict, reference: dict | None = None, wall_time: float | None = None, parallel: tuple[str, ...] = ()) -> None:
     """report.md, regret.png and results.json in ``run_dir``."""
-    plot_regret(results, run_dir / "regret.png", title=f"{title}: k={task.num_arms}, n={task.episodes_per_trial}")
-    lines = [f"# {title}", "", f"Bernoulli bandit, k={task.num_arms} arms, n={task.episodes_per_trial} pulls per trial.", ""]
+    plot_regret(results, run_dir / "regret.png", title=f"{title}: {task.describe(short=True)}")
+    lines = [f"# {title}", "", f"{task.describe()}.", ""]
     lines += ["## Held-out evaluation", "", results_table(results, reference=reference), "", "![cumulative regret](regret.png)", ""]
     lines += ["## Wall time per stage", "", stage_times_table(times, wall_time, parallel), ""]
     if notes:
@@ -248,15 +280,26 @@ def write_report(run_dir: Path, title: str, task: BanditConfig, results: dict, t
     write_results_json(run_dir / "results.json", to_dict(task), results, extra={"stage_times_s": times, "wall_time_s": wall_time, **extra_json})
 
 
-def paper_reference(task: BanditConfig) -> dict[str, float]:
-    """RL² paper (arXiv 1611.02779, Table 1) numbers for this setting, where shipped in data/."""
-    path = Path(__file__).resolve().parent.parent / "data" / "reference" / "rl2_bandits.json"
-    if not path.exists():
+REFERENCE_PATH = Path(__file__).resolve().parent.parent / "data" / "reference" / "rl2_tables.json"
+# The paper's column names -> our agent names.
+PAPER_NAMES = {"TS": "Thompson sampling", "eps-Greedy": "epsilon-greedy", "RL2": "RL²"}
+
+
+def paper_reference(task) -> dict[str, float]:
+    """RL² paper (arXiv 1611.02779, Tables 1 and 2) numbers for this setting, keyed by our agent
+    names; empty when the setting is not in the paper or ``data/reference`` is absent."""
+    if not REFERENCE_PATH.exists():
         return {}
-    cells = json.loads(path.read_text()).get("cells", {})
-    cell = cells.get(f"k{task.num_arms}_n{task.episodes_per_trial}", {})
-    names = {"Gittins": "Gittins", "UCB1": "UCB1", "RL2": "RL²"}
-    return {names.get(k, k): v for k, v in cell.items()}
+    doc = json.loads(REFERENCE_PATH.read_text())
+    if hasattr(task, "num_arms"):
+        cell = doc["table1"]["cells"].get(f"k{task.num_arms}_n{task.episodes_per_trial}", {})
+    else:
+        cell = doc["table2"]["cells"].get(f"n{task.episodes_per_trial}", {}) if _is_paper_mdp(task) else {}
+    return {PAPER_NAMES.get(k, k): v for k, v in cell.items()}
+
+
+def _is_paper_mdp(task) -> bool:
+    return (task.num_states, task.num_actions, task.episode_length) == (10, 5, 10)
 
 
 def run_classic(cfg: ClassicExperiment, progress: bool = True) -> Path:
@@ -281,13 +324,14 @@ def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = Tru
     results = evaluate_baselines(cfg.task, cfg.baselines, cfg.eval, params, progress)
     times["evaluate baselines"] = time.perf_counter() - t
     notes = [
-        f"UCB1 c = {params['ucb_c']}, epsilon-greedy epsilon = {params['epsilon']}"
+        f"UCB1 c = {params['ucb_c']}, epsilon-greedy epsilon = {params['epsilon']}, Thompson sampling prior "
+        f"Beta({params['ts_prior']}, {params['ts_prior']}), OTS samples = {params['ots_samples']}"
         + (" (tuned on training tasks)" if cfg.baselines.tune else " (set in the recipe)"),
         "Gittins = finite-horizon Gittins index with Beta(1,1) priors (classic/agents/gittins.py).",
     ]
     if cfg.rl2.enabled and rl2:
         t = time.perf_counter()
-        policy = rl2_stage(cfg.task, cfg.rl2, run_dir, logger)
+        policy = rl2_stage(cfg.task, cfg.rl2, run_dir, logger, progress)
         times["train RL²"] = time.perf_counter() - t
         evaluate_rl2(cfg, policy, results, times)
     if cfg.rl2.enabled:

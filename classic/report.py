@@ -27,6 +27,7 @@ import torch
 from classic.evaluate import TrialResult
 
 __all__ = [
+    "comparison_table",
     "load_results_json",
     "plot_regret",
     "regret_curve",
@@ -149,6 +150,51 @@ def results_table(
             row.append(_cell(str(cells.get(name, _MISSING))))
         lines.append(_row(row))
     return "\n".join(lines) + "\n"
+
+
+def comparison_table(
+    rows: Mapping[str, Mapping[str, Mapping | None]],
+    columns: Iterable[str],
+    reference: Mapping[str, Mapping[str, float]] | None = None,
+    rounding: float = 0.05,
+    key: str = "total_reward",
+) -> tuple[str, list[str]]:
+    """A paper-style markdown table: one row per setting, one column per agent, each cell
+    ``mean ± 95% CI (paper)``, marked † where we differ from the paper by more than our CI.
+
+    Args:
+        rows: setting label -> {agent -> summary dict (or None when not run)}.
+        columns: agent names, in order.
+        reference: setting label -> {agent -> the paper's number}.
+        rounding: the paper's rounding half-width, added to our CI before a cell is marked
+            (0.05 for numbers printed with one decimal).
+        key: which statistic of the summaries (``"total_reward"`` or ``"regret"``).
+
+    Returns:
+        ``(table, deviations)``: the table ending with a newline, and one line of text per
+        marked cell (``"k=5, n=100 · UCB1: 78.2 ± 1.0 vs 80.0"``).
+    """
+    columns = list(columns)
+    reference = dict(reference or {})
+    lines = [_row(["setting"] + [_cell(c) for c in columns]), _row(["---"] + ["---:"] * len(columns))]
+    deviations: list[str] = []
+    for label, results in rows.items():
+        ref = reference.get(label, {})
+        cells = [_cell(label)]
+        for col in columns:
+            stat = (results.get(col) or {}).get(key) if results.get(col) else None
+            text = _fmt_mean_ci(stat)
+            paper = ref.get(col)
+            if paper is not None:
+                text += f" ({_fmt_number(paper)})"
+                if stat and stat.get("mean") is not None:
+                    mean, ci = float(stat["mean"]), float(stat.get("ci95") or 0.0)
+                    if abs(mean - float(paper)) > ci + rounding:
+                        text += " †"
+                        deviations.append(f"{label} · {col}: {_fmt_mean_ci(stat)} vs {_fmt_number(paper)}")
+            cells.append(_cell(text))
+        lines.append(_row(cells))
+    return "\n".join(lines) + "\n", deviations
 
 
 def stage_times_table(times: Mapping[str, float], wall_time: float | None = None, parallel: Iterable[str] = ()) -> str:

@@ -1,7 +1,8 @@
 """``mrl`` command line: ``mrl run RECIPE [--set key.sub=value ...] [--dry-run]``.
 
-A recipe's top-level ``kind`` picks the experiment: ``classic`` (baselines + RL²,
-:class:`classic.experiment.ClassicExperiment`) or ``llm`` (the default; classic agents plus
+A recipe's top-level ``kind`` picks the experiment: ``classic`` (baselines + RL² on one
+setting, :class:`classic.experiment.ClassicExperiment`), ``tables`` (RL² Tables 1 and 2 in
+full, :class:`classic.tables.TablesExperiment`) or ``llm`` (the default; classic agents plus
 the LLM agent, :class:`mrl_llm.experiment.LLMExperiment`).
 """
 
@@ -36,7 +37,11 @@ def load_experiment(path: str, overrides=()):
         from mrl_llm.experiment import LLMExperiment
 
         return kind, load_recipe(LLMExperiment, path, overrides)
-    raise RecipeError(f"{path}: unknown kind {kind!r} (known: classic, llm)")
+    if kind == "tables":
+        from classic.tables import TablesExperiment
+
+        return kind, load_recipe(TablesExperiment, path, overrides)
+    raise RecipeError(f"{path}: unknown kind {kind!r} (known: classic, llm, tables)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         from classic.experiment import run_classic
 
         run_dir = run_classic(cfg)
+    elif kind == "tables":
+        from classic.tables import run_tables
+
+        run_dir = run_tables(cfg)
+        print(f"wrote {run_dir}/report.md, results.json and settings/*/ (report.md, regret.png, results.json each)")
+        return 0
     else:
         from mrl_llm.experiment import run_llm
 

@@ -8,6 +8,7 @@ import torch
 from classic.agents.bandit import (
     EpsilonGreedyAgent,
     GreedyAgent,
+    OptimisticThompsonSamplingAgent,
     RandomAgent,
     ThompsonSamplingAgent,
     UCB1Agent,
@@ -106,7 +107,7 @@ def test_tiebreak_is_uniform_over_maxima():
     assert abs(float((picks == 1).float().mean()) - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("agent_cls", [RandomAgent, GreedyAgent, UCB1Agent, ThompsonSamplingAgent])
+@pytest.mark.parametrize("agent_cls", [RandomAgent, GreedyAgent, UCB1Agent, ThompsonSamplingAgent, OptimisticThompsonSamplingAgent])
 def test_same_seed_same_numbers(agent_cls):
     dist = BernoulliBandit(5)
     r1 = run_trials(agent_cls(5), dist, 64, 30, seed=11)
@@ -127,3 +128,28 @@ def test_mean_ci():
     out = mean_ci(x)
     assert out["mean"] == pytest.approx(2.5)
     assert out["ci95"] == pytest.approx(1.96 * float(x.std()) / 2)
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_ots_score_is_max_of_k_samples_clipped_at_the_mean(num_samples):
+    # Under the Beta(1, 1) prior a sample is U[0, 1]; the max M of K of them has P(M <= x) = x^K,
+    # so E[max(M, 1/2)] = (1/2)^(K+1) + K/(K+1) * (1 - (1/2)^(K+1)) (closed form).
+    agent = OptimisticThompsonSamplingAgent(2, num_samples=num_samples)
+    agent.reset(200_000, torch.Generator().manual_seed(0))
+    scores = agent.scores()
+    assert bool((scores >= 0.5).all())
+    half = 0.5 ** (num_samples + 1)
+    expected = half + num_samples / (num_samples + 1) * (1 - half)
+    assert float(scores.mean()) == pytest.approx(expected, abs=2e-3)
+    # After observations the clip point is the posterior mean (alpha / (alpha + beta)).
+    agent.reset(50_000, torch.Generator().manual_seed(1))
+    for _ in range(8):
+        agent.update(torch.zeros(50_000, dtype=torch.long), torch.ones(50_000))
+    assert float(agent.scores()[:, 0].min()) >= 9 / 10 - 1e-6
+
+
+def test_ots_and_ts_prior_validation():
+    with pytest.raises(ValueError, match="num_samples"):
+        OptimisticThompsonSamplingAgent(3, num_samples=0)
+    with pytest.raises(ValueError, match="alpha0"):
+        ThompsonSamplingAgent(3, alpha0=0.0)

@@ -57,6 +57,12 @@ class BanditConfig:
     num_arms: int = 5
     episodes_per_trial: int = 100
 
+    def describe(self, short: bool = False) -> str:
+        """One line for reports, e.g. "Bernoulli bandit, k=5 arms, n=100 pulls per trial"."""
+        if short:
+            return f"k={self.num_arms}, n={self.episodes_per_trial}"
+        return f"Bernoulli bandit, k={self.num_arms} arms, n={self.episodes_per_trial} pulls per trial"
+
     def __post_init__(self) -> None:
         if self.num_arms < 2:
             raise ValueError(f"num_arms must be >= 2, got {self.num_arms}")

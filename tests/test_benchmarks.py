@@ -1,0 +1,41 @@
+"""Smoke test of benchmarks/rl2_time_to_target.py: a tiny budget, in-process (one worker)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rl2_time_to_target.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("rl2_time_to_target", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rl2_time_to_target_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MRL_CACHE", str(tmp_path / "cache"))  # Gittins table cache
+    bench = _load()
+    assert bench.parse_settings("5x100, 10x100") == [(5, 100), (10, 100)]
+    out = tmp_path / "ttt.json"
+    argv = ["--settings", "3x10", "--workers", "1", "--iterations", "3", "--eval-every", "2", "--eval-tasks", "20",
+            "--trials-per-batch", "8", "--num-minibatches", "2", "--hidden-size", "8", "--stop-when", "never", "--out", str(out), "--quiet"]
+    results = bench.main(argv)
+
+    (res,) = results
+    assert (res["k"], res["n"]) == (3, 10)
+    assert res["iterations_run"] == 3 and res["env_steps"] == 3 * 8 * 10
+    assert [p["iteration"] for p in res["curve"]] == [2, 3]  # every 2 iterations and at the last one
+    assert abs(res["target"] - 0.99 * res["gittins"]["mean"]) < 1e-9
+    for mode in ("sampled", "greedy"):
+        hit = res["reached"][mode]
+        reached_in_curve = any(p[f"mean_{mode}"] >= res["target"] for p in res["curve"])
+        assert (hit is not None) == reached_in_curve
+    record = json.loads(out.read_text())
+    assert record["results"][0]["curve"] == res["curve"]
+    assert record["machine"]["torch_threads_per_worker"] == 1
+    table = capsys.readouterr().out
+    assert "| 3 | 10 |" in table and "Gittins" in table

@@ -1,0 +1,113 @@
+"""The tables experiment (RL² Tables 1 and 2): planning, a tiny end-to-end run, reuse, recipe errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from classic.config import RecipeError, from_dict, load_recipe
+from classic.report import comparison_table
+from classic.tables import TablesExperiment, plan_settings, rl2_for, run_tables
+
+TINY_RL2 = {"hidden_size": 8, "num_trials_per_batch": 8, "num_minibatches": 2, "num_iterations": 2, "update_epochs": 1}
+
+
+def tiny(tmp_path, workers: int = 1) -> TablesExperiment:
+    return from_dict(TablesExperiment, {
+        "name": "tables", "workers": workers,
+        "bandit": {"num_arms": [2, 3], "episodes_per_trial": [3, 4],
+                   "baselines": {"agents": ["Random", "Gittins", "Thompson sampling", "OTS", "UCB1", "epsilon-greedy", "Greedy"],
+                                 "tune_tasks": 16, "ucb_c_grid": [0.2, 1.0], "epsilon_grid": [0.1], "ts_prior_grid": [1.0],
+                                 "ots_samples_grid": [1, 2]},
+                   "rl2": {"algo": TINY_RL2}, "rl2_overrides": {"n4": {"hidden_size": 4}}},
+        "mdp": {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": [2, 3], "tune_tasks": 8,
+                "rl2": {"algo": TINY_RL2}},
+        "bayes_optimal": {"settings": [[2, 3], [3, 4], [2, 5]]},
+        "horizon": {"bandit_num_arms": 2},
+        "eval": {"num_tasks": 20},
+        "output": {"root": str(tmp_path)},
+    })
+
+
+def test_plan_has_every_cell_once_with_overrides_most_specific_last(tmp_path):
+    cfg = tiny(tmp_path)
+    settings = {s.name: s for s in plan_settings(cfg)}
+    assert set(settings) == {"bandit_k2_n3", "bandit_k2_n4", "bandit_k3_n3", "bandit_k3_n4", "bandit_k2_n5", "mdp_n2", "mdp_n3"}
+    assert "Bayes-optimal" in settings["bandit_k3_n4"].agents and "Bayes-optimal" not in settings["bandit_k3_n3"].agents
+    assert settings["bandit_k2_n4"].rl2.algo.hidden_size == 4 and settings["bandit_k2_n3"].rl2.algo.hidden_size == 8
+    stage = cfg.bandit.rl2
+    overrides = {"n4": {"hidden_size": 4, "seed": 5}, "k2_n4": {"hidden_size": 2}}
+    assert rl2_for(stage, overrides, ["n4", "k2", "k2_n4"]).algo.hidden_size == 2
+    assert rl2_for(stage, overrides, ["n4", "k2", "k2_n4"]).algo.seed == 5
+
+
+def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, capsys):
+    cfg = tiny(tmp_path)
+    run_dir = run_tables(cfg, progress=True)
+    report = (run_dir / "report.md").read_text()
+    for text in ("## Table 1: Bernoulli bandits", "## Table 2: random tabular MDPs", "## Gap to the Bayes-optimal policy",
+                 "## Horizon generalization (bandit)", "## Horizon generalization (tabular MDP)", "| k=3, n=4 |", "| n=3 |"):
+        assert text in report, text
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert set(doc["table1"]) == {"bandit_k2_n3", "bandit_k2_n4", "bandit_k3_n3", "bandit_k3_n4"}
+    assert set(doc["table2"]) == {"mdp_n2", "mdp_n3"}
+    assert doc["table2"]["mdp_n3"]["task"] == {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": 3}
+    assert set(doc["table2"]["mdp_n3"]["agents"]) == {"Random", "PSRL", "OPSRL", "UCRL2", "BEB", "epsilon-greedy", "Greedy", "RL²"}
+    assert doc["table2"]["mdp_n3"]["paper"] == {}  # not the paper's MDP size
+    gap = doc["bayes_optimal"]["k3_n4"]
+    assert gap["gap"]["Bayes-optimal"]["mean"] == 0.0 and gap["bayes_optimal_value"] > 0
+    assert gap["gap"]["Bayes-optimal"]["v0_minus_mean_reward"] == pytest.approx(0.0, abs=1.0)
+    assert set(doc["horizon_generalization"]["bandit"]["rl2"]) == {"3", "4"}
+    for name in ("bandit_k2_n3", "mdp_n2", "bandit_k2_n5"):
+        setting = tmp_path / "tables" / "settings" / name
+        assert (setting / "regret.png").stat().st_size > 0 and (setting / "rl2" / "policy.pt").exists()
+        assert "task" in json.loads((setting / "results.json").read_text())
+    capsys.readouterr()
+
+    # Same recipe again: every setting is reused. One changed cell: only that one is redone.
+    run_tables(cfg, progress=True)
+    assert capsys.readouterr().out.count("reused") == 7
+    cfg.bandit.rl2_overrides["k3_n3"] = {"seed": 9}
+    run_tables(cfg, progress=True)
+    out = capsys.readouterr().out
+    assert out.count("reused") == 6 and "bandit_k3_n3 (" in out and "bandit_k3_n3 (reused)" not in out
+
+
+def test_two_workers_give_the_same_numbers_as_one(tmp_path):
+    one = tiny(tmp_path / "a")
+    two = tiny(tmp_path / "b", workers=2)
+    for cfg in (one, two):
+        cfg.bandit.num_arms, cfg.bandit.episodes_per_trial = [2], [3]
+        cfg.mdp.episodes_per_trial = [2]
+        cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
+    a = json.loads((run_tables(one, progress=False) / "results.json").read_text())
+    b = json.loads((run_tables(two, progress=False) / "results.json").read_text())
+    for table in ("table1", "table2"):
+        for name, cell in a[table].items():
+            assert cell["agents"] == b[table][name]["agents"], name
+
+
+def test_comparison_table_marks_cells_outside_the_ci():
+    rows = {"k=5, n=100": {"UCB1": {"total_reward": {"mean": 78.2, "ci95": 1.0}}, "RL²": {"total_reward": {"mean": 75.0, "ci95": 1.0}}}}
+    text, dev = comparison_table(rows, ["UCB1", "RL²", "Gittins"], {"k=5, n=100": {"UCB1": 78.0, "RL²": 78.7}})
+    assert "78.2 ± 1.0 (78.0) |" in text and "75.0 ± 1.0 (78.7) † |" in text and text.rstrip().endswith("— |")
+    assert dev == ["k=5, n=100 · RL²: 75.0 ± 1.0 vs 78.7"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("bandit.rl2_overrides={n10: {hidden_sise: 3}}", "hidden_sise"),
+    ("mdp.agents=[PSRL, Oracle]", "Oracle"),
+    ("bayes_optimal.settings=[[9, 500]]", "bayes_optimal.settings"),
+    ("workers=0", "workers"),
+])
+def test_malformed_tables_recipe_names_the_problem(override, key):
+    with pytest.raises(RecipeError, match=key):
+        load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml", [override])
+
+
+def test_shipped_recipe_resolves_to_the_papers_grid():
+    cfg = load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml")
+    names = {s.name for s in plan_settings(cfg)}
+    assert {f"bandit_k{k}_n{n}" for k in (5, 10, 50) for n in (10, 100, 500)} <= names
+    assert {f"mdp_n{n}" for n in (10, 25, 50, 75, 100)} <= names
