@@ -150,7 +150,7 @@ class BayesOptimalStudy:
     """
 
     enabled: bool = True
-    settings: list[tuple[int, int]] = field(default_factory=lambda: [(2, 10), (2, 100), (3, 10), (3, 30)])
+    settings: list[tuple[int, int]] = field(default_factory=lambda: [(2, 10), (2, 100), (3, 10), (3, 30), (5, 10), (10, 10), (50, 10)])
     rl2: bool = True
 
 

@@ -21,6 +21,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from classic.agents.sampling import sample_beta, sample_gamma  # noqa: F401  (re-exported)
+
 
 def argmax_random_tiebreak(scores: Tensor, generator: torch.Generator, tol: float = 1e-12) -> Tensor:
     """(n,) argmax of scores (n, k), ties broken uniformly at random."""
@@ -186,43 +188,3 @@ class OptimisticThompsonSamplingAgent(ThompsonSamplingAgent):
         n, k = a.shape
         draws = sample_beta(a.unsqueeze(0).expand(self.num_samples, n, k), b.unsqueeze(0).expand(self.num_samples, n, k), self.generator)
         return torch.maximum(draws.max(dim=0).values, a / (a + b))
-
-
-def sample_beta(alpha: Tensor, beta: Tensor, generator: torch.Generator) -> Tensor:
-    """Beta(alpha, beta) samples with an explicit generator (torch's Beta has none).
-
-    Uses X/(X+Y) with X ~ Gamma(alpha), Y ~ Gamma(beta); gammas via ``torch._standard_gamma``
-    are not seedable, so we draw them by Marsaglia & Tsang (2000) with the generator.
-    """
-    x = sample_gamma(alpha, generator)
-    y = sample_gamma(beta, generator)
-    return x / (x + y)
-
-
-def sample_gamma(shape: Tensor, generator: torch.Generator) -> Tensor:
-    """Gamma(shape, 1) samples, Marsaglia & Tsang (2000) squeeze method, boosted for shape < 1.
-
-    Args:
-        shape: any-shape float tensor of shape parameters > 0.
-    Returns:
-        Tensor of the same shape.
-    """
-    shape = shape.double()
-    boost = shape < 1
-    a = torch.where(boost, shape + 1.0, shape)
-    d = a - 1.0 / 3.0
-    c = 1.0 / torch.sqrt(9.0 * d)
-    out = torch.empty_like(a)
-    todo = torch.ones_like(a, dtype=torch.bool)
-    while bool(todo.any()):
-        z = torch.randn(a.shape, generator=generator, dtype=torch.double)
-        u = torch.rand(a.shape, generator=generator, dtype=torch.double)
-        v = (1.0 + c * z) ** 3
-        ok = (v > 0) & (torch.log(u.clamp(min=1e-300)) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp(min=1e-300)))
-        accept = todo & ok
-        out = torch.where(accept, d * v, out)
-        todo = todo & ~ok
-    if bool(boost.any()):
-        u = torch.rand(a.shape, generator=generator, dtype=torch.double)
-        out = torch.where(boost, out * u.clamp(min=1e-300) ** (1.0 / shape), out)
-    return out.float()
