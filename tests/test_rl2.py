@@ -257,3 +257,32 @@ def test_on_iteration_sees_every_update_and_can_stop_training_early():
     # It stopped after 2 of the 3 updates, so it differs from the full run.
     _, full, _ = _train()
     assert not torch.equal(policy.actor.weight, full.actor.weight)
+
+
+def test_obs_action_reward_block_pairs_the_reward_with_the_state_it_was_earned_in():
+    policy = RL2Policy(num_actions=3, obs_dim=4, hidden_size=8, obs_action_reward_input=True)
+    assert policy.input_dim == 3 + 2 + 4 + 4 * 3
+    prev_obs = torch.nn.functional.one_hot(torch.tensor([2, 0]), 4).float()
+    x = policy.encode(torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]), torch.zeros(2, dtype=torch.bool), prev_obs)
+    block = x[:, -12:].reshape(2, 4, 3)
+    expected = torch.zeros(2, 4, 3)
+    expected[0, 2, 1] = 0.5  # state 2, action 1 paid 0.5; an invalid action (-1) leaves zeros
+    torch.testing.assert_close(block, expected)
+
+
+def test_obs_action_reward_input_on_an_mdp_is_on_policy_in_the_update_and_trains():
+    # ppo_update rebuilds prev_obs by shifting the recorded observations; if that differed
+    # from what collect_trials fed the GRU, the first epoch would not start on-policy.
+    from classic.envs import TabularMDP
+
+    dist = TabularMDP(num_states=4, num_actions=3, episode_length=3)
+    g = torch.Generator().manual_seed(2)
+    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True})
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, True, True, generator=g)
+    batch = collect_trials(policy, dist, dist.sample_tasks(config.num_trials_per_batch, g), 4, g)
+    stats = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, config, 0.01, g)
+    assert stats.approx_kl == pytest.approx(0.0, abs=1e-6) and stats.clipfrac == 0.0
+    trained = train_rl2(config, dist, 4)
+    assert trained.obs_action_reward_input and trained.input_dim == 3 + 2 + 4 + 3 + 12
+    res = run_trials(RL2Agent(trained), dist, num_tasks=16, episodes_per_trial=4, seed=0)
+    assert bool(((res.actions >= 0) & (res.actions < 3)).all())

@@ -76,6 +76,11 @@ class RL2Policy(nn.Module):
     sums are a linear integration for the GRU instead of an AND it must first learn through
     its gates. On the 5-arm bandit it was the largest single gain we measured (same budget
     of 600 x 256 trials, 4 minibatches: 74.96 -> 77.31 held-out sampled return).
+    ``obs_action_reward_input`` adds the same for (previous observation, previous action)
+    pairs, ``(prev_obs outer one_hot(prev_action)).flatten() * prev_reward`` (obs_dim * A):
+    on tabular MDPs (one-hot states) this is "action a in state s paid r", so per-(s, a)
+    reward sums are linear too; ``prev_obs`` is the observation the previous action was
+    taken in (zeros at the start of a trial).
 
     The actor and critic are linear heads on the GRU output; init as in CleanRL
     (orthogonal weights, zero biases, actor gain 0.01).
@@ -85,6 +90,7 @@ class RL2Policy(nn.Module):
         obs_dim: size of the observation vector.
         hidden_size: GRU hidden units.
         action_reward_input: add the ``one_hot(prev_action) * prev_reward`` block.
+        obs_action_reward_input: add the ``prev_obs x one_hot(prev_action) * prev_reward`` block.
         generator: RNG for the (orthogonal) initialization; None uses torch's global RNG.
 
     Example:
@@ -100,6 +106,7 @@ class RL2Policy(nn.Module):
         obs_dim: int,
         hidden_size: int,
         action_reward_input: bool = False,
+        obs_action_reward_input: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -107,7 +114,10 @@ class RL2Policy(nn.Module):
         self.obs_dim = int(obs_dim)
         self.hidden_size = int(hidden_size)
         self.action_reward_input = bool(action_reward_input)
+        self.obs_action_reward_input = bool(obs_action_reward_input)
         self.input_dim = self.num_actions * (2 if self.action_reward_input else 1) + 2 + self.obs_dim
+        if self.obs_action_reward_input:
+            self.input_dim += self.obs_dim * self.num_actions
         self.config: RL2Config | None = None  # set by train_rl2 / load, for the record
         self.gru = nn.GRU(self.input_dim, self.hidden_size)
         self.actor = nn.Linear(self.hidden_size, self.num_actions)
@@ -131,13 +141,14 @@ class RL2Policy(nn.Module):
             "obs_dim": self.obs_dim,
             "hidden_size": self.hidden_size,
             "action_reward_input": self.action_reward_input,
+            "obs_action_reward_input": self.obs_action_reward_input,
         }
 
     def initial_state(self, batch_size: int) -> Tensor:
         """(1, batch_size, hidden_size) zero hidden state: the start of a trial."""
         return torch.zeros(1, batch_size, self.hidden_size)
 
-    def encode(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+    def encode(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor, prev_obs: Tensor | None = None) -> Tensor:
         """Build the GRU input from what the agent saw; works for any leading shape ``(...)``.
 
         Args:
@@ -145,6 +156,9 @@ class RL2Policy(nn.Module):
             prev_action: (...) long; -1 (no/invalid previous action) gives a zero one-hot.
             prev_reward: (...) float.
             done: (...) bool, the previous step ended an episode.
+            prev_obs: (..., obs_dim) float, the observation the previous action was taken in
+                (zeros at the start of a trial); used only with ``obs_action_reward_input``
+                (None counts as zeros).
 
         Returns:
             (..., input_dim) float.
@@ -156,6 +170,11 @@ class RL2Policy(nn.Module):
         parts = [one_hot, reward, done.float().unsqueeze(-1), obs.float()]
         if self.action_reward_input:
             parts.append(one_hot * reward)
+        if self.obs_action_reward_input:
+            if prev_obs is None:
+                prev_obs = torch.zeros_like(obs)
+            pair = prev_obs.float().unsqueeze(-1) * one_hot.unsqueeze(-2)  # (..., obs_dim, A)
+            parts.append(pair.flatten(-2) * reward)
         return torch.cat(parts, dim=-1)
 
     def forward(self, inputs: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -255,12 +274,13 @@ def collect_trials(policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int,
     prev_action = torch.full((n,), -1, dtype=torch.long)
     prev_reward = torch.zeros(n)
     done = torch.ones(n, dtype=torch.bool)
+    prev_obs = None
     rows: list[tuple[Tensor, ...]] = []
     for _ in range(episodes_per_trial):
         state, obs = dist.reset(tasks, generator)
         alive = torch.ones(n, dtype=torch.bool)
         for _ in range(dist.episode_length):
-            x = policy.encode(obs, prev_action, prev_reward, done)
+            x = policy.encode(obs, prev_action, prev_reward, done, prev_obs)
             logits, value, h = policy(x.unsqueeze(0), h)
             logits, value = logits[0], value[0]
             action = sample_actions(logits, generator)
@@ -268,7 +288,7 @@ def collect_trials(policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int,
             step = dist.step(tasks, state, action, generator)
             rows.append((obs, prev_action, prev_reward, done, action, logprob, value, step.reward * alive, alive))
             done = step.terminated | step.truncated
-            prev_action, prev_reward = action, step.reward
+            prev_action, prev_reward, prev_obs = action, step.reward, obs
             obs, state = step.obs, step.state
             alive = alive & ~done
             if not bool(alive.any()):
@@ -324,7 +344,8 @@ def ppo_update(
     scaled_rewards = batch.rewards / config.reward_scale
     last_value = torch.zeros(batch.rewards.shape[1])
     advantages, returns = F.gae(scaled_rewards, batch.values, batch.dones, last_value, config.gamma, config.gae_lambda)
-    inputs = policy.encode(batch.obs, batch.prev_actions, batch.prev_rewards, batch.prev_dones)  # (T, B, input_dim)
+    prev_obs = torch.cat([torch.zeros_like(batch.obs[:1]), batch.obs[:-1]])  # what each previous action saw
+    inputs = policy.encode(batch.obs, batch.prev_actions, batch.prev_rewards, batch.prev_dones, prev_obs)  # (T, B, input_dim)
 
     num_trials = batch.actions.shape[1]
     sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
@@ -416,7 +437,8 @@ def train_rl2(
         The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
     """
     generator = torch.Generator().manual_seed(config.seed)
-    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input, generator=generator)
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input,
+                       config.obs_action_reward_input, generator=generator)
     policy.config = config
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
 
@@ -515,15 +537,18 @@ class RL2Agent:
         if self.greedy:
             self.name = "RL² (greedy)"
         self.h = policy.initial_state(0)
+        self.prev_obs: Tensor | None = None
         self.generator = torch.Generator().manual_seed(0)
 
     def reset(self, num_tasks: int, generator: torch.Generator) -> None:
         self.h = self.policy.initial_state(num_tasks)
+        self.prev_obs = None
         self.generator = generator
 
     @torch.no_grad()
     def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
-        x = self.policy.encode(obs, prev_action, prev_reward, done)
+        x = self.policy.encode(obs, prev_action, prev_reward, done, self.prev_obs)
+        self.prev_obs = obs
         logits, _, self.h = self.policy(x.unsqueeze(0), self.h)
         logits = logits[0]
         if self.greedy:

@@ -45,6 +45,8 @@ class RL2Config:
         adam_eps: Adam epsilon.
         action_reward_input: also feed ``one_hot(prev_action) * prev_reward`` to the GRU
             (see :class:`~classic.algos.rl2.RL2Policy`).
+        obs_action_reward_input: also feed ``prev_obs x one_hot(prev_action) * prev_reward``
+            (per state-action reward evidence on tabular MDPs; see ``RL2Policy``).
         seed: seeds the one ``torch.Generator`` used for initialization, tasks, actions and
             minibatches; the same seed gives the same numbers.
 
@@ -79,6 +81,7 @@ class RL2Config:
     reward_scale: float = 10.0
     adam_eps: float = 1e-5
     action_reward_input: bool = True
+    obs_action_reward_input: bool = False
     seed: int = 1
 
     def __post_init__(self) -> None:
