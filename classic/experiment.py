@@ -92,11 +92,15 @@ class RL2StageConfig:
         enabled: train and evaluate RL².
         greedy_eval: act greedily (argmax) at evaluation instead of sampling.
         algo: the PPO/GRU settings (``classic.algos.rl2_config.RL2Config``).
+        init_from: start training from this saved policy (``policy.pt`` of another run, same
+            network shape) instead of a fresh initialization, e.g. a policy trained on shorter
+            trials (None: fresh).
     """
 
     enabled: bool = True
     greedy_eval: bool = False
     algo: RL2Config = field(default_factory=RL2Config)
+    init_from: str | None = None
 
 
 @dataclass
@@ -236,14 +240,24 @@ def evaluate_baselines(task: BanditConfig, cfg: BaselinesConfig, ev: EvalConfig,
 # ---- RL² --------------------------------------------------------------------------------------
 
 def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: MetricsLogger | None, progress: bool = True) -> RL2Policy:
-    """Train RL² (or load the finished policy from ``run_dir/rl2/policy.pt``)."""
+    """Train RL² (or load the finished policy from ``run_dir/rl2/policy.pt``).
+
+    Raises:
+        FileNotFoundError: ``cfg.init_from`` names a missing file.
+    """
     path = run_dir / "rl2" / "policy.pt"
     if path.exists():
         return RL2Policy.load(path)
     log_fn = None
     if logger is not None:
         log_fn = lambda step, metrics: logger.log(step, {f"rl2/{k}": v for k, v in metrics.items()})  # noqa: E731
-    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=progress, checkpoint_path=path.parent / "training_state.pt")
+    init = None
+    if cfg.init_from:
+        if not Path(cfg.init_from).is_file():
+            raise FileNotFoundError(f"rl2.init_from: no saved policy at {cfg.init_from}")
+        init = RL2Policy.load(cfg.init_from)
+    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=progress,
+                       checkpoint_path=path.parent / "training_state.pt", init_policy=init)
     path.parent.mkdir(parents=True, exist_ok=True)
     policy.save(path, cfg.algo)
     return policy

@@ -82,6 +82,9 @@ class BanditTable:
         rl2_overrides: per-cell changes to ``rl2.algo``, keyed ``"n500"``, ``"k50"`` or
             ``"k50_n500"`` (applied in that order, the most specific last), e.g.
             ``{"n500": {"num_trials_per_batch": 64}}``.
+        warm_start: cells with n = key start RL² from the trained policy of the cell with the
+            same k and n = value (a curriculum over trial length), e.g. ``{500: 100}``; those
+            cells run after the ones they start from.
     """
 
     enabled: bool = True
@@ -90,9 +93,15 @@ class BanditTable:
     baselines: BaselinesConfig = field(default_factory=_table1_baselines)
     rl2: RL2StageConfig = field(default_factory=RL2StageConfig)
     rl2_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warm_start: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_overrides(self.rl2, self.rl2_overrides)
+        for n, source in self.warm_start.items():
+            if source not in self.episodes_per_trial or n not in self.episodes_per_trial or source == n:
+                raise ValueError(f"warm_start {{{n}: {source}}}: both must be distinct values of episodes_per_trial {self.episodes_per_trial}")
+            if source in self.warm_start:
+                raise ValueError(f"warm_start: {source} starts from another cell itself (chains are not supported)")
 
 
 @dataclass
@@ -239,6 +248,7 @@ class Setting:
     rl2: RL2StageConfig
     agents: list[str]
     cost: float  # relative cost estimate, for longest-first scheduling
+    after: str | None = None  # a setting that must finish first (its policy is our RL² start)
 
 
 def plan_settings(cfg: TablesExperiment) -> list[Setting]:
@@ -250,8 +260,12 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
     def bandit_setting(k: int, n: int, rl2_on: bool) -> Setting:
         rl2 = rl2_for(b.rl2, b.rl2_overrides, [f"n{n}", f"k{k}", f"k{k}_n{n}"])
         rl2 = replace(rl2, enabled=b.rl2.enabled and rl2_on)
+        after = None
+        if rl2.enabled and n in b.warm_start and k in b.num_arms:
+            after = f"bandit_k{k}_n{b.warm_start[n]}"
+            rl2 = replace(rl2, init_from=str(Path(cfg.output.root) / cfg.name / "settings" / after / "rl2" / "policy.pt"))
         cost = (rl2.algo.total_env_steps(n) * (1 + k / 50) if rl2.enabled else 0.0) + 2e3 * n * k
-        return Setting(f"bandit_k{k}_n{n}", "bandit", BanditConfig(k, n), rl2, list(b.baselines.agents), cost)
+        return Setting(f"bandit_k{k}_n{n}", "bandit", BanditConfig(k, n), rl2, list(b.baselines.agents), cost, after)
 
     if b.enabled:
         for k in b.num_arms:
@@ -391,15 +405,18 @@ def run_tables(cfg: TablesExperiment, progress: bool = True) -> Path:
             how = "reused" if info["reused"] else f"{(info['wall_time_s'] or 0) / 60:.1f} min"
             print(f"[{len(done)}/{len(settings)}] {info['name']} ({how})", flush=True)
 
+    # Two waves: settings that warm-start RL² from another setting's policy run after it.
+    waves = [[s for s in settings if s.after is None], [s for s in settings if s.after is not None]]
     if cfg.workers > 1 and len(settings) > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(settings)), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_setting, cfg, s, str(root)) for s in settings]
-            for f in futures:
-                report_done(f.result())
+            for wave in waves:
+                futures = [pool.submit(run_setting, cfg, s, str(root)) for s in wave]
+                for f in futures:
+                    report_done(f.result())
     else:
-        for s in settings:
+        for s in waves[0] + waves[1]:
             report_done(run_setting(cfg, s, str(root)))
     set_threads(cfg.workers * cfg.threads)
     t = time.perf_counter()

@@ -286,3 +286,9 @@ def test_obs_action_reward_input_on_an_mdp_is_on_policy_in_the_update_and_trains
     assert trained.obs_action_reward_input and trained.input_dim == 3 + 2 + 4 + 3 + 12
     res = run_trials(RL2Agent(trained), dist, num_tasks=16, episodes_per_trial=4, seed=0)
     assert bool(((res.actions >= 0) & (res.actions < 3)).all())
+
+
+def test_init_policy_must_have_the_same_shape():
+    other = RL2Policy(num_actions=3, obs_dim=1, hidden_size=5, action_reward_input=True)
+    with pytest.raises(ValueError, match="init_policy"):
+        train_rl2(RL2Config(**TINY), BernoulliBandit(num_arms=3), EPISODES, init_policy=other)

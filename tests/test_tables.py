@@ -111,3 +111,29 @@ def test_shipped_recipe_resolves_to_the_papers_grid():
     names = {s.name for s in plan_settings(cfg)}
     assert {f"bandit_k{k}_n{n}" for k in (5, 10, 50) for n in (10, 100, 500)} <= names
     assert {f"mdp_n{n}" for n in (10, 25, 50, 75, 100)} <= names
+
+
+def test_warm_start_trains_the_longer_cell_from_the_shorter_cells_policy(tmp_path):
+    import torch
+
+    from classic.algos.rl2 import RL2Policy
+
+    cfg = tiny(tmp_path)
+    cfg.mdp.enabled = cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
+    cfg.bandit.num_arms = [2]
+    cfg.bandit.rl2_overrides = {"n4": {"learning_rate": 1e-9}}
+    cfg.bandit.warm_start = {4: 3}
+    settings = {s.name: s for s in plan_settings(cfg)}
+    assert settings["bandit_k2_n4"].after == "bandit_k2_n3" and settings["bandit_k2_n3"].after is None
+    run_tables(cfg, progress=False)
+    root = tmp_path / "tables" / "settings"
+    short, long = (RL2Policy.load(root / f"bandit_k2_n{n}" / "rl2" / "policy.pt") for n in (3, 4))
+    fresh = RL2Policy(2, 1, 8, True, generator=torch.Generator().manual_seed(cfg.bandit.rl2.algo.seed))
+    for (name, a), b, c in zip(short.state_dict().items(), long.state_dict().values(), fresh.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # lr ~ 0: the n=4 cell kept the n=3 weights
+    assert not torch.allclose(short.actor.weight, fresh.actor.weight)
+
+
+def test_warm_start_must_name_two_cells_of_the_table():
+    with pytest.raises(RecipeError, match="warm_start"):
+        load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml", ["bandit.warm_start={500: 7}"])

@@ -407,6 +407,7 @@ def train_rl2(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
     on_iteration: Callable[[int, "RL2Policy", int], bool | None] | None = None,
+    init_policy: RL2Policy | None = None,
 ) -> RL2Policy:
     """Meta-train an RL² policy on ``dist`` with PPO.
 
@@ -432,6 +433,8 @@ def train_rl2(
             update (and checkpoint); returning True stops training early (the benchmark
             ``benchmarks/rl2_time_to_target.py`` evaluates the policy here). Time spent in it
             is not counted in ``charts/SPS``.
+        init_policy: start from these weights instead of a fresh initialization (e.g. a policy
+            trained on shorter trials); a checkpoint to resume from takes precedence.
 
     Returns:
         The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
@@ -440,6 +443,10 @@ def train_rl2(
     policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input,
                        config.obs_action_reward_input, generator=generator)
     policy.config = config
+    if init_policy is not None:
+        if init_policy.spec() != policy.spec():
+            raise ValueError(f"init_policy has shape {init_policy.spec()}, this run needs {policy.spec()}")
+        policy.load_state_dict(init_policy.state_dict())
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
 
     first, env_steps = 0, 0
