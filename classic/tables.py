@@ -296,6 +296,17 @@ def _fingerprint(cfg: TablesExperiment, setting: Setting) -> dict:
     }, default=str))
 
 
+def _same_setting(stored: Any, current: Any) -> bool:
+    """Whether a finished setting's stored config matches the current one. A key the stored
+    config lacks matches when its current value is None or False: an option added to the code
+    later, switched off, changes nothing that was run."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        if any(k not in current for k in stored):
+            return False
+        return all(_same_setting(stored[k], current[k]) if k in stored else current[k] in (None, False) for k in current)
+    return stored == current
+
+
 def run_setting(cfg: TablesExperiment, setting: Setting, settings_root: str) -> dict:
     """Run one setting in this process (a worker); returns ``{"name", "reused", "wall_time_s"}``."""
     set_threads(cfg.threads)
@@ -303,7 +314,7 @@ def run_setting(cfg: TablesExperiment, setting: Setting, settings_root: str) -> 
     marker = run_dir / "setting.json"
     fingerprint = _fingerprint(cfg, setting)
     if marker.exists() and (run_dir / "results.json").exists():
-        if json.loads(marker.read_text()) == fingerprint:
+        if _same_setting(json.loads(marker.read_text()), fingerprint):
             return {"name": setting.name, "reused": True, "wall_time_s": load_results_json(run_dir / "results.json").get("wall_time_s")}
         shutil.rmtree(run_dir)  # the recipe changed for this setting: redo it
     elif marker.exists():

@@ -137,3 +137,13 @@ def test_warm_start_trains_the_longer_cell_from_the_shorter_cells_policy(tmp_pat
 def test_warm_start_must_name_two_cells_of_the_table():
     with pytest.raises(RecipeError, match="warm_start"):
         load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml", ["bandit.warm_start={500: 7}"])
+
+
+def test_a_setting_stored_before_an_option_existed_still_matches_while_the_option_is_off():
+    from classic.tables import _same_setting
+
+    stored = {"rl2": {"algo": {"hidden_size": 64}}, "agents": ["UCB1"]}
+    assert _same_setting(stored, {"rl2": {"algo": {"hidden_size": 64, "new_flag": False}, "init_from": None}, "agents": ["UCB1"]})
+    assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 64, "new_flag": True}}, "agents": ["UCB1"]})
+    assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 32}}, "agents": ["UCB1"]})
+    assert not _same_setting(stored, {"rl2": {"algo": {}}, "agents": ["UCB1"]})
