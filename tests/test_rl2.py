@@ -200,6 +200,7 @@ def test_save_load_roundtrip(tmp_path):
         ("ent_coef", -0.01),
         ("max_grad_norm", float("nan")),
         ("update_epochs", 1.5),
+        ("num_iterations", -1),
         ("target_kl", 0.0),
     ],
 )
@@ -292,3 +293,10 @@ def test_init_policy_must_have_the_same_shape():
     other = RL2Policy(num_actions=3, obs_dim=1, hidden_size=5, action_reward_input=True)
     with pytest.raises(ValueError, match="init_policy"):
         train_rl2(RL2Config(**TINY), BernoulliBandit(num_arms=3), EPISODES, init_policy=other)
+
+
+def test_zero_iterations_from_a_warm_start_returns_the_initial_policy():
+    _, source, _ = _train()
+    policy = train_rl2(RL2Config(**{**TINY, "num_iterations": 0}), BernoulliBandit(num_arms=3), EPISODES, init_policy=source)
+    for (name, a), b in zip(source.state_dict().items(), policy.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -26,7 +26,8 @@ class RL2Config:
         learning_rate: Adam step size at the start of training.
         anneal_lr: decay the step size linearly to 0 over ``num_iterations``.
         num_trials_per_batch: trials (tasks) collected per iteration.
-        num_iterations: outer-loop iterations (collect + PPO update).
+        num_iterations: outer-loop iterations (collect + PPO update); 0 trains nothing (with a
+            warm start, ``train_rl2`` returns the initial policy: pure transfer).
         update_epochs: PPO epochs over each batch of trials.
         num_minibatches: minibatches per epoch; each holds whole trials.
         clip_coef: PPO ratio clipping epsilon.
@@ -85,7 +86,9 @@ class RL2Config:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        positive_ints = ("hidden_size", "num_trials_per_batch", "num_iterations", "update_epochs", "num_minibatches")
+        if isinstance(self.num_iterations, bool) or not isinstance(self.num_iterations, int) or self.num_iterations < 0:
+            raise ValueError(f"num_iterations must be an int >= 0, got {self.num_iterations!r}")
+        positive_ints = ("hidden_size", "num_trials_per_batch", "update_epochs", "num_minibatches")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -135,7 +138,7 @@ class RL2Config:
         """Adam step size at 0-based ``iteration`` (linear decay to 0 when ``anneal_lr``)."""
         if not self.anneal_lr:
             return self.learning_rate
-        return self.learning_rate * (1.0 - iteration / self.num_iterations)
+        return self.learning_rate * (1.0 - iteration / max(self.num_iterations, 1))
 
     def to_dict(self) -> dict:
         """Plain-dict form (for checkpoints and logs)."""
