@@ -61,6 +61,7 @@ import torch
 from torch import Tensor
 
 from classic.agents.bandit import CountingBanditAgent
+from classic.agents.gittins import _check_int
 
 __all__ = [
     "BAYES_OPTIMAL_LIMITS",
@@ -134,14 +135,6 @@ def _check_supported(num_arms, horizon) -> tuple[int, int]:
             f"got num_arms={k}, horizon={n}"
         )
     return k, n
-
-
-def _check_int(name: str, v, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    return int(v)
 
 
 def _check_prior(alpha0, beta0) -> tuple[float, float]:

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from classic.agents.bandit import argmax_random_tiebreak
 from classic.agents.sampling import sample_dirichlet, sample_gamma  # noqa: F401  (re-exported)
+from classic.envs.tabular_mdp import finite_horizon_q  # noqa: F401  (re-exported)
 
 __all__ = [
     "MDP_BASELINES",
@@ -72,33 +73,6 @@ _TIE_TOL = 1e-5
 
 
 # ------------------------------------------------------------------------------------ planning
-def finite_horizon_q(R: Tensor, P: Tensor, horizon: int) -> Tensor:
-    """Optimal finite-horizon Q-values of the MDP (R, P) by backward induction (Puterman 1994,
-    "Markov Decision Processes", Sec. 4.5): V_H = 0, Q_h = R + P V_{h+1}, V_h = max_a Q_h.
-
-    Args:
-        R: (m, S, A) mean rewards.
-        P: (m, S, A, S) transition probabilities (rows need not be normalized; used as given).
-        horizon: H >= 1.
-
-    Returns:
-        (m, H, S, A) Q_h(s, a); equals ``TabularMDP._q_values`` on the same (R, P).
-
-    Raises:
-        ValueError: if ``horizon < 1``.
-    """
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    m, S, A = R.shape
-    Q = R.new_zeros(m, horizon, S, A)
-    v_next = R.new_zeros(m, S)
-    for h in range(horizon - 1, -1, -1):
-        q = R + torch.einsum("nsat,nt->nsa", P, v_next)
-        Q[:, h] = q
-        v_next = q.max(dim=-1).values
-    return Q
-
-
 def optimistic_sample_q(R: Tensor, P: Tensor, horizon: int) -> Tensor:
     """Optimistic Q-values over K sampled MDPs, the optimistic posterior sampling backup of
     Agrawal & Jia 2017 ("Optimistic posterior sampling for reinforcement learning: worst-case

@@ -195,16 +195,7 @@ class TabularMDP:
     # --------------------------------------------------------------------------- planning
     def _q_values(self, tasks: MDPTasks) -> Tensor:
         """(n, H, S, A) optimal finite-horizon Q_h(s, a) by backward induction."""
-        R, P = tasks.mean_rewards, tasks.transitions
-        n, S, A = R.shape
-        H = self.episode_length
-        Q = R.new_zeros(n, H, S, A)
-        v_next = R.new_zeros(n, S)
-        for h in range(H - 1, -1, -1):
-            q = R + torch.einsum("nsat,nt->nsa", P, v_next)
-            Q[:, h] = q
-            v_next = q.max(dim=-1).values
-        return Q
+        return finite_horizon_q(tasks.mean_rewards, tasks.transitions, self.episode_length)
 
     def optimal_values(self, tasks: MDPTasks) -> Tensor:
         """(n, H+1, S) optimal values V_h(s) with V_H = 0 and
@@ -222,3 +213,30 @@ class TabularMDP:
     def optimal_episode_return(self, tasks: MDPTasks) -> Tensor:
         """(n,) expected return V_0(0) of the optimal policy that knows the task, per episode."""
         return self.optimal_values(tasks)[:, 0, 0]
+
+
+def finite_horizon_q(R: Tensor, P: Tensor, horizon: int) -> Tensor:
+    """Optimal finite-horizon Q-values of the MDP (R, P) by backward induction (Puterman 1994,
+    "Markov Decision Processes", Sec. 4.5): V_H = 0, Q_h = R + P V_{h+1}, V_h = max_a Q_h.
+
+    Args:
+        R: (m, S, A) mean rewards.
+        P: (m, S, A, S) transition probabilities (rows need not be normalized; used as given).
+        horizon: H >= 1.
+
+    Returns:
+        (m, H, S, A) Q_h(s, a); what ``TabularMDP`` plans with (its regret reference).
+
+    Raises:
+        ValueError: if ``horizon < 1``.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    m, S, A = R.shape
+    Q = R.new_zeros(m, horizon, S, A)
+    v_next = R.new_zeros(m, S)
+    for h in range(horizon - 1, -1, -1):
+        q = R + torch.einsum("nsat,nt->nsa", P, v_next)
+        Q[:, h] = q
+        v_next = q.max(dim=-1).values
+    return Q
