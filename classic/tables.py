@@ -454,11 +454,11 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
     parts = []
     if cfg.bandit.enabled and cfg.bandit.rl2.enabled and cfg.horizon.bandit_num_arms in cfg.bandit.num_arms:
         k = cfg.horizon.bandit_num_arms
-        parts.append(("bandit", sorted(cfg.bandit.episodes_per_trial), lambda n: f"bandit_k{k}_n{n}", lambda n: BanditConfig(k, n), ("Gittins", "UCB1")))
+        parts.append(("bandit", sorted(cfg.bandit.episodes_per_trial), lambda n: f"bandit_k{k}_n{n}", lambda n: BanditConfig(k, n), ("Gittins", "UCB1"), cfg.bandit.rl2.greedy_eval))
     if cfg.horizon.mdp and cfg.mdp.enabled and cfg.mdp.rl2.enabled:
         m = cfg.mdp
-        parts.append(("mdp", sorted(m.episodes_per_trial), lambda n: f"mdp_n{n}", lambda n: TabularMDPConfig(m.num_states, m.num_actions, m.episode_length, n), ("PSRL", "OPSRL")))
-    for label, ns, name_of, task_of, ref_agents in parts:
+        parts.append(("mdp", sorted(m.episodes_per_trial), lambda n: f"mdp_n{n}", lambda n: TabularMDPConfig(m.num_states, m.num_actions, m.episode_length, n), ("PSRL", "OPSRL"), m.rl2.greedy_eval))
+    for label, ns, name_of, task_of, ref_agents, greedy in parts:
         table: dict[str, dict[str, dict]] = {}
         for n_train in ns:
             path = root / name_of(n_train) / "rl2" / "policy.pt"
@@ -474,7 +474,7 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
                 task = task_of(n_test)
                 dist = task.make()
                 tasks = sample_eval_tasks(dist, cfg.eval.num_tasks, cfg.eval.seed)
-                res = run_trials(RL2Agent(policy, greedy=cfg.bandit.rl2.greedy_eval), dist, tasks=tasks, episodes_per_trial=n_test, seed=cfg.eval.seed)
+                res = run_trials(RL2Agent(policy, greedy=greedy), dist, tasks=tasks, episodes_per_trial=n_test, seed=cfg.eval.seed)
                 row[str(n_test)] = _strip(res.summary())
             table[str(n_train)] = row
         reference = {}

@@ -39,13 +39,14 @@ A actions, H steps per episode, K posterior samples.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
 
 from classic.agents.bandit import argmax_random_tiebreak
 from classic.agents.sampling import sample_dirichlet, sample_gamma  # noqa: F401  (re-exported)
-from classic.envs.tabular_mdp import finite_horizon_q  # noqa: F401  (re-exported)
+from classic.envs.tabular_mdp import backward_induction, finite_horizon_q  # noqa: F401  (finite_horizon_q re-exported)
 
 __all__ = [
     "MDP_BASELINES",
@@ -95,16 +96,7 @@ def optimistic_sample_q(R: Tensor, P: Tensor, horizon: int) -> Tensor:
     Raises:
         ValueError: if ``horizon < 1``.
     """
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    m, _K, S, A = R.shape
-    Q = R.new_zeros(m, horizon, S, A)
-    v_next = R.new_zeros(m, S)
-    for h in range(horizon - 1, -1, -1):
-        q = (R + torch.einsum("nksat,nt->nksa", P, v_next)).max(dim=1).values
-        Q[:, h] = q
-        v_next = q.max(dim=-1).values
-    return Q
+    return backward_induction(lambda v: (R + torch.einsum("nksat,nt->nksa", P, v)).max(dim=1).values, horizon, R)
 
 
 def l1_optimistic_expectation(p_hat: Tensor, v: Tensor, radius: Tensor) -> Tensor:
@@ -155,16 +147,7 @@ def extended_value_iteration_q(R_opt: Tensor, P_hat: Tensor, radius: Tensor, hor
     Raises:
         ValueError: if ``horizon < 1``.
     """
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    m, S, A = R_opt.shape
-    Q = R_opt.new_zeros(m, horizon, S, A)
-    v_next = R_opt.new_zeros(m, S)
-    for h in range(horizon - 1, -1, -1):
-        q = R_opt + l1_optimistic_expectation(P_hat, v_next[:, None, None, :], radius)
-        Q[:, h] = q
-        v_next = q.max(dim=-1).values
-    return Q
+    return backward_induction(lambda v: R_opt + l1_optimistic_expectation(P_hat, v[:, None, None, :], radius), horizon, R_opt)
 
 
 # -------------------------------------------------------------------------------------- agents
@@ -174,7 +157,7 @@ def _check_positive(name: str, value: float) -> float:
     return float(value)
 
 
-class TabularModelAgent:
+class TabularModelAgent(ABC):
     """Base class: Bayesian model of a batch of tabular MDPs plus an episode plan.
 
     Per-task state after ``reset(n, generator)``:
@@ -310,9 +293,9 @@ class TabularModelAgent:
         self.trans_count[r2, s[inner], a[inner], state[r2]] += 1.0
 
     # -- acting -----------------------------------------------------------------------------
+    @abstractmethod
     def plan(self, idx: Tensor) -> Tensor:
         """(m, H, S, A) Q-values of the episode plan for tasks ``idx`` (m,) long."""
-        raise NotImplementedError
 
     def select(self, q_now: Tensor) -> Tensor:
         """(n,) long actions from the current Q-values (n, A): argmax, random tie-break."""
@@ -352,6 +335,10 @@ class RandomMDPAgent(TabularModelAgent):
     never plans."""
 
     name = "Random"
+
+    def plan(self, idx: Tensor) -> Tensor:
+        """All-zero Q-values: every action is as good as any other (never called by ``act``)."""
+        return torch.zeros(len(idx), self.episode_length, self.num_states, self.num_actions, device=idx.device)
 
     def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
         """(n,) long uniform actions in [0, A) from the trial's generator."""

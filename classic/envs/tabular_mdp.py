@@ -12,6 +12,7 @@ The observation is the one-hot encoding of the current state, shape (n, S).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -230,13 +231,32 @@ def finite_horizon_q(R: Tensor, P: Tensor, horizon: int) -> Tensor:
     Raises:
         ValueError: if ``horizon < 1``.
     """
+    return backward_induction(lambda v_next: R + torch.einsum("nsat,nt->nsa", P, v_next), horizon, R)
+
+
+def backward_induction(backup: Callable[[Tensor], Tensor], horizon: int, like: Tensor) -> Tensor:
+    """Finite-horizon backward induction with any one-step backup (Puterman 1994, Sec. 4.5):
+    V_H = 0, Q_h = backup(V_{h+1}), V_h = max_a Q_h. The plain, the optimistic-sampling (OPSRL)
+    and the extended (UCRL2) planners differ only in ``backup``.
+
+    Args:
+        backup: maps V_{h+1} (m, S) to Q_h (m, S, A).
+        horizon: H >= 1.
+        like: a tensor whose first dim is m, last two dims (S, A), dtype and device are used.
+
+    Returns:
+        (m, H, S, A) Q_h(s, a) for h = 0 .. H-1.
+
+    Raises:
+        ValueError: if ``horizon < 1``.
+    """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
-    m, S, A = R.shape
-    Q = R.new_zeros(m, horizon, S, A)
-    v_next = R.new_zeros(m, S)
+    m, S, A = like.shape[0], like.shape[-2], like.shape[-1]
+    Q = like.new_zeros(m, horizon, S, A)
+    v_next = like.new_zeros(m, S)
     for h in range(horizon - 1, -1, -1):
-        q = R + torch.einsum("nsat,nt->nsa", P, v_next)
+        q = backup(v_next)
         Q[:, h] = q
         v_next = q.max(dim=-1).values
     return Q
