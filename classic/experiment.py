@@ -56,6 +56,10 @@ class BaselinesConfig:
         ts_prior_grid: grid for s.
         ots_samples: OTS's posterior samples per arm and step.
         ots_samples_grid: grid for it.
+        prior_count: pseudo-successes and pseudo-failures every arm's statistics start with in
+            UCB1, epsilon-greedy and Greedy. 0 (default): textbook, every arm is pulled once
+            before its estimate is used. 1: RL²'s Beta(1, 1) initialization ("one success and
+            one failure", arXiv 1611.02779, Sec. 4.1), which the Table 1 recipe uses.
     """
 
     agents: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
@@ -69,6 +73,7 @@ class BaselinesConfig:
     ts_prior_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
     ots_samples: int = 1
     ots_samples_grid: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
+    prior_count: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.agents if a not in BASELINES]
@@ -82,6 +87,8 @@ class BaselinesConfig:
             raise ValueError("ts_prior and ts_prior_grid values must be > 0")
         if any(k < 1 for k in self.ots_samples_grid + [self.ots_samples]):
             raise ValueError("ots_samples and ots_samples_grid values must be >= 1")
+        if not (isinstance(self.prior_count, (int, float)) and 0 <= self.prior_count < float("inf")):
+            raise ValueError(f"prior_count must be a finite number >= 0, got {self.prior_count!r}")
 
 
 @dataclass
@@ -170,11 +177,11 @@ def make_baseline(name: str, task: BanditConfig, params: dict):
     if name == "Random":
         return RandomAgent(k)
     if name == "Greedy":
-        return GreedyAgent(k)
+        return GreedyAgent(k, prior_count=params.get("prior_count", 0.0))
     if name == "epsilon-greedy":
-        return EpsilonGreedyAgent(k, epsilon=params.get("epsilon", 0.1))
+        return EpsilonGreedyAgent(k, epsilon=params.get("epsilon", 0.1), prior_count=params.get("prior_count", 0.0))
     if name == "UCB1":
-        return UCB1Agent(k, c=params.get("ucb_c", 1.0))
+        return UCB1Agent(k, c=params.get("ucb_c", 1.0), prior_count=params.get("prior_count", 0.0))
     if name == "Thompson sampling":
         prior = params.get("ts_prior", 1.0)
         return ThompsonSamplingAgent(k, alpha0=prior, beta0=prior)
@@ -195,18 +202,21 @@ def tune_baselines(task: BanditConfig, cfg: BaselinesConfig, seed: int = 0) -> d
     """Grid-search the baselines' hyperparameters on training tasks (never the held-out ones).
 
     Returns:
-        ``{"ucb_c": c, "epsilon": eps, "ts_prior": s, "ots_samples": K, "grid": {key: {value:
+        ``{"ucb_c": c, "epsilon": eps, "ts_prior": s, "ots_samples": K, "prior_count": a (as set,
+        not tuned), "grid": {key: {value:
         mean total reward}}}``; only the agents in ``cfg.agents`` are searched.
     """
-    params = {"ucb_c": cfg.ucb_c, "epsilon": cfg.epsilon, "ts_prior": cfg.ts_prior, "ots_samples": cfg.ots_samples}
+    params = {"ucb_c": cfg.ucb_c, "epsilon": cfg.epsilon, "ts_prior": cfg.ts_prior, "ots_samples": cfg.ots_samples,
+              "prior_count": float(cfg.prior_count)}
     if not cfg.tune:
         return params
     dist = task.make()
     g = torch.Generator().manual_seed(TUNE_SEED_BASE + seed)
     tasks = dist.sample_tasks(cfg.tune_tasks, g)
     grid: dict[str, dict[str, float]] = {}
-    searches = [("ucb_c", "UCB1", cfg.ucb_c_grid, lambda v: UCB1Agent(task.num_arms, c=v))]
-    searches.append(("epsilon", "epsilon-greedy", cfg.epsilon_grid, lambda v: EpsilonGreedyAgent(task.num_arms, epsilon=v)))
+    a = params["prior_count"]
+    searches = [("ucb_c", "UCB1", cfg.ucb_c_grid, lambda v: UCB1Agent(task.num_arms, c=v, prior_count=a))]
+    searches.append(("epsilon", "epsilon-greedy", cfg.epsilon_grid, lambda v: EpsilonGreedyAgent(task.num_arms, epsilon=v, prior_count=a)))
     searches.append(("ts_prior", "Thompson sampling", cfg.ts_prior_grid, lambda v: ThompsonSamplingAgent(task.num_arms, alpha0=v, beta0=v)))
     searches.append(("ots_samples", "OTS", cfg.ots_samples_grid, lambda v: OptimisticThompsonSamplingAgent(task.num_arms, num_samples=v)))
     for key, agent_name, values, make in searches:
@@ -341,6 +351,7 @@ def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = Tru
         f"UCB1 c = {params['ucb_c']}, epsilon-greedy epsilon = {params['epsilon']}, Thompson sampling prior "
         f"Beta({params['ts_prior']}, {params['ts_prior']}), OTS samples = {params['ots_samples']}"
         + (" (tuned on training tasks)" if cfg.baselines.tune else " (set in the recipe)"),
+        _prior_count_note(params.get("prior_count", 0.0)),
         "Gittins = finite-horizon Gittins index with Beta(1,1) priors (classic/agents/gittins.py).",
     ]
     if cfg.rl2.enabled and rl2:
@@ -351,6 +362,13 @@ def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = Tru
     if cfg.rl2.enabled:
         notes.append("RL² = GRU policy trained with PPO + GAE (the paper used TRPO).")
     return results, params, notes
+
+
+def _prior_count_note(prior_count: float) -> str:
+    if prior_count > 0:
+        return (f"UCB1, epsilon-greedy and Greedy start every arm's statistics at {prior_count:g} success(es) and "
+                f"{prior_count:g} failure(s) (Beta({prior_count:g}, {prior_count:g}); the paper's initialization).")
+    return "UCB1, epsilon-greedy and Greedy pull every arm once before using its empirical mean."
 
 
 def evaluate_rl2(cfg, policy: RL2Policy, results: dict, times: dict) -> None:

@@ -89,6 +89,48 @@ def test_ucb1_scores_match_reference_loop():
         assert scores[i].tolist() == pytest.approx(ref)
 
 
+def _ucb1_prior_reference(succ, pulls, c, a):
+    """RL² (arXiv 1611.02779, Sec. 4.1): the statistics start at a successes and a failures per arm."""
+    counts = [n + 2 * a for n in pulls]
+    t = sum(counts)
+    return [(s + a) / m + c * math.sqrt(2 * math.log(t) / m) for s, m in zip(succ, counts)]
+
+
+@pytest.mark.parametrize("a", [1.0, 0.5])
+def test_ucb1_with_prior_counts_matches_reference_loop(a):
+    agent = UCB1Agent(4, c=0.3, prior_count=a)
+    agent.reset(3, torch.Generator().manual_seed(0))
+    first = agent.scores()
+    assert torch.allclose(first, first[:, :1].expand(3, 4))  # no arm is forced first: all equal
+    g = torch.Generator().manual_seed(5)
+    for _ in range(30):
+        agent.update(torch.randint(4, (3,), generator=g), torch.randint(2, (3,), generator=g).float())
+    scores = agent.scores()
+    for i in range(3):
+        ref = _ucb1_prior_reference(agent.successes[i].tolist(), agent.pulls[i].tolist(), 0.3, a)
+        assert scores[i].tolist() == pytest.approx(ref)
+
+
+def test_greedy_with_beta11_prior_stays_on_a_winner_and_leaves_a_loser():
+    # Beta(1, 1) counts: a first success lifts the arm to 2/3 > 1/2, a first failure drops it to 1/3.
+    agent = GreedyAgent(6, prior_count=1.0)
+    agent.reset(2, torch.Generator().manual_seed(0))
+    first = agent.act(torch.zeros(2, 1), torch.full((2,), -1), torch.zeros(2), torch.ones(2, dtype=torch.bool))
+    second = agent.act(torch.zeros(2, 1), first, torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bool))
+    assert second[0] == first[0] and second[1] != first[1]
+    assert agent.scores()[0, first[0]] == pytest.approx(2 / 3) and agent.scores()[1, first[1]] == pytest.approx(1 / 3)
+    # UCB1 with 0 prior counts (the default) pulls every arm once before any is repeated
+    plain = run_trials(UCB1Agent(6), BernoulliBandit(6), 20, 6, seed=0).actions
+    assert all(sorted(row.tolist()) == list(range(6)) for row in plain)
+
+
+def test_prior_count_is_checked():
+    with pytest.raises(ValueError, match="prior_count"):
+        UCB1Agent(3, prior_count=-1)
+    with pytest.raises(ValueError, match="prior_count"):
+        EpsilonGreedyAgent(3, 0.1, prior_count=float("nan"))
+
+
 def test_thompson_posterior_is_conjugate_update():
     agent = ThompsonSamplingAgent(3)
     agent.reset(1, torch.Generator().manual_seed(0))

@@ -11,6 +11,9 @@ Sources:
         Sampling" (NeurIPS), Sec. 4: a sample is never below the posterior mean; with
         ``num_samples`` > 1, the max of several posterior samples (May et al. 2012, JMLR 13).
     epsilon-greedy / Greedy: Sutton & Barto 2018, Sec. 2.2-2.3.
+    Prior-count initialization (``prior_count``): RL² (Duan et al. 2016, arXiv 1611.02779,
+        Sec. 4.1) initializes UCB1's statistics "with exactly one success and one failure,
+        which corresponds to a Beta(1, 1) prior", so no arm is forced to be pulled first.
 """
 
 from __future__ import annotations
@@ -76,24 +79,44 @@ class RandomAgent(CountingBanditAgent):
 
 
 class EpsilonGreedyAgent(CountingBanditAgent):
-    """Pulls the empirically best arm, or a uniformly random one with probability epsilon.
+    """Pulls the arm with the best estimated mean, or a uniformly random one with probability epsilon.
 
-    Unpulled arms have empirical mean ``init_value`` (default 1.0, optimistic, so every arm is
-    tried once before exploitation; with epsilon=0 this is the Greedy baseline of RL²).
+    Two ways to start, chosen by ``prior_count``:
+
+    - ``prior_count = 0`` (default): the empirical mean s_i / n_i, and an unpulled arm scores
+      ``init_value`` (default 1.0, optimistic), so every arm is tried once before exploiting.
+    - ``prior_count = a > 0``: every arm's statistics start with a pseudo-successes and a
+      pseudo-failures, so the estimate is the Beta(a, a) posterior mean (s_i + a) / (n_i + 2a)
+      and nothing forces a first pull of each arm (a = 1 is RL²'s Beta(1, 1) initialization,
+      arXiv 1611.02779, Sec. 4.1).
+
+    With epsilon = 0 this is the Greedy baseline of RL².
+
+    Args:
+        num_arms: k.
+        epsilon: exploration probability in [0, 1].
+        init_value: score of an unpulled arm when ``prior_count`` is 0.
+        prior_count: pseudo-count a >= 0 of successes and of failures per arm.
+
+    Raises:
+        ValueError: epsilon outside [0, 1] or a negative ``prior_count``.
     """
 
     name = "epsilon-greedy"
 
-    def __init__(self, num_arms: int, epsilon: float = 0.1, init_value: float = 1.0) -> None:
+    def __init__(self, num_arms: int, epsilon: float = 0.1, init_value: float = 1.0, prior_count: float = 0.0) -> None:
         super().__init__(num_arms)
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
         self.init_value = float(init_value)
+        self.prior_count = _check_prior_count(prior_count)
         if epsilon == 0.0:
             self.name = "Greedy"
 
     def scores(self) -> Tensor:
+        if self.prior_count > 0:
+            return (self.successes + self.prior_count) / (self.pulls + 2 * self.prior_count)
         return torch.where(self.pulls > 0, self.successes / self.pulls.clamp(min=1), torch.full_like(self.pulls, self.init_value))
 
     def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
@@ -109,29 +132,52 @@ class EpsilonGreedyAgent(CountingBanditAgent):
 class GreedyAgent(EpsilonGreedyAgent):
     """epsilon-greedy with epsilon = 0."""
 
-    def __init__(self, num_arms: int, init_value: float = 1.0) -> None:
-        super().__init__(num_arms, epsilon=0.0, init_value=init_value)
+    def __init__(self, num_arms: int, init_value: float = 1.0, prior_count: float = 0.0) -> None:
+        super().__init__(num_arms, epsilon=0.0, init_value=init_value, prior_count=prior_count)
 
 
 class UCB1Agent(CountingBanditAgent):
-    """UCB1 (Auer et al. 2002): pull each arm once, then argmax mean_i + c * sqrt(2 ln t / n_i).
+    """UCB1 (Auer et al. 2002): argmax_i mean_i + c * sqrt(2 ln t / T_i).
+
+    - ``prior_count = 0`` (default, textbook UCB1): pull each arm once, then mean_i = s_i / n_i,
+      T_i = n_i and t = sum_i n_i.
+    - ``prior_count = a > 0`` (RL², arXiv 1611.02779, Sec. 4.1, with a = 1): the statistics
+      start with a successes and a failures per arm: mean_i = (s_i + a) / (n_i + 2a),
+      T_i = n_i + 2a and t = sum_i T_i; no arm is forced to be pulled first.
 
     Args:
         num_arms: k.
         c: exploration scale (1.0 is the original UCB1).
+        prior_count: pseudo-count a >= 0 of successes and of failures per arm.
+
+    Raises:
+        ValueError: a negative ``prior_count``.
     """
 
     name = "UCB1"
 
-    def __init__(self, num_arms: int, c: float = 1.0) -> None:
+    def __init__(self, num_arms: int, c: float = 1.0, prior_count: float = 0.0) -> None:
         super().__init__(num_arms)
         self.c = float(c)
+        self.prior_count = _check_prior_count(prior_count)
 
     def scores(self) -> Tensor:
+        a = self.prior_count
+        if a > 0:
+            count = self.pulls + 2 * a
+            mean = (self.successes + a) / count
+            t = count.sum(dim=1, keepdim=True)
+            return mean + self.c * torch.sqrt(2.0 * torch.log(t) / count)
         t = self.pulls.sum(dim=1, keepdim=True).clamp(min=1)
         mean = self.successes / self.pulls.clamp(min=1)
         bonus = self.c * torch.sqrt(2.0 * torch.log(t) / self.pulls.clamp(min=1))
         return torch.where(self.pulls > 0, mean + bonus, torch.full_like(mean, math.inf))
+
+
+def _check_prior_count(prior_count: float) -> float:
+    if not (isinstance(prior_count, (int, float)) and math.isfinite(prior_count) and prior_count >= 0):
+        raise ValueError(f"prior_count must be a finite number >= 0, got {prior_count!r}")
+    return float(prior_count)
 
 
 class ThompsonSamplingAgent(CountingBanditAgent):
