@@ -300,3 +300,37 @@ def test_zero_iterations_from_a_warm_start_returns_the_initial_policy():
     policy = train_rl2(RL2Config(**{**TINY, "num_iterations": 0}), BernoulliBandit(num_arms=3), EPISODES, init_policy=source)
     for (name, a), b in zip(source.state_dict().items(), policy.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_mlp_heads_read_the_current_state_and_train_on_policy(tmp_path):
+    from classic.envs import TabularMDP
+
+    dist = TabularMDP(num_states=4, num_actions=3, episode_length=3)
+    g = torch.Generator().manual_seed(4)
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, 8, True, True, generator=g, head_hidden_size=6)
+    assert isinstance(policy.actor, torch.nn.Sequential) and policy.actor[0].in_features == 8 + 4
+    # same hidden state, different current state -> the heads see the difference directly
+    h = torch.randn(1, 2, 8, generator=g)
+    obs = torch.eye(4)[[0, 3]]
+    x = policy.encode(obs, torch.tensor([1, 1]), torch.tensor([0.5, 0.5]), torch.zeros(2, dtype=torch.bool))
+    out, _ = policy.gru(x.unsqueeze(0), h)
+    expected_logits = policy.actor(torch.cat([out, obs.unsqueeze(0)], dim=-1))
+    logits, values, _ = policy(x.unsqueeze(0), h)
+    torch.testing.assert_close(logits, expected_logits)
+    assert values.shape == (1, 2)
+    # on-policy first epoch (the update rebuilds the same inputs), and a save/load round trip
+    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True, "head_hidden_size": 6})
+    batch = collect_trials(policy, dist, dist.sample_tasks(config.num_trials_per_batch, g), 4, g)
+    before = [p.detach().clone() for p in policy.parameters()]
+    stats = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, config, 0.01, g)
+    assert stats.approx_kl == pytest.approx(0.0, abs=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    policy.save(tmp_path / "p.pt", config)
+    loaded = RL2Policy.load(tmp_path / "p.pt")
+    assert loaded.head_hidden_size == 6 and loaded.config.head_hidden_size == 6
+    torch.testing.assert_close(loaded(x.unsqueeze(0), h)[0], policy(x.unsqueeze(0), h)[0])
+
+
+def test_head_hidden_size_is_checked():
+    with pytest.raises(ValueError, match="head_hidden_size"):
+        RL2Config(head_hidden_size=-1)

@@ -8,7 +8,7 @@ import pytest
 
 from classic.config import RecipeError, from_dict, load_recipe
 from classic.report import comparison_table
-from classic.tables import TablesExperiment, plan_settings, rl2_for, run_tables
+from classic.tables import TablesExperiment, plan_settings, protocol_differences, rl2_for, run_tables
 
 TINY_RL2 = {"hidden_size": 8, "num_trials_per_batch": 8, "num_minibatches": 2, "num_iterations": 2, "update_epochs": 1}
 
@@ -19,7 +19,7 @@ def tiny(tmp_path, workers: int = 1) -> TablesExperiment:
         "bandit": {"num_arms": [2, 3], "episodes_per_trial": [3, 4],
                    "baselines": {"agents": ["Random", "Gittins", "Thompson sampling", "OTS", "UCB1", "epsilon-greedy", "Greedy"],
                                  "tune_tasks": 16, "ucb_c_grid": [0.2, 1.0], "epsilon_grid": [0.1], "ts_prior_grid": [1.0],
-                                 "ots_samples_grid": [1, 2]},
+                                 "ots_samples_grid": [1, 2], "prior_count": 1},
                    "rl2": {"algo": TINY_RL2}, "rl2_overrides": {"n4": {"hidden_size": 4}}},
         "mdp": {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": [2, 3], "tune_tasks": 8,
                 "rl2": {"algo": TINY_RL2}},
@@ -55,6 +55,7 @@ def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, caps
     assert doc["table2"]["mdp_n3"]["task"] == {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": 3}
     assert set(doc["table2"]["mdp_n3"]["agents"]) == {"Random", "PSRL", "OPSRL", "UCRL2", "BEB", "epsilon-greedy", "Greedy", "RL²"}
     assert doc["table2"]["mdp_n3"]["paper"] == {}  # not the paper's MDP size
+    assert doc["table1"]["bandit_k3_n4"]["baseline_params"]["prior_count"] == 1.0
     gap = doc["bayes_optimal"]["k3_n4"]
     assert gap["gap"]["Bayes-optimal"]["mean"] == 0.0 and gap["bayes_optimal_value"] > 0
     assert gap["gap"]["Bayes-optimal"]["v0_minus_mean_reward"] == pytest.approx(0.0, abs=1.0)
@@ -147,3 +148,10 @@ def test_a_setting_stored_before_an_option_existed_still_matches_while_the_optio
     assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 64, "new_flag": True}}, "agents": ["UCB1"]})
     assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 32}}, "agents": ["UCB1"]})
     assert not _same_setting(stored, {"rl2": {"algo": {}}, "agents": ["UCB1"]})
+
+
+def test_protocol_differences_follow_the_recipe(tmp_path):
+    cfg = tiny(tmp_path)
+    assert any("Beta(1, 1)" in line for line in protocol_differences(cfg))
+    cfg.bandit.baselines.prior_count = 0.0
+    assert any("prior_count: 1" in line for line in protocol_differences(cfg))

@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -83,7 +84,11 @@ class RL2Policy(nn.Module):
     taken in (zeros at the start of a trial).
 
     The actor and critic are linear heads on the GRU output; init as in CleanRL
-    (orthogonal weights, zero biases, actor gain 0.01).
+    (orthogonal weights, zero biases, actor gain 0.01). With ``head_hidden_size`` > 0 each
+    head is instead a one-hidden-layer tanh MLP on ``[GRU output, current obs]``: the readout
+    can then depend on the current state multiplicatively (on a tabular MDP, "what did action
+    a pay *in this state*"), which a linear head on the GRU output can only get through the
+    GRU's gates. Our addition, not the paper's.
 
     Args:
         num_actions: A, number of discrete actions.
@@ -91,6 +96,8 @@ class RL2Policy(nn.Module):
         hidden_size: GRU hidden units.
         action_reward_input: add the ``one_hot(prev_action) * prev_reward`` block.
         obs_action_reward_input: add the ``prev_obs x one_hot(prev_action) * prev_reward`` block.
+        head_hidden_size: 0 for linear actor/critic heads; otherwise the width of their tanh
+            hidden layer over ``[GRU output, obs]``.
         generator: RNG for the (orthogonal) initialization; None uses torch's global RNG.
 
     Example:
@@ -108,6 +115,7 @@ class RL2Policy(nn.Module):
         action_reward_input: bool = False,
         obs_action_reward_input: bool = False,
         generator: torch.Generator | None = None,
+        head_hidden_size: int = 0,
     ) -> None:
         super().__init__()
         self.num_actions = int(num_actions)
@@ -115,13 +123,12 @@ class RL2Policy(nn.Module):
         self.hidden_size = int(hidden_size)
         self.action_reward_input = bool(action_reward_input)
         self.obs_action_reward_input = bool(obs_action_reward_input)
+        self.head_hidden_size = int(head_hidden_size)
         self.input_dim = self.num_actions * (2 if self.action_reward_input else 1) + 2 + self.obs_dim
         if self.obs_action_reward_input:
             self.input_dim += self.obs_dim * self.num_actions
         self.config: RL2Config | None = None  # set by train_rl2 / load, for the record
         self.gru = nn.GRU(self.input_dim, self.hidden_size)
-        self.actor = nn.Linear(self.hidden_size, self.num_actions)
-        self.critic = nn.Linear(self.hidden_size, 1)
         # CleanRL-style init: orthogonal weights, zero biases, small actor output.
         for name, param in self.gru.named_parameters():
             if "weight" in name:
@@ -129,10 +136,22 @@ class RL2Policy(nn.Module):
                     nn.init.orthogonal_(chunk, gain=1.0, generator=generator)
             else:
                 nn.init.zeros_(param)
-        nn.init.orthogonal_(self.actor.weight, gain=0.01, generator=generator)
-        nn.init.zeros_(self.actor.bias)
-        nn.init.orthogonal_(self.critic.weight, gain=1.0, generator=generator)
-        nn.init.zeros_(self.critic.bias)
+        if self.head_hidden_size > 0:
+            width, head_in = self.head_hidden_size, self.hidden_size + self.obs_dim
+            self.actor = nn.Sequential(nn.Linear(head_in, width), nn.Tanh(), nn.Linear(width, self.num_actions))
+            self.critic = nn.Sequential(nn.Linear(head_in, width), nn.Tanh(), nn.Linear(width, 1))
+            for layer in (self.actor[0], self.critic[0]):
+                nn.init.orthogonal_(layer.weight, gain=math.sqrt(2), generator=generator)
+                nn.init.zeros_(layer.bias)
+            out_actor, out_critic = self.actor[2], self.critic[2]
+        else:
+            self.actor = nn.Linear(self.hidden_size, self.num_actions)
+            self.critic = nn.Linear(self.hidden_size, 1)
+            out_actor, out_critic = self.actor, self.critic
+        nn.init.orthogonal_(out_actor.weight, gain=0.01, generator=generator)
+        nn.init.zeros_(out_actor.bias)
+        nn.init.orthogonal_(out_critic.weight, gain=1.0, generator=generator)
+        nn.init.zeros_(out_critic.bias)
 
     def spec(self) -> dict:
         """Constructor arguments (saved in checkpoints)."""
@@ -142,6 +161,7 @@ class RL2Policy(nn.Module):
             "hidden_size": self.hidden_size,
             "action_reward_input": self.action_reward_input,
             "obs_action_reward_input": self.obs_action_reward_input,
+            "head_hidden_size": self.head_hidden_size,
         }
 
     def initial_state(self, batch_size: int) -> Tensor:
@@ -189,6 +209,9 @@ class RL2Policy(nn.Module):
             ``reward_scale``, and the hidden state (1, B, hidden_size) after the last step.
         """
         out, h = self.gru(inputs, h)
+        if self.head_hidden_size > 0:
+            start = self.num_actions + 2  # [one_hot(prev_action), prev_reward, done, obs, ...]
+            out = torch.cat([out, inputs[..., start:start + self.obs_dim]], dim=-1)
         return self.actor(out), self.critic(out).squeeze(-1), h
 
     def save(self, path, config: RL2Config | None = None) -> None:
@@ -441,7 +464,7 @@ def train_rl2(
     """
     generator = torch.Generator().manual_seed(config.seed)
     policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input,
-                       config.obs_action_reward_input, generator=generator)
+                       config.obs_action_reward_input, generator=generator, head_hidden_size=config.head_hidden_size)
     policy.config = config
     if init_policy is not None:
         if init_policy.spec() != policy.spec():

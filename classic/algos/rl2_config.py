@@ -48,6 +48,8 @@ class RL2Config:
             (see :class:`~classic.algos.rl2.RL2Policy`).
         obs_action_reward_input: also feed ``prev_obs x one_hot(prev_action) * prev_reward``
             (per state-action reward evidence on tabular MDPs; see ``RL2Policy``).
+        head_hidden_size: 0 for linear actor/critic heads on the GRU output; otherwise each
+            head is a tanh MLP of this width over ``[GRU output, current observation]``.
         seed: seeds the one ``torch.Generator`` used for initialization, tasks, actions and
             minibatches; the same seed gives the same numbers.
 
@@ -83,6 +85,7 @@ class RL2Config:
     adam_eps: float = 1e-5
     action_reward_input: bool = True
     obs_action_reward_input: bool = False
+    head_hidden_size: int = 0
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -93,6 +96,8 @@ class RL2Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.head_hidden_size, bool) or not isinstance(self.head_hidden_size, int) or self.head_hidden_size < 0:
+            raise ValueError(f"head_hidden_size must be an int >= 0, got {self.head_hidden_size!r}")
         if self.num_trials_per_batch % self.num_minibatches != 0:
             raise ValueError(
                 f"num_trials_per_batch ({self.num_trials_per_batch}) must be divisible by "
