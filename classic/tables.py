@@ -482,7 +482,22 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
             doc = _load(root, name_of(n_test))
             if doc:
                 reference[str(n_test)] = {a: _strip(doc["agents"][a]) for a in ref_agents if a in doc["agents"]}
-        out[label] = {"n": ns, "rl2": table, "reference": reference}
+        out[label] = {"n": ns, "rl2": table, "reference": reference, "trained_from": _warm_starts(cfg, label, name_of)}
+    return out
+
+
+def _warm_starts(cfg: TablesExperiment, label: str, name_of) -> dict[str, str]:
+    """{n_train: how that cell's RL² policy was made} for cells that start from another cell's policy."""
+    if label != "bandit":
+        return {}
+    planned = {s.name: s for s in plan_settings(cfg)}
+    out = {}
+    for n, source in cfg.bandit.warm_start.items():
+        setting = planned.get(name_of(n))
+        if setting is None:
+            continue
+        its = setting.rl2.algo.num_iterations
+        out[str(n)] = f"the n={source} policy as is" if its == 0 else f"the n={source} policy fine-tuned for {its} iterations"
     return out
 
 
@@ -641,7 +656,8 @@ def horizon_section(horizon: dict) -> list[str]:
                   "| n_train \\ n_test | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---:|" * len(ns)]
         for n_train, row in part["rl2"].items():
             cells = [f"{row[str(n)]['total_reward']['mean']:.1f} ± {row[str(n)]['total_reward']['ci95']:.1f}" if str(n) in row else "—" for n in ns]
-            lines.append(f"| RL² (n_train={n_train}) | " + " | ".join(cells) + " |")
+            origin = part.get("trained_from", {}).get(str(n_train))
+            lines.append(f"| RL² (n_train={n_train}{'; ' + origin if origin else ''}) | " + " | ".join(cells) + " |")
         ref_agents = sorted({a for r in part["reference"].values() for a in r})
         for a in ref_agents:
             cells = [f"{part['reference'][str(n)][a]['total_reward']['mean']:.1f}" if a in part["reference"].get(str(n), {}) else "—" for n in ns]

@@ -8,7 +8,7 @@ import pytest
 
 from classic.config import RecipeError, from_dict, load_recipe
 from classic.report import comparison_table
-from classic.tables import TablesExperiment, plan_settings, protocol_differences, rl2_for, run_tables
+from classic.tables import TablesExperiment, _warm_starts, plan_settings, protocol_differences, rl2_for, run_tables
 
 TINY_RL2 = {"hidden_size": 8, "num_trials_per_batch": 8, "num_minibatches": 2, "num_iterations": 2, "update_epochs": 1}
 
@@ -133,6 +133,10 @@ def test_warm_start_trains_the_longer_cell_from_the_shorter_cells_policy(tmp_pat
     for (name, a), b, c in zip(short.state_dict().items(), long.state_dict().values(), fresh.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name  # lr ~ 0: the n=4 cell kept the n=3 weights
     assert not torch.allclose(short.actor.weight, fresh.actor.weight)
+    assert _warm_starts(cfg, "bandit", lambda n: f"bandit_k2_n{n}") == {"4": "the n=3 policy fine-tuned for 2 iterations"}
+    cfg.bandit.rl2_overrides = {"n4": {"num_iterations": 0}}
+    assert _warm_starts(cfg, "bandit", lambda n: f"bandit_k2_n{n}") == {"4": "the n=3 policy as is"}
+    assert _warm_starts(cfg, "mdp", lambda n: f"mdp_n{n}") == {}
 
 
 def test_warm_start_must_name_two_cells_of_the_table():
