@@ -39,3 +39,26 @@ def test_rl2_time_to_target_smoke(tmp_path, monkeypatch, capsys):
     assert record["machine"]["torch_threads_per_worker"] == 1
     table = capsys.readouterr().out
     assert "| 3 | 10 |" in table and "Gittins" in table
+
+
+def test_rl2_mdp_variants_smoke(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("rl2_mdp_variants", SCRIPT.parent / "rl2_mdp_variants.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_variant('a={"ent_coef": 0.05}') == ("a", {"ent_coef": 0.05})
+    for bad in ("a=[1]", "a={oops", "=", "a"):
+        try:
+            bench.parse_variant(bad)
+        except ValueError as err:
+            assert bad in str(err)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    out = tmp_path / "curves.json"
+    tiny = '{"num_trials_per_batch": 4, "num_minibatches": 2, "hidden_size": 8, "head_hidden_size": 4}'
+    results = bench.main(["--n", "2", "--iterations", "3", "--eval-every", "2", "--eval-tasks", "10", "--workers", "1",
+                          "--variant", f"tiny={tiny}", "--out", str(out)])
+    (res,) = results
+    assert [p["iteration"] for p in res["curve"]] == [2, 3] and res["curve"][-1]["env_steps"] == 3 * 4 * 2 * 10
+    assert res["config"]["head_hidden_size"] == 4 and res["config"]["obs_action_reward_input"] is True
+    assert json.loads(out.read_text())["results"][0]["curve"] == res["curve"]
+    assert "| tiny |" in capsys.readouterr().out
