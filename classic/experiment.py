@@ -22,6 +22,7 @@ from classic.agents.bandit import (
     RandomAgent,
     ThompsonSamplingAgent,
     UCB1Agent,
+    check_prior_count,
 )
 from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
 from classic.algos.rl2_config import RL2Config
@@ -87,8 +88,7 @@ class BaselinesConfig:
             raise ValueError("ts_prior and ts_prior_grid values must be > 0")
         if any(k < 1 for k in self.ots_samples_grid + [self.ots_samples]):
             raise ValueError("ots_samples and ots_samples_grid values must be >= 1")
-        if not (isinstance(self.prior_count, (int, float)) and 0 <= self.prior_count < float("inf")):
-            raise ValueError(f"prior_count must be a finite number >= 0, got {self.prior_count!r}")
+        check_prior_count(self.prior_count)
 
 
 @dataclass
@@ -351,7 +351,7 @@ def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = Tru
         f"UCB1 c = {params['ucb_c']}, epsilon-greedy epsilon = {params['epsilon']}, Thompson sampling prior "
         f"Beta({params['ts_prior']}, {params['ts_prior']}), OTS samples = {params['ots_samples']}"
         + (" (tuned on training tasks)" if cfg.baselines.tune else " (set in the recipe)"),
-        _prior_count_note(params.get("prior_count", 0.0)),
+        prior_count_note(params.get("prior_count", 0.0)),
         "Gittins = finite-horizon Gittins index with Beta(1,1) priors (classic/agents/gittins.py).",
     ]
     if cfg.rl2.enabled and rl2:
@@ -364,7 +364,7 @@ def classic_stages(cfg, run_dir: Path, logger, times: dict, progress: bool = Tru
     return results, params, notes
 
 
-def _prior_count_note(prior_count: float) -> str:
+def prior_count_note(prior_count: float) -> str:
     if prior_count > 0:
         return (f"UCB1, epsilon-greedy and Greedy start every arm's statistics at {prior_count:g} success(es) and "
                 f"{prior_count:g} failure(s) (Beta({prior_count:g}, {prior_count:g}); the paper's initialization).")

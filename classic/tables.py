@@ -46,6 +46,7 @@ from classic.experiment import (
     OutputConfig,
     RL2StageConfig,
     paper_reference,
+    prior_count_note,
     prepare_run_dir,
     rl2_stage,
     run_classic,
@@ -582,15 +583,13 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
 def protocol_differences(cfg: TablesExperiment) -> list[str]:
     """What this project's baselines do differently from the paper's (for the report)."""
     a = cfg.bandit.baselines.prior_count
-    init = (f"UCB1, ε-greedy and Greedy start each arm at {a:g} success and {a:g} failure (Beta({a:g}, {a:g})), as the "
-            "paper says it did for UCB1" if a > 0 else
-            "UCB1, ε-greedy and Greedy pull every arm once first (`bandit.baselines.prior_count: 0`); the paper "
-            "started each arm's statistics at one success and one failure (`prior_count: 1`)")
+    init = prior_count_note(a) + ("" if a > 0 else " The paper started UCB1's statistics at one success and one "
+                                                   "failure (`bandit.baselines.prior_count: 1`).")
     return [
         "Gittins: ours is the exact finite-horizon index, Bayes-optimal to within the CI wherever the exact optimum is "
         "computable (see the gap table); the paper describes its Gittins baseline as the infinite-horizon discounted "
         "index, used although the trials are finite, so ours scores higher, most at n=500.",
-        init + ".",
+        init,
         "MDP Greedy and ε-greedy plan in the posterior-mean MDP of the task prior (an untried action keeps the prior "
         "mean reward 1, so they explore); the paper's MAP-based versions scored lower.",
         "RL²: PPO with a budget of minutes on CPU; the paper trained with TRPO on batches of about 250k steps.",

@@ -110,7 +110,7 @@ class EpsilonGreedyAgent(CountingBanditAgent):
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
         self.init_value = float(init_value)
-        self.prior_count = _check_prior_count(prior_count)
+        self.prior_count = check_prior_count(prior_count)
         if epsilon == 0.0:
             self.name = "Greedy"
 
@@ -159,7 +159,7 @@ class UCB1Agent(CountingBanditAgent):
     def __init__(self, num_arms: int, c: float = 1.0, prior_count: float = 0.0) -> None:
         super().__init__(num_arms)
         self.c = float(c)
-        self.prior_count = _check_prior_count(prior_count)
+        self.prior_count = check_prior_count(prior_count)
 
     def scores(self) -> Tensor:
         a = self.prior_count
@@ -174,7 +174,8 @@ class UCB1Agent(CountingBanditAgent):
         return torch.where(self.pulls > 0, mean + bonus, torch.full_like(mean, math.inf))
 
 
-def _check_prior_count(prior_count: float) -> float:
+def check_prior_count(prior_count: float) -> float:
+    """``float(prior_count)``; raises ValueError unless it is a finite number >= 0."""
     if not (isinstance(prior_count, (int, float)) and math.isfinite(prior_count) and prior_count >= 0):
         raise ValueError(f"prior_count must be a finite number >= 0, got {prior_count!r}")
     return float(prior_count)

@@ -125,6 +125,8 @@ class RL2Policy(nn.Module):
         self.obs_action_reward_input = bool(obs_action_reward_input)
         self.head_hidden_size = int(head_hidden_size)
         self.input_dim = self.num_actions * (2 if self.action_reward_input else 1) + 2 + self.obs_dim
+        # where the current obs sits in the input: [one_hot(prev_action), prev_reward, done, obs, ...]
+        self.obs_slice = slice(self.num_actions + 2, self.num_actions + 2 + self.obs_dim)
         if self.obs_action_reward_input:
             self.input_dim += self.obs_dim * self.num_actions
         self.config: RL2Config | None = None  # set by train_rl2 / load, for the record
@@ -210,8 +212,7 @@ class RL2Policy(nn.Module):
         """
         out, h = self.gru(inputs, h)
         if self.head_hidden_size > 0:
-            start = self.num_actions + 2  # [one_hot(prev_action), prev_reward, done, obs, ...]
-            out = torch.cat([out, inputs[..., start:start + self.obs_dim]], dim=-1)
+            out = torch.cat([out, inputs[..., self.obs_slice]], dim=-1)
         return self.actor(out), self.critic(out).squeeze(-1), h
 
     def save(self, path, config: RL2Config | None = None) -> None:
