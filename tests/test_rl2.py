@@ -271,6 +271,24 @@ def test_obs_action_reward_block_pairs_the_reward_with_the_state_it_was_earned_i
     torch.testing.assert_close(block, expected)
 
 
+def test_obs_action_block_counts_visits_of_the_pair_the_previous_action_was_taken_in(tmp_path):
+    policy = RL2Policy(num_actions=3, obs_dim=4, hidden_size=8, obs_action_reward_input=True, obs_action_input=True)
+    assert policy.input_dim == 3 + 2 + 4 + 4 * 3 + 4 * 3
+    prev_obs = torch.nn.functional.one_hot(torch.tensor([2, 0]), 4).float()
+    x = policy.encode(torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]), torch.zeros(2, dtype=torch.bool), prev_obs)
+    rewards, visits = x[:, -24:-12].reshape(2, 4, 3), x[:, -12:].reshape(2, 4, 3)
+    expected = torch.zeros(2, 4, 3)
+    expected[0, 2, 1] = 1.0  # state 2, action 1 was taken; an invalid action (-1) leaves zeros
+    torch.testing.assert_close(visits, expected)
+    torch.testing.assert_close(rewards, expected * 0.5)
+    # the visit block alone, and the flag survives a save/load round trip
+    alone = RL2Policy(num_actions=3, obs_dim=4, hidden_size=8, obs_action_input=True)
+    torch.testing.assert_close(alone.encode(torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]),
+                                            torch.zeros(2, dtype=torch.bool), prev_obs)[:, -12:].reshape(2, 4, 3), expected)
+    alone.save(tmp_path / "p.pt")
+    assert RL2Policy.load(tmp_path / "p.pt").obs_action_input
+
+
 def test_obs_action_reward_input_on_an_mdp_is_on_policy_in_the_update_and_trains():
     # ppo_update rebuilds prev_obs by shifting the recorded observations; if that differed
     # from what collect_trials fed the GRU, the first epoch would not start on-policy.
@@ -278,13 +296,14 @@ def test_obs_action_reward_input_on_an_mdp_is_on_policy_in_the_update_and_trains
 
     dist = TabularMDP(num_states=4, num_actions=3, episode_length=3)
     g = torch.Generator().manual_seed(2)
-    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True})
-    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, True, True, generator=g)
+    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True,
+                          "obs_action_input": True})
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, True, True, generator=g, obs_action_input=True)
     batch = collect_trials(policy, dist, dist.sample_tasks(config.num_trials_per_batch, g), 4, g)
     stats = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, config, 0.01, g)
     assert stats.approx_kl == pytest.approx(0.0, abs=1e-6) and stats.clipfrac == 0.0
     trained = train_rl2(config, dist, 4)
-    assert trained.obs_action_reward_input and trained.input_dim == 3 + 2 + 4 + 3 + 12
+    assert trained.obs_action_reward_input and trained.obs_action_input and trained.input_dim == 3 + 2 + 4 + 3 + 12 + 12
     res = run_trials(RL2Agent(trained), dist, num_tasks=16, episodes_per_trial=4, seed=0)
     assert bool(((res.actions >= 0) & (res.actions < 3)).all())
 

@@ -81,7 +81,11 @@ class RL2Policy(nn.Module):
     pairs, ``(prev_obs outer one_hot(prev_action)).flatten() * prev_reward`` (obs_dim * A):
     on tabular MDPs (one-hot states) this is "action a in state s paid r", so per-(s, a)
     reward sums are linear too; ``prev_obs`` is the observation the previous action was
-    taken in (zeros at the start of a trial).
+    taken in (zeros at the start of a trial). ``obs_action_input`` adds the pair itself,
+    ``(prev_obs outer one_hot(prev_action)).flatten()`` (obs_dim * A): "action a was taken in
+    state s", so per-(s, a) visit counts are linear as well -- with the reward block, the two
+    sufficient statistics of a Gaussian posterior mean (sum and count), as ``one_hot`` and
+    ``one_hot * reward`` are for a bandit arm.
 
     The actor and critic are linear heads on the GRU output; init as in CleanRL
     (orthogonal weights, zero biases, actor gain 0.01). With ``head_hidden_size`` > 0 each
@@ -99,6 +103,7 @@ class RL2Policy(nn.Module):
         head_hidden_size: 0 for linear actor/critic heads; otherwise the width of their tanh
             hidden layer over ``[GRU output, obs]``.
         generator: RNG for the (orthogonal) initialization; None uses torch's global RNG.
+        obs_action_input: add the ``prev_obs x one_hot(prev_action)`` (visit) block.
 
     Example:
         >>> policy = RL2Policy(num_actions=5, obs_dim=1, hidden_size=32)
@@ -116,6 +121,7 @@ class RL2Policy(nn.Module):
         obs_action_reward_input: bool = False,
         generator: torch.Generator | None = None,
         head_hidden_size: int = 0,
+        obs_action_input: bool = False,
     ) -> None:
         super().__init__()
         self.num_actions = int(num_actions)
@@ -124,10 +130,13 @@ class RL2Policy(nn.Module):
         self.action_reward_input = bool(action_reward_input)
         self.obs_action_reward_input = bool(obs_action_reward_input)
         self.head_hidden_size = int(head_hidden_size)
+        self.obs_action_input = bool(obs_action_input)
         self.input_dim = self.num_actions * (2 if self.action_reward_input else 1) + 2 + self.obs_dim
         # where the current obs sits in the input: [one_hot(prev_action), prev_reward, done, obs, ...]
         self.obs_slice = slice(self.num_actions + 2, self.num_actions + 2 + self.obs_dim)
         if self.obs_action_reward_input:
+            self.input_dim += self.obs_dim * self.num_actions
+        if self.obs_action_input:
             self.input_dim += self.obs_dim * self.num_actions
         self.config: RL2Config | None = None  # set by train_rl2 / load, for the record
         self.gru = nn.GRU(self.input_dim, self.hidden_size)
@@ -164,6 +173,7 @@ class RL2Policy(nn.Module):
             "action_reward_input": self.action_reward_input,
             "obs_action_reward_input": self.obs_action_reward_input,
             "head_hidden_size": self.head_hidden_size,
+            "obs_action_input": self.obs_action_input,
         }
 
     def initial_state(self, batch_size: int) -> Tensor:
@@ -180,7 +190,7 @@ class RL2Policy(nn.Module):
             done: (...) bool, the previous step ended an episode.
             prev_obs: (..., obs_dim) float, the observation the previous action was taken in
                 (zeros at the start of a trial); used only with ``obs_action_reward_input``
-                (None counts as zeros).
+                or ``obs_action_input`` (None counts as zeros).
 
         Returns:
             (..., input_dim) float.
@@ -192,11 +202,14 @@ class RL2Policy(nn.Module):
         parts = [one_hot, reward, done.float().unsqueeze(-1), obs.float()]
         if self.action_reward_input:
             parts.append(one_hot * reward)
-        if self.obs_action_reward_input:
+        if self.obs_action_reward_input or self.obs_action_input:
             if prev_obs is None:
                 prev_obs = torch.zeros_like(obs)
-            pair = prev_obs.float().unsqueeze(-1) * one_hot.unsqueeze(-2)  # (..., obs_dim, A)
-            parts.append(pair.flatten(-2) * reward)
+            pair = (prev_obs.float().unsqueeze(-1) * one_hot.unsqueeze(-2)).flatten(-2)  # (..., obs_dim * A)
+            if self.obs_action_reward_input:
+                parts.append(pair * reward)
+            if self.obs_action_input:
+                parts.append(pair)
         return torch.cat(parts, dim=-1)
 
     def forward(self, inputs: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -465,7 +478,8 @@ def train_rl2(
     """
     generator = torch.Generator().manual_seed(config.seed)
     policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input,
-                       config.obs_action_reward_input, generator=generator, head_hidden_size=config.head_hidden_size)
+                       config.obs_action_reward_input, generator=generator, head_hidden_size=config.head_hidden_size,
+                       obs_action_input=config.obs_action_input)
     policy.config = config
     if init_policy is not None:
         if init_policy.spec() != policy.spec():

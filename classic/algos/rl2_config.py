@@ -48,6 +48,8 @@ class RL2Config:
             (see :class:`~classic.algos.rl2.RL2Policy`).
         obs_action_reward_input: also feed ``prev_obs x one_hot(prev_action) * prev_reward``
             (per state-action reward evidence on tabular MDPs; see ``RL2Policy``).
+        obs_action_input: also feed ``prev_obs x one_hot(prev_action)``, the (state, action)
+            visit indicator, so per-(s, a) counts are linear in the input as well.
         head_hidden_size: 0 for linear actor/critic heads on the GRU output; otherwise each
             head is a tanh MLP of this width over ``[GRU output, current observation]``.
         seed: seeds the one ``torch.Generator`` used for initialization, tasks, actions and
@@ -85,6 +87,7 @@ class RL2Config:
     adam_eps: float = 1e-5
     action_reward_input: bool = True
     obs_action_reward_input: bool = False
+    obs_action_input: bool = False
     head_hidden_size: int = 0
     seed: int = 1
 
