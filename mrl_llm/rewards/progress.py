@@ -1,0 +1,422 @@
+"""MRT's meta-prover and dense progress reward (Qu et al. 2025, arXiv 2503.07572).
+
+MRT views a reasoning trace ``z = (z_0, ..., z_{m-1})`` as a sequence of *episodes*
+(:mod:`mrl_llm.rollout.episodes`) and asks after each one how likely the model would be to
+answer correctly if it stopped thinking there. The *meta-prover* ``mu`` is the policy itself,
+forced to stop after a prefix: the prefix is followed by a termination suffix (for R1-style
+models the paper's ``"Time is up. ... I should stop thinking ... </think>"``, see
+:data:`R1_TERMINATION_SUFFIX`) and the model samples K answers, each verified against the
+reference. With ``c_j = (x, z_0, ..., z_j)``:
+
+    J(mu | c_j)             = mean over K samples of 1[answer ~ mu(. | c_j, suffix) is correct]
+    r_prg(z_j; c_{j-1})     = J(mu | c_j) - J(mu | c_{j-1})       (Definition 6.1; c_{-1} = x)
+
+and the MRT objective is the outcome objective plus ``alpha`` times the progress of every
+episode, each episode credited with its own progress given the (stale) prefix before it (Eq. 2).
+:func:`mrt_token_advantages` turns that into the per-token advantages of a GRPO update;
+:func:`termination_advantages` is the paper's RL variant, ``A = R - R_termination``, where the
+termination reward ``J(mu | prefix)`` replaces GRPO's group-mean baseline (CMU-AIRe/MRT,
+``train/rl/README.md``).
+
+Two ways to run the meta-prover on a transformers model, same numbers, different cost
+(``benchmarks/mrt_overhead.py`` measures them):
+
+* ``shared_prefix=True``: one forward pass over ``prompt + trace`` per completion builds a KV
+  cache; every (prefix, sample) row then reuses the rows of that cache up to its cut (the rest
+  is masked out), so a trace is encoded once however many prefixes and samples it has;
+* ``shared_prefix=False``: every (prefix, sample) row is encoded from scratch (the reference).
+
+With vLLM (GPU), all prefixes go to one ``llm.generate`` call with ``n=K`` and vLLM's automatic
+prefix caching shares their KV blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from mrl_llm.rewards.math import verify_answer
+
+#: The forced-termination text of the paper's analysis code (CMU-AIRe/MRT,
+#: ``analysis/code/pass_at_k_given_prefix.py``), appended after a prefix that ends a paragraph.
+R1_TERMINATION_SUFFIX = (
+    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
+    "formulate a final answer based on what I already have.\n</think>\n\n**Step-by-Step Explanation and Answer:**\n\n1. **"
+)
+
+
+@dataclass
+class MetaProverConfig:
+    """How J(mu | prefix) is estimated.
+
+    Attributes:
+        termination_suffix: text appended after the prefix to force the final answer.
+        num_samples: K, answers sampled per prefix (the paper's analysis uses 8).
+        max_answer_tokens: most tokens per sampled answer (the paper's analysis: 4096).
+        temperature: sampling temperature of the answers (the paper's analysis: 0.6-0.7).
+        top_k: keep the k most likely tokens (0 = all).
+        shared_prefix: encode each trace once and reuse its KV cache for every prefix (HF path).
+        max_rows: most (prefix, sample) rows decoded at once by the HF path (memory bound).
+
+    Raises:
+        ValueError: naming the field, when a value is out of range.
+    """
+
+    termination_suffix: str = R1_TERMINATION_SUFFIX
+    num_samples: int = 8
+    max_answer_tokens: int = 4096
+    temperature: float = 0.7
+    top_k: int = 0
+    shared_prefix: bool = True
+    max_rows: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "max_answer_tokens", "max_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k!r}")
+        if not isinstance(self.termination_suffix, str) or not self.termination_suffix:
+            raise ValueError("termination_suffix must be a non-empty string")
+
+
+@dataclass
+class ProverStats:
+    """Counters of the meta-prover: rows decoded, tokens encoded and sampled, seconds."""
+
+    rows: int = 0
+    encoded_tokens: int = 0
+    sampled_tokens: int = 0
+    seconds: float = 0.0
+
+
+def token_cuts(tokenizer, completion_ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
+    """Token prefix lengths whose decoded text first covers each character offset.
+
+    Args:
+        tokenizer: the HF tokenizer that produced ``completion_ids``.
+        completion_ids: the generated token ids (no prompt).
+        char_ends: character offsets into ``tokenizer.decode(completion_ids)`` (e.g. the
+            ``end`` of each episode), non-decreasing.
+
+    Returns:
+        ``k_j`` per offset: the smallest k with ``len(decode(ids[:k])) >= char_ends[j]``
+        (binary search, O(log T) decodes each).
+    """
+    ids = list(completion_ids)
+
+    def length(k: int) -> int:
+        return len(tokenizer.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+    cuts, lo_start = [], 0
+    for end in char_ends:
+        lo, hi = lo_start, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if length(mid) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        cuts.append(lo)
+        lo_start = lo
+    return cuts
+
+
+class MetaProver:
+    """mu: the policy forced to stop thinking after a prefix, sampled K times; J = mean success.
+
+    Args:
+        model: a transformers causal LM (or peft-wrapped one); ignored when ``vllm_llm`` is given.
+        tokenizer: its tokenizer (pad and eos tokens set).
+        config: :class:`MetaProverConfig`.
+        verifier: ``verifier(answer_text, reference) -> bool``; default
+            :func:`mrl_llm.rewards.math.verify_answer`. The answer text is what the model
+            sampled after the suffix, prefixed by the suffix itself (so an answer cue such as
+            ``"the answer is"`` in the suffix is seen by the extractor).
+        vllm_llm: a ``vllm.LLM`` (e.g. ``trainer.vllm_generation.llm``) to sample with instead.
+
+    Example:
+        >>> prover = MetaProver(model, tok, MetaProverConfig(termination_suffix=" so the answer is", num_samples=4))
+        >>> J = prover.success_rates([prompt_ids], [trace_ids], [[0, 12, 30]], ["5"], generator=g)
+        >>> progress_rewards(J[0])   # (2,) progress of the two episodes ending at tokens 12 and 30
+    """
+
+    def __init__(self, model, tokenizer, config: MetaProverConfig | None = None, verifier: Callable[[str, str], bool] | None = None, vllm_llm=None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or MetaProverConfig()
+        self.verifier = verifier or verify_answer
+        self.vllm_llm = vllm_llm
+        self.suffix_ids = tokenizer(self.config.termination_suffix, add_special_tokens=False)["input_ids"]
+        self.stats = ProverStats()
+
+    def success_rates(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+        cuts: Sequence[Sequence[int]],
+        references: Sequence[str],
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        """J(mu | prompt + completion[:k]) for every cut k of every completion.
+
+        Args:
+            prompt_ids: B prompts (token ids, including any chat template).
+            completion_ids: B completions (token ids).
+            cuts: per completion, the token prefix lengths to stop at (0 = before any thinking).
+            references: B reference answers.
+            generator: RNG of the HF sampler (same seed, same numbers); unused by vLLM.
+
+        Returns:
+            B float tensors, ``J[i]`` of shape ``(len(cuts[i]),)``, values in [0, 1].
+
+        Raises:
+            ValueError: when the lists have different lengths or a cut is outside the completion.
+        """
+        B = len(prompt_ids)
+        if not (len(completion_ids) == len(cuts) == len(references) == B):
+            raise ValueError("prompt_ids, completion_ids, cuts and references must have the same length")
+        for i in range(B):
+            for k in cuts[i]:
+                if not 0 <= int(k) <= len(completion_ids[i]):
+                    raise ValueError(f"cut {k} is outside completion {i} of {len(completion_ids[i])} tokens")
+        queries = [(i, int(k)) for i in range(B) for k in cuts[i]]
+        if not queries:
+            return [torch.zeros(0) for _ in range(B)]
+        start = time.perf_counter()
+        if self.vllm_llm is not None:
+            answers = self._answers_vllm(prompt_ids, completion_ids, queries)
+        else:
+            g = generator if generator is not None else torch.Generator().manual_seed(0)
+            answers = self._answers_hf(prompt_ids, completion_ids, queries, g)
+        self.stats.seconds += time.perf_counter() - start
+        suffix = self.config.termination_suffix
+        K = self.config.num_samples
+        rates = torch.tensor(
+            [sum(self.verifier(suffix + a, references[i]) for a in answers[q]) / K for q, (i, _) in enumerate(queries)],
+            dtype=torch.float32,
+        )
+        out, pos = [], 0
+        for i in range(B):
+            out.append(rates[pos : pos + len(cuts[i])])
+            pos += len(cuts[i])
+        return out
+
+    # ---- vLLM: one generate call, prefix caching shares the KV blocks ---------------------
+    def _answers_vllm(self, prompt_ids, completion_ids, queries) -> list[list[str]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        cfg = self.config
+        params = SamplingParams(n=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k if cfg.top_k > 0 else -1, max_tokens=cfg.max_answer_tokens)
+        prompts = [TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_ids) for i, k in queries]
+        outs = self.vllm_llm.generate(prompts, params, use_tqdm=False)
+        self.stats.rows += len(prompts) * cfg.num_samples
+        answers = []
+        for out in outs:
+            answers.append([c.text for c in out.outputs])
+            self.stats.sampled_tokens += sum(len(c.token_ids) for c in out.outputs)
+        return answers
+
+    # ---- transformers ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _answers_hf(self, prompt_ids, completion_ids, queries, generator: torch.Generator) -> list[list[str]]:
+        K = self.config.num_samples
+        per_chunk = max(1, self.config.max_rows // K)
+        answers: list[list[str]] = []
+        for lo in range(0, len(queries), per_chunk):
+            chunk = queries[lo : lo + per_chunk]
+            answers.extend(self._answer_chunk(prompt_ids, completion_ids, chunk, generator))
+        return answers
+
+    def _answer_chunk(self, prompt_ids, completion_ids, queries, generator) -> list[list[str]]:
+        model, K = self.model, self.config.num_samples
+        device = next(model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # rows: one per (query, sample); the prefix of row r is prompt_i + completion_i[:k]
+        lengths = torch.tensor([len(prompt_ids[i]) + k for i, k in queries for _ in range(K)], device=device)
+        R = len(lengths)
+        if self.config.shared_prefix:
+            # Encode each source sequence once, up to its longest cut; rows index into it.
+            sources = sorted({i for i, _ in queries})
+            where = {i: s for s, i in enumerate(sources)}
+            longest = {i: max(k for j, k in queries if j == i) for i in sources}
+            seqs = [list(prompt_ids[i]) + list(completion_ids[i][: longest[i]]) for i in sources]
+            L = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+            mask = torch.zeros(len(seqs), L, dtype=torch.long)
+            for s, seq in enumerate(seqs):
+                ids[s, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[s, : len(seq)] = 1
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
+            self.stats.encoded_tokens += int(mask.sum())
+            past = out.past_key_values
+            rows = torch.tensor([where[i] for i, _ in queries for _ in range(K)], device=device)
+            past.batch_select_indices(rows)
+            attn = (torch.arange(L, device=device).unsqueeze(0) < lengths.unsqueeze(1)).long()
+            positions = lengths.clone()
+        else:
+            past, attn, positions = None, torch.zeros(R, 0, dtype=torch.long, device=device), torch.zeros(R, dtype=torch.long, device=device)
+        # First block: the suffix (with the prefix itself when nothing is shared), right-aligned per row.
+        if self.config.shared_prefix:
+            blocks = [self.suffix_ids for _ in range(R)]
+        else:
+            blocks = [list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_ids for i, k in queries for _ in range(K)]
+        return self._sample(past, attn, positions, blocks, R, K, generator, device, pad)
+
+    def _sample(self, past, attn, positions, blocks, R, K, generator, device, pad) -> list[list[str]]:
+        model, cfg = self.model, self.config
+        eos = self.tokenizer.eos_token_id
+        n = torch.tensor([len(b) for b in blocks], device=device)
+        Lb = int(n.max())
+        ids = torch.full((R, Lb), pad, dtype=torch.long)
+        blk = torch.zeros(R, Lb, dtype=torch.long)
+        for r, b in enumerate(blocks):  # left-aligned block, padding after it (masked)
+            ids[r, : len(b)] = torch.tensor(b, dtype=torch.long)
+            blk[r, : len(b)] = 1
+        ids, blk = ids.to(device), blk.to(device)
+        pos = positions.unsqueeze(1) + torch.arange(Lb, device=device).unsqueeze(0)
+        attn = torch.cat([attn, blk], dim=1)
+        if bool((n == Lb).all()):  # equal blocks (the shared path): only the last position's logits
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1]
+        else:
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
+            logits = out.logits[torch.arange(R, device=device), n - 1]
+        self.stats.encoded_tokens += int(blk.sum())
+        past, positions = out.past_key_values, positions + n
+        running = torch.ones(R, dtype=torch.bool, device=device)
+        sampled: list[list[int]] = [[] for _ in range(R)]
+        for _ in range(cfg.max_answer_tokens):
+            scaled = logits.float() / cfg.temperature
+            if cfg.top_k and cfg.top_k < scaled.shape[-1]:
+                kth = torch.topk(scaled, cfg.top_k, dim=-1).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            tok = torch.multinomial(torch.softmax(scaled, dim=-1).cpu(), 1, generator=generator).squeeze(1).to(device)
+            for r in torch.nonzero(running).flatten().tolist():
+                sampled[r].append(int(tok[r]))
+            self.stats.sampled_tokens += int(running.sum())
+            running = running & (tok != eos)
+            if not bool(running.any()):
+                break
+            attn = torch.cat([attn, running.long().unsqueeze(1)], dim=1)
+            out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=positions.unsqueeze(1), past_key_values=past, use_cache=True)
+            past, positions, logits = out.past_key_values, positions + 1, out.logits[:, -1]
+        self.stats.rows += R
+        texts = self.tokenizer.batch_decode(sampled, skip_special_tokens=True)
+        return [texts[q * K : (q + 1) * K] for q in range(R // K)]
+
+
+# ---------------------------------------------------------------------------------------
+# Progress rewards and advantages (pure tensor maths)
+# ---------------------------------------------------------------------------------------
+
+
+def progress_rewards(success: Tensor) -> Tensor:
+    """Per-episode progress from the success rates at the episode boundaries.
+
+    Args:
+        success: (m + 1,) J(mu | c_{j-1}) for j = 0..m: before any episode, then after each.
+
+    Returns:
+        (m,) ``r_prg(z_j) = J(c_j) - J(c_{j-1})`` (Qu et al. 2025, arXiv 2503.07572, Def. 6.1).
+        They telescope: their sum is ``J(c_{m-1}) - J(x)``.
+    """
+    return success[1:] - success[:-1]
+
+
+def mrt_token_advantages(
+    outcome_advantages: Tensor,
+    progress: Sequence[Tensor],
+    episode_token_ends: Sequence[Sequence[int]],
+    completion_length: int,
+    alpha: float,
+    credit: str = "episode",
+) -> Tensor:
+    """Per-token advantages of MRT: the outcome advantage plus ``alpha`` x the progress of the
+    episode the token belongs to (Eq. 2 of arXiv 2503.07572: each episode is credited with its own
+    progress given the prefix before it).
+
+    Args:
+        outcome_advantages: (B,) sequence-level advantages of the outcome reward (e.g. GRPO's).
+        progress: B tensors, ``progress[i]`` of shape (m_i,): ``r_prg`` of each episode.
+        episode_token_ends: per completion, the token index where each episode ends
+            (exclusive, non-decreasing); episode j covers tokens ``[ends[j-1], ends[j])`` with
+            ``ends[-1] = 0``. Tokens after the last episode (the final answer) get no bonus.
+        completion_length: T, columns of the result (the padded completion length).
+        alpha: weight of the progress term (>= 0).
+        credit: ``"episode"`` (each token gets its episode's progress, Eq. 2) or
+            ``"reward_to_go"`` (the sum of the progress of its episode and all later ones).
+
+    Returns:
+        (B, T) float advantages.
+
+    Raises:
+        ValueError: on mismatched lengths, an unknown ``credit`` or a negative ``alpha``.
+    """
+    B = outcome_advantages.shape[0]
+    if len(progress) != B or len(episode_token_ends) != B:
+        raise ValueError(f"expected {B} progress vectors and episode ends, got {len(progress)} and {len(episode_token_ends)}")
+    if credit not in ("episode", "reward_to_go"):
+        raise ValueError(f"credit must be 'episode' or 'reward_to_go', got {credit!r}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    adv = outcome_advantages.float().unsqueeze(1).repeat(1, completion_length)
+    for i in range(B):
+        ends = [min(int(e), completion_length) for e in episode_token_ends[i]]
+        prg = progress[i].float()
+        if len(ends) != prg.shape[0]:
+            raise ValueError(f"completion {i}: {prg.shape[0]} progress values for {len(ends)} episodes")
+        if not ends:
+            continue
+        if credit == "reward_to_go":
+            prg = prg.flip(0).cumsum(0).flip(0)
+        ends_t = torch.tensor(ends)
+        token_episode = torch.searchsorted(ends_t, torch.arange(completion_length), right=True)  # (T,) episode index
+        inside = token_episode < len(ends)
+        bonus = torch.zeros(completion_length)
+        bonus[inside] = prg[token_episode[inside]].to(bonus.dtype)
+        adv[i] += alpha * bonus.to(adv.device)
+    return adv
+
+
+def termination_advantages(rewards: Tensor, termination_rewards: Tensor, num_generations: int, scale: str = "none") -> Tensor:
+    """MRT's RL variant: the termination reward replaces GRPO's group-mean baseline.
+
+    ``A_i = R_i - R_termination``, where ``R_termination = J(mu | prefix)`` is the success rate of
+    stopping at the shared prefix of the group (CMU-AIRe/MRT ``train/rl/README.md``; Fig. 6 of
+    arXiv 2503.07572). For a rollout that continues reasoning this is the progress of the rest of
+    the trace, ``J(end) - J(prefix)``, telescoped.
+
+    Args:
+        rewards: (B,) outcome rewards of the rollouts, B = groups x ``num_generations``,
+            consecutive rows forming a group.
+        termination_rewards: (B,) the group's termination reward, repeated per row.
+        num_generations: G, rollouts per group.
+        scale: ``"none"`` (the README's form) or ``"group"`` (divide by the group's reward std
+            + 1e-4, as GRPO does).
+
+    Returns:
+        (B,) advantages.
+
+    Raises:
+        ValueError: on shape mismatch, B not a multiple of G, or an unknown ``scale``.
+    """
+    if rewards.shape != termination_rewards.shape or rewards.dim() != 1:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and termination_rewards {tuple(termination_rewards.shape)} must be equal 1-D shapes")
+    if rewards.shape[0] % num_generations:
+        raise ValueError(f"{rewards.shape[0]} rewards are not a multiple of num_generations={num_generations}")
+    adv = rewards - termination_rewards
+    if scale == "group":
+        std = rewards.view(-1, num_generations).std(dim=1, unbiased=True) if num_generations > 1 else torch.zeros(rewards.shape[0] // num_generations)
+        adv = adv / (std.repeat_interleave(num_generations) + 1e-4)
+    elif scale != "none":
+        raise ValueError(f"scale must be 'none' or 'group', got {scale!r}")
+    return adv

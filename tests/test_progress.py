@@ -1,0 +1,187 @@
+"""MRT's meta-prover, progress rewards and advantages (mrl_llm.rewards.progress)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mrl_llm.models import TinyLMConfig, build_tiny_model, build_tiny_tokenizer
+from mrl_llm.rewards.progress import (
+    MetaProver,
+    MetaProverConfig,
+    mrt_token_advantages,
+    progress_rewards,
+    termination_advantages,
+    token_cuts,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+# ---- a stub policy whose success probability is known ----------------------------------
+
+
+class _StubCache:
+    """Holds the token ids seen so far; the stub "attends" to them through the attention mask."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def batch_select_indices(self, idx):
+        self.ids = self.ids[idx]
+
+
+class StubProver(torch.nn.Module):
+    """P(answer = correct digit) = (number of visible "+" tokens) / 4, capped at 1; the other
+    outcome is a wrong digit; after a digit comes eos. Masked-out tokens are invisible, so a wrong
+    mask or a wrong cut changes the numbers."""
+
+    def __init__(self, tok, correct="4", wrong="5"):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))  # for .parameters()
+        self.V = len(tok)
+        self.plus = tok.convert_tokens_to_ids("+")
+        self.right, self.wrong = tok.convert_tokens_to_ids(correct), tok.convert_tokens_to_ids(wrong)
+        self.eos = tok.eos_token_id
+
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+        ids = input_ids if past_key_values is None else torch.cat([past_key_values.ids, input_ids], dim=1)
+        visible = attention_mask.bool()
+        plus = torch.cumsum((ids == self.plus) & visible, dim=1)[:, -input_ids.shape[1]:]  # (N, Lb) count so far
+        p = (plus.float() / 4).clamp(max=1.0)
+        after_digit = (input_ids == self.right) | (input_ids == self.wrong)
+        never = torch.full_like(p, -1e9)
+        logits = torch.full((*input_ids.shape, self.V), -1e9)
+        logits[..., self.right] = torch.where(after_digit, never, torch.log(p.clamp(min=1e-12)))
+        logits[..., self.wrong] = torch.where(after_digit, never, torch.log((1 - p).clamp(min=1e-12)))
+        logits[..., self.eos] = torch.where(after_digit, torch.zeros_like(p), never)
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return SimpleNamespace(logits=logits, past_key_values=_StubCache(ids))
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False).input_ids
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_stub_policy_success_rates_and_progress_match_the_hand_computed_example(tok, shared):
+    # prompt has one "+"; the trace adds one "+" in episode 0, none in episode 1, two in episode 2:
+    # J = 1/4, 2/4, 2/4, 4/4 at cuts (0, e0, e1, e2) -> progress 0.25, 0.0, 0.5
+    prompt = _ids(tok, "find x + .\n")
+    eps = ["try + .\n\n", "wait .\n\n", "so + + .\n\n"]
+    trace = _ids(tok, "".join(eps))
+    cuts = [0] + torch.tensor([len(_ids(tok, e)) for e in eps]).cumsum(0).tolist()
+    prover = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix=" answer is ", num_samples=4000, max_answer_tokens=3, temperature=1.0, shared_prefix=shared))
+    J = prover.success_rates([prompt], [trace], [cuts], ["4"], generator=torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(J, torch.tensor([0.25, 0.5, 0.5, 1.0]), atol=0.03, rtol=0)
+    assert J[-1] == 1.0  # deterministic at p = 1
+    torch.testing.assert_close(progress_rewards(J), torch.tensor([0.25, 0.0, 0.5]), atol=0.045, rtol=0)
+    assert prover.stats.rows == 4 * 4000
+
+
+def test_shared_prefix_and_reference_paths_sample_the_same_answers_on_a_real_model(tok):
+    model = build_tiny_model(TinyLMConfig(num_layers=2, hidden_size=64, intermediate_size=128), tok, seed=3).eval()
+    prompts = [_ids(tok, "find x for f ( x ) = 4 .\n"), _ids(tok, "find y .\n")]
+    comps = [_ids(tok, "Let me try 3 . no .\n\nWait , try 4 . yes ."), _ids(tok, "try 1 . no .")]
+    cuts = [[0, 6, len(comps[0])], [2]]
+    out = {}
+    for shared in (True, False):
+        prover = MetaProver(model, tok, MetaProverConfig(termination_suffix=" so the answer is", num_samples=3, max_answer_tokens=4, shared_prefix=shared))
+        queries = [(i, k) for i in range(2) for k in cuts[i]]
+        out[shared] = prover._answers_hf(prompts, comps, queries, torch.Generator().manual_seed(1))
+        enc = prover.stats.encoded_tokens
+        out[(shared, "enc")] = enc
+    assert out[True] == out[False]
+    assert out[(True, "enc")] < out[(False, "enc")]  # the trace is encoded once, not per row
+
+
+def test_same_seed_same_success_rates_and_bad_cuts_are_refused(tok):
+    prover = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix=" answer", num_samples=16, max_answer_tokens=3))
+    args = ([_ids(tok, "+ +")], [_ids(tok, "a b")], [[0, 2]], ["4"])
+    a = prover.success_rates(*args, generator=torch.Generator().manual_seed(5))
+    b = prover.success_rates(*args, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a[0], b[0])
+    with pytest.raises(ValueError, match="outside"):
+        prover.success_rates([[1]], [[2, 3]], [[3]], ["4"])
+    with pytest.raises(ValueError, match="same length"):
+        prover.success_rates([[1]], [[2, 3]], [[1], [2]], ["4"])
+
+
+def test_meta_prover_config_is_checked():
+    with pytest.raises(ValueError, match="num_samples"):
+        MetaProverConfig(num_samples=0)
+    with pytest.raises(ValueError, match="temperature"):
+        MetaProverConfig(temperature=0)
+    with pytest.raises(ValueError, match="termination_suffix"):
+        MetaProverConfig(termination_suffix="")
+
+
+def test_token_cuts_find_the_first_token_covering_each_episode_end(tok):
+    text = "Let me try 3 .\n\nWait , try 4 .\n\nSo the answer is 4 ."
+    ids = _ids(tok, text)
+    ends = [text.index("Wait"), text.index("So")]
+    cuts = token_cuts(tok, ids, ends)
+    for k, e in zip(cuts, ends):
+        assert tok.decode(ids[:k]) == text[:e]
+    assert token_cuts(tok, ids, [0, len(text)]) == [0, len(ids)]
+
+
+# ---- advantages against slow references ----------------------------------------------
+
+
+def _slow_token_advantages(outcome, progress, ends, T, alpha, credit):
+    out = torch.zeros(len(outcome), T)
+    for i in range(len(outcome)):
+        for t in range(T):
+            bonus, start = 0.0, 0
+            for j, e in enumerate(ends[i]):
+                if start <= t < e:
+                    bonus = float(progress[i][j]) if credit == "episode" else float(sum(progress[i][j:]))
+                start = e
+            out[i, t] = float(outcome[i]) + alpha * bonus
+    return out
+
+
+@pytest.mark.parametrize("credit", ["episode", "reward_to_go"])
+def test_mrt_token_advantages_match_a_slow_loop(credit):
+    g = torch.Generator().manual_seed(0)
+    B, T = 6, 25
+    outcome = torch.randn(B, generator=g)
+    progress, ends = [], []
+    for i in range(B):
+        m = int(torch.randint(0, 5, (1,), generator=g))
+        e = sorted(torch.randint(1, T + 6, (m,), generator=g).tolist())  # may run past T (truncated)
+        ends.append(e)
+        progress.append(torch.randn(m, generator=g))
+    fast = mrt_token_advantages(outcome, progress, ends, T, alpha=0.7, credit=credit)
+    slow = _slow_token_advantages(outcome, progress, [[min(x, T) for x in e] for e in ends], T, 0.7, credit)
+    torch.testing.assert_close(fast, slow)
+
+
+def test_mrt_token_advantages_hand_example_and_errors():
+    adv = mrt_token_advantages(torch.tensor([1.0]), [torch.tensor([0.5, -0.25])], [[2, 3]], 5, alpha=2.0)
+    torch.testing.assert_close(adv, torch.tensor([[2.0, 2.0, 0.5, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match="credit"):
+        mrt_token_advantages(torch.zeros(1), [torch.zeros(0)], [[]], 3, 1.0, credit="bogus")
+    with pytest.raises(ValueError, match="progress values"):
+        mrt_token_advantages(torch.zeros(1), [torch.zeros(2)], [[1]], 3, 1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        mrt_token_advantages(torch.zeros(1), [torch.zeros(0)], [[]], 3, -1.0)
+
+
+def test_termination_advantages_replace_the_group_mean_by_the_termination_reward():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    term = torch.tensor([0.25] * 3 + [0.5] * 3)
+    torch.testing.assert_close(termination_advantages(rewards, term, 3), torch.tensor([0.75, -0.25, 0.75, 0.5, -0.5, -0.5]))
+    std1 = torch.tensor([1.0, 0.0, 1.0]).std()
+    scaled = termination_advantages(rewards, term, 3, scale="group")
+    torch.testing.assert_close(scaled[:3], torch.tensor([0.75, -0.25, 0.75]) / (std1 + 1e-4))
+    torch.testing.assert_close(scaled[3:], torch.tensor([0.5, -0.5, -0.5]) / (rewards[3:].std() + 1e-4))
+    with pytest.raises(ValueError, match="multiple"):
+        termination_advantages(rewards[:5], term[:5], 3)
+    with pytest.raises(ValueError, match="scale"):
+        termination_advantages(rewards, term, 3, scale="batch")
