@@ -98,11 +98,15 @@ class BanditTable:
 
     def __post_init__(self) -> None:
         _check_overrides(self.rl2, self.rl2_overrides)
-        for n, source in self.warm_start.items():
-            if source not in self.episodes_per_trial or n not in self.episodes_per_trial or source == n:
-                raise ValueError(f"warm_start {{{n}: {source}}}: both must be distinct values of episodes_per_trial {self.episodes_per_trial}")
-            if source in self.warm_start:
-                raise ValueError(f"warm_start: {source} starts from another cell itself (chains are not supported)")
+        _check_warm_start(self.warm_start, self.episodes_per_trial)
+
+
+def _check_warm_start(warm_start: dict[int, int], episodes_per_trial: list[int]) -> None:
+    for n, source in warm_start.items():
+        if source not in episodes_per_trial or n not in episodes_per_trial or source == n:
+            raise ValueError(f"warm_start {{{n}: {source}}}: both must be distinct values of episodes_per_trial {episodes_per_trial}")
+        if source in warm_start:
+            raise ValueError(f"warm_start: {source} starts from another cell itself (chains are not supported)")
 
 
 @dataclass
@@ -121,6 +125,8 @@ class MDPTable:
         grids: replace an agent's tuning grid, e.g. ``{"UCRL2": [0.05, 0.1, 0.2]}``.
         rl2: the RL² stage; ``algo`` is the base config of every row.
         rl2_overrides: per-row changes to ``rl2.algo``, keyed ``"n100"``.
+        warm_start: rows with n = key start RL² from the trained policy of the row n = value,
+            e.g. ``{100: 10}``; those rows run after the ones they start from.
     """
 
     enabled: bool = True
@@ -135,6 +141,7 @@ class MDPTable:
     grids: dict[str, list[float]] = field(default_factory=dict)
     rl2: RL2StageConfig = field(default_factory=RL2StageConfig)
     rl2_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warm_start: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from classic.agents.mdp import MDP_BASELINES
@@ -147,6 +154,7 @@ class MDPTable:
         if self.tune_tasks < 1:
             raise ValueError(f"tune_tasks must be >= 1, got {self.tune_tasks}")
         _check_overrides(self.rl2, self.rl2_overrides)
+        _check_warm_start(self.warm_start, self.episodes_per_trial)
 
 
 @dataclass
@@ -284,13 +292,17 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
         for n in m.episodes_per_trial:
             task = TabularMDPConfig(m.num_states, m.num_actions, m.episode_length, n)
             rl2 = rl2_for(m.rl2, m.rl2_overrides, [f"n{n}"])
+            after = None
+            if rl2.enabled and n in m.warm_start:
+                after = f"mdp_n{m.warm_start[n]}"
+                rl2 = replace(rl2, init_from=str(Path(cfg.output.root) / cfg.name / "settings" / after / "rl2" / "policy.pt"))
             cost = (rl2.algo.total_env_steps(n * m.episode_length) * 1.5 if rl2.enabled else 0.0) + 5e4 * n
-            out[f"mdp_n{n}"] = Setting(f"mdp_n{n}", "mdp", task, rl2, list(m.agents), cost)
+            out[f"mdp_n{n}"] = Setting(f"mdp_n{n}", "mdp", task, rl2, list(m.agents), cost, after)
     return sorted(out.values(), key=lambda s: -s.cost)
 
 
 def _fingerprint(cfg: TablesExperiment, setting: Setting) -> dict:
-    part = cfg.bandit.baselines if setting.kind == "bandit" else replace(cfg.mdp, episodes_per_trial=[], rl2_overrides={})
+    part = cfg.bandit.baselines if setting.kind == "bandit" else replace(cfg.mdp, episodes_per_trial=[], rl2_overrides={}, warm_start={})
     return json.loads(json.dumps({
         "kind": setting.kind, "task": to_dict(setting.task), "agents": setting.agents, "rl2": to_dict(setting.rl2),
         "baselines": to_dict(part), "eval": to_dict(cfg.eval), "seed": cfg.seed,
@@ -489,11 +501,9 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
 
 def _warm_starts(cfg: TablesExperiment, label: str, name_of) -> dict[str, str]:
     """{n_train: how that cell's RL² policy was made} for cells that start from another cell's policy."""
-    if label != "bandit":
-        return {}
     planned = {s.name: s for s in plan_settings(cfg)}
     out = {}
-    for n, source in cfg.bandit.warm_start.items():
+    for n, source in (cfg.bandit if label == "bandit" else cfg.mdp).warm_start.items():
         setting = planned.get(name_of(n))
         if setting is None:
             continue

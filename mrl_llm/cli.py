@@ -2,8 +2,9 @@
 
 A recipe's top-level ``kind`` picks the experiment: ``classic`` (baselines + RL² on one
 setting, :class:`classic.experiment.ClassicExperiment`), ``tables`` (RL² Tables 1 and 2 in
-full, :class:`classic.tables.TablesExperiment`) or ``llm`` (the default; classic agents plus
-the LLM agent, :class:`mrl_llm.experiment.LLMExperiment`).
+full, :class:`classic.tables.TablesExperiment`), ``mrt`` (outcome-GRPO vs MRT on reasoning
+problems, :class:`mrl_llm.mrt_experiment.MRTExperiment`) or ``llm`` (the default; classic
+agents plus the LLM agent, :class:`mrl_llm.experiment.LLMExperiment`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def load_experiment(path: str, overrides=()):
         from classic.tables import TablesExperiment
 
         return kind, load_recipe(TablesExperiment, path, overrides)
-    raise RecipeError(f"{path}: unknown kind {kind!r} (known: classic, llm, tables)")
+    if kind == "mrt":
+        from mrl_llm.mrt_experiment import MRTExperiment
+
+        return kind, load_recipe(MRTExperiment, path, overrides)
+    raise RecipeError(f"{path}: unknown kind {kind!r} (known: classic, llm, mrt, tables)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,16 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"# {args.recipe} (kind: {kind}) resolves to:")
         print(json.dumps(to_dict(cfg), indent=2, default=str))
-        if kind == "llm":
+        if kind in ("llm", "mrt"):
             from mrl_llm.experiment import dry_run
+            from mrl_llm.mrt_experiment import dry_run as mrt_dry_run
 
             print("# trainer arguments (no weights loaded):")
-            dry_run(cfg)
+            (mrt_dry_run if kind == "mrt" else dry_run)(cfg)
         return 0
     if kind == "classic":
         from classic.experiment import run_classic
 
         run_dir = run_classic(cfg)
+    elif kind == "mrt":
+        from mrl_llm.mrt_experiment import run_mrt
+
+        run_dir = run_mrt(cfg)
+        print(f"wrote {run_dir}/report.md, accuracy_vs_tokens.png, results.json")
+        return 0
     elif kind == "tables":
         from classic.tables import run_tables
 

@@ -8,7 +8,8 @@ import pytest
 from mrl_llm.cli import load_experiment, main
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# recipes/accelerate/ holds accelerate launcher configs, not mrl recipes
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -25,6 +26,23 @@ def test_qwen_recipe_builds_chat_lora_vllm_arguments(capsys):
     assert summary["chat"] is True and summary["lora"]["r"] == 16
     assert summary["grpo"]["use_vllm"] is True and summary["grpo"]["vllm_mode"] == "colocate"
     assert summary["model"].startswith("Qwen/Qwen2.5")
+
+
+@pytest.mark.parametrize("name, model", [("mrt_r1_distill_1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
+                                         ("mrt_deepscaler_1.5b", "agentica-org/DeepScaleR-1.5B-Preview")])
+def test_gpu_mrt_recipes_carry_the_papers_settings(name, model, capsys):
+    import yaml
+
+    assert main(["run", str(ROOT / f"recipes/llm/{name}.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])
+    g = summary["grpo"]
+    assert summary["model"] == model and summary["methods"] == ["grpo", "mrt"]
+    assert g["num_generations"] == 4 and g["learning_rate"] == 1e-6 and g["temperature"] == 0.9
+    assert g["use_vllm"] is True and g["vllm_mode"] == "colocate" and g["bf16"] is True
+    assert summary["mrt"]["prover"]["termination_suffix"].startswith("Time is up.")
+    acc = yaml.safe_load((ROOT / "recipes/accelerate/deepspeed_zero3.yaml").read_text())
+    assert acc["distributed_type"] == "DEEPSPEED" and acc["deepspeed_config"]["zero_stage"] == 3 and acc["mixed_precision"] == "bf16"
 
 
 def test_malformed_recipe_names_key_and_file(tmp_path, capsys):

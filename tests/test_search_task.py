@@ -44,9 +44,9 @@ def test_problems_are_permutations_with_the_right_answer():
         for p in sample_problems(cfg, 200, torch.Generator().manual_seed(1)):
             assert sorted(p.table) == list(range(cfg.num_candidates))
             assert p.table[int(p.answer)] == p.target
-            pairs = re.findall(r"(\d) (\d)", p.prompt.split(".")[0])
+            pairs = re.findall(r"(\d)(\d)", p.prompt.split("\n")[0])
             assert [(int(a), int(b)) for a, b in pairs] == list(enumerate(p.table))
-            assert p.prompt.endswith(f"find x for f ( x ) = {p.target} .\n")
+            assert p.prompt.endswith(f"find f(x)={p.target}\n")
 
 
 def test_problems_cover_targets_uniformly():
@@ -70,7 +70,7 @@ def check_trace(p, trace, cfg=CFG):
     guess = extract_answer(trace)
     assert guess is not None and guess.isdigit()
     if not forced:
-        assert ans.text == f"So the answer is {p.answer} ."
+        assert ans.text == f"Answer: {p.answer}"
         assert found and checks[-1].verdict == "yes"
     else:
         assert int(guess) not in refuted
@@ -101,7 +101,7 @@ def test_sft_traces_are_consistent():
     [
         SearchTaskConfig(p_find=0.0, p_repeat=0.9, max_attempts=8),  # budget-limited repeats
         SearchTaskConfig(p_find=1.0, p_double_check=1.0, max_double_checks=3, p_forced_stop=1.0),
-        SearchTaskConfig(num_candidates=10, p_forced_stop=1.0, termination_suffix="Time is up . Answer :"),
+        SearchTaskConfig(num_candidates=10, p_forced_stop=1.0, termination_suffix="Time is up . So the answer is"),
         SearchTaskConfig(num_candidates=3, p_find=0.0, p_repeat=0.5, max_attempts=3, p_forced_stop=0.5),
     ],
 )
@@ -137,7 +137,7 @@ def test_episodes_are_the_attempt_paragraphs():
 def test_optimal_trace():
     for p in sample_problems(CFG, 50, torch.Generator().manual_seed(5)):
         t = optimal_trace(p)
-        assert t == f"Let me try {p.answer} . f ( {p.answer} ) = {p.target} . yes .\n\nSo the answer is {p.answer} ."
+        assert t == f"try {p.answer}: f({p.answer})={p.target} yes\n\nAnswer: {p.answer}"
         assert attempts_in(t) == 1 and extract_answer(t) == p.answer
 
 
@@ -145,17 +145,17 @@ def test_answers_are_read_from_both_endings():
     p = sample_problems(CFG, 1, torch.Generator().manual_seed(6))[0]
     a, wrong = p.answer, str((int(p.answer) + 1) % 8)
     natural = optimal_trace(p)
-    forced = terminate("Let me try 1 . f ( 1 ) = 2 . no .\n\n") + f" {a} ."
-    assert forced == f"Let me try 1 . f ( 1 ) = 2 . no .\n\n{TERMINATION_SUFFIX} {a} ."
-    assert terminate("Let me try 1 . f ( 1 ) = 2 . no .") == forced[: -len(f" {a} .")]
+    forced = terminate("try 1: f(1)=2 no\n\n") + f" {a}"
+    assert forced == f"try 1: f(1)=2 no\n\n{TERMINATION_SUFFIX} {a}"
+    assert terminate("try 1: f(1)=2 no") == forced[: -len(f" {a}")]
     assert terminate("") == TERMINATION_SUFFIX
-    for t in (natural, forced, f"{TERMINATION_SUFFIX} {a} ."):
+    for t in (natural, forced, f"{TERMINATION_SUFFIX} {a}"):
         assert extract_answer(t) == a
         assert verify_answer(t, a) and not verify_answer(t, wrong)
     # reading from sampled traces agrees with the trace's own last paragraph
     for q, t in samples(n=60, seed=7):
         last = t.rsplit("\n\n", 1)[-1]
-        assert verify_answer(t, q.answer) == (last.split()[-2] == q.answer)
+        assert verify_answer(t, q.answer) == (last.split()[-1] == q.answer)
 
 
 def test_no_unknown_tokens(tok):
@@ -175,10 +175,10 @@ def test_token_lengths_match_the_docstring(tok):
     pairs = samples(n=1500, seed=0)
     prompt_len = [n(p.prompt) for p, _ in pairs]
     trace_len = [n(t) for _, t in pairs]
-    assert set(prompt_len) == {72}
-    assert 60 <= statistics.mean(trace_len) <= 90
-    assert min(trace_len) >= 19 and max(trace_len) <= 450
-    assert {n(optimal_trace(p)) for p, _ in pairs[:50]} == {40}
+    assert set(prompt_len) == {35}
+    assert 35 <= statistics.mean(trace_len) <= 50
+    assert min(trace_len) >= 11 and max(trace_len) <= 250
+    assert {n(optimal_trace(p)) for p, _ in pairs[:50]} == {19}
 
 
 def test_sft_dataset_format_and_determinism(tok):
@@ -197,7 +197,7 @@ def test_sft_dataset_format_and_determinism(tok):
         if row["prompt"] != pr["prompt"]:  # forced stop: prefix + suffix moved into the prompt
             n_forced += 1
             assert row["prompt"].endswith(TERMINATION_SUFFIX)
-            assert re.fullmatch(r" \d \.", row["completion"][: -len(tok.eos_token)])
+            assert re.fullmatch(r" \d", row["completion"][: -len(tok.eos_token)])
             assert TERMINATION_SUFFIX not in row["completion"]
         else:
             assert verify_answer(row["completion"][: -len(tok.eos_token)], pr["answer"])
@@ -228,8 +228,8 @@ def test_sft_trace_determinism():
         ({"p_forced_stop": 2}, "p_forced_stop"),
         ({"max_attempts": 7}, "max_attempts"),
         ({"termination_suffix": "Time is up ."}, "termination_suffix"),
-        ({"termination_suffix": " So the answer is"}, "termination_suffix"),
-        ({"termination_suffix": "Wait , the answer is"}, "termination_suffix"),
+        ({"termination_suffix": " Answer:"}, "termination_suffix"),
+        ({"termination_suffix": "Wait Answer:"}, "termination_suffix"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):
@@ -238,9 +238,9 @@ def test_config_validation_names_the_field(kwargs, field):
 
 
 def test_trace_episodes_on_model_like_outputs():
-    t = "Let me try 1 . f ( 1 ) = 2 . no .\n\nWait , try 4 ."  # truncated, no answer
+    t = "try 1: f(1)=2 no\n\nWait try 4:"  # truncated, no answer
     eps, ans = trace_episodes(t)
     assert ans is None and len(eps) == 2 and eps[-1].end == len(t)
     assert trace_episodes("") == ([], None)
-    eps, ans = trace_episodes("So the answer is 3 .</s>")
-    assert eps == [] and ans.text == "So the answer is 3 .</s>"
+    eps, ans = trace_episodes("Answer: 3</s>")
+    assert eps == [] and ans.text == "Answer: 3</s>"

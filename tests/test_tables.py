@@ -142,6 +142,30 @@ def test_warm_start_trains_the_longer_cell_from_the_shorter_cells_policy(tmp_pat
 def test_warm_start_must_name_two_cells_of_the_table():
     with pytest.raises(RecipeError, match="warm_start"):
         load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml", ["bandit.warm_start={500: 7}"])
+    with pytest.raises(RecipeError, match="warm_start"):
+        load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml", ["mdp.warm_start={100: 7}"])
+
+
+def test_mdp_warm_start_orders_the_rows_and_starts_from_the_shorter_rows_policy(tmp_path):
+    cfg = tiny(tmp_path)
+    cfg.bandit.enabled = cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
+    n_short, n_long = cfg.mdp.episodes_per_trial[:2]
+    cfg.mdp.episodes_per_trial = [n_short, n_long]
+    cfg.mdp.warm_start = {n_long: n_short}
+    cfg.mdp.rl2_overrides = {f"n{n_long}": {"num_iterations": 0}}
+    settings = {s.name: s for s in plan_settings(cfg)}
+    assert settings[f"mdp_n{n_long}"].after == f"mdp_n{n_short}" and settings[f"mdp_n{n_short}"].after is None
+    assert settings[f"mdp_n{n_long}"].rl2.init_from.endswith(f"mdp_n{n_short}/rl2/policy.pt")
+    assert _warm_starts(cfg, "mdp", lambda n: f"mdp_n{n}") == {str(n_long): f"the n={n_short} policy as is"}
+    run_tables(cfg, progress=False)
+    from classic.algos.rl2 import RL2Policy
+
+    import torch
+
+    root = tmp_path / "tables" / "settings"
+    short, long = (RL2Policy.load(root / f"mdp_n{n}" / "rl2" / "policy.pt") for n in (n_short, n_long))
+    for (name, a), b in zip(short.state_dict().items(), long.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_a_setting_stored_before_an_option_existed_still_matches_while_the_option_is_off():

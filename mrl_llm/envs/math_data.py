@@ -41,6 +41,8 @@ HUB_SOURCES: dict[str, _HubSource] = {
     "aime25": _HubSource("yentinglin/aime_2025", None, "train"),
     "amc23": _HubSource("math-ai/amc23", None, "test"),
     "gsm8k": _HubSource("openai/gsm8k", "main", "test"),
+    # training problems (MRT's R1-Distill run used 4,000 of them); answers = last \boxed{} of solution
+    "numinamath": _HubSource("AI-MO/NuminaMath-CoT", None, "train"),
 }
 KNOWN_DATASETS = tuple(HUB_SOURCES)
 
@@ -129,6 +131,7 @@ def load_math_dataset(
     aime25    yentinglin/aime_2025         -       train
     amc23     math-ai/amc23                -       test
     gsm8k     openai/gsm8k                 main    test
+    numinamath  AI-MO/NuminaMath-CoT       -       train
     ========  ===========================  ======  =====
 
     With ``path``, a local JSON-lines file is read with ``datasets.load_dataset("json")``

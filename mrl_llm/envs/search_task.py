@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -95,17 +95,17 @@ from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
 #: What MRT appends to an episode prefix to force the final answer (the paper's is "Time is up.
 #: Given the time I've spent and the approaches I've tried, I should stop thinking and now write
 #: summarily in a few sentences the final answer."; this one fits the tiny vocabulary).
-TERMINATION_SUFFIX = "Time is up . So the answer is"
+TERMINATION_SUFFIX = "Time is up. Answer:"
 #: Opening of the natural answer paragraph.
-ANSWER_PREFIX = "So the answer is"
+ANSWER_PREFIX = "Answer:"
 #: Paragraph openings of the attempt episodes: first attempt, later attempts, double-check.
-FIRST_MARKER = "Let me try"
-RETRY_MARKERS = ("Wait , try", "Alternatively , try")
-DOUBLE_CHECK_MARKER = "But let me double-check"
+FIRST_MARKER = "try"
+RETRY_MARKERS = ("Wait try", "Alternatively try")
+DOUBLE_CHECK_MARKER = "But check"
 #: Episode split of this task's traces: one episode per attempt paragraph.
 SEARCH_EPISODES = EpisodeSplitConfig(
     mode="markers",
-    markers=("Let me try", "Wait", "Alternatively", "But let me double-check"),
+    markers=("try", "Wait", "Alternatively", "But check"),
     min_paragraphs_between=1,
     strip_think=False,
 )
@@ -113,8 +113,7 @@ PARAGRAPH_SEP = "\n\n"
 MAX_CANDIDATES = 10
 
 _CHECK_RE = re.compile(
-    r"^(?:Let me try|Wait , try|Alternatively , try|But let me double-check) (\d+) \. "
-    r"f \( (\d+) \) = (\d+) \. (yes|no) \.\s*$"
+    r"^(?:try|Wait try|Alternatively try|But check) (\d+): (?:f\((\d+)\)=|(\d+)\+\d+ is )(\d+) (yes|no)\s*$"
 )
 _PARA_SPLIT = re.compile(r"\n[^\S\n]*\n\s*")
 
@@ -159,6 +158,7 @@ class SearchTaskConfig:
     """
 
     num_candidates: int = 8
+    function: Literal["table", "add"] = "table"
     p_find: float = 0.5
     p_repeat: float = 0.1
     p_double_check: float = 0.25
@@ -192,7 +192,7 @@ class SearchTaskConfig:
             raise ValueError(
                 f"termination_suffix must be a non-empty one-line string without surrounding whitespace, got {s!r}"
             )
-        if extract_answer(f"{s} 3 .") != "3":
+        if extract_answer(f"{s} 3") != "3":
             raise ValueError(f"termination_suffix must end so that extract_answer reads the answer after it, got {s!r}")
         if SEARCH_EPISODES.marker_pattern().match(s):
             raise ValueError(f"termination_suffix must not start with an episode marker, got {s!r}")
@@ -212,6 +212,7 @@ class SearchProblem(NamedTuple):
     answer: str
     table: tuple[int, ...]
     target: int
+    function: str = "table"
 
 
 class Check(NamedTuple):
@@ -258,10 +259,13 @@ def _choice(items: list[int], generator: torch.Generator) -> int:
     return items[_randint(len(items), generator)]
 
 
-def render_prompt(table: tuple[int, ...] | list[int], target: int) -> str:
-    """The problem text for lookup table ``table`` (``f(i) = table[i]``) and target ``y``."""
-    pairs = " , ".join(f"{i} {v}" for i, v in enumerate(table))
-    return f"f : {pairs} . find x for f ( x ) = {target} .\n"
+def render_prompt(table: tuple[int, ...] | list[int], target: int, function: str = "table") -> str:
+    """The problem text for ``f(i) = table[i]`` and target ``y``: the lookup table itself
+    (``function="table"``) or ``x+a`` with ``a = table[0]`` (``function="add"``)."""
+    if function == "add":
+        return f"find x with x+{table[0]}={target}\n"
+    pairs = ",".join(f"{i}{v}" for i, v in enumerate(table))
+    return f"f:{pairs}\nfind f(x)={target}\n"
 
 
 def sample_problems(config: SearchTaskConfig, n: int, generator: torch.Generator) -> list[SearchProblem]:
@@ -282,19 +286,25 @@ def sample_problems(config: SearchTaskConfig, n: int, generator: torch.Generator
         raise ValueError(f"n must be >= 0, got {n}")
     out = []
     for _ in range(n):
-        table = tuple(int(v) for v in torch.randperm(config.num_candidates, generator=generator))
+        if config.function == "add":
+            a = _randint(10, generator)
+            table = tuple(a + i for i in range(config.num_candidates))
+        else:
+            table = tuple(int(v) for v in torch.randperm(config.num_candidates, generator=generator))
         x = _randint(config.num_candidates, generator)
-        out.append(SearchProblem(render_prompt(table, table[x]), str(x), table, table[x]))
+        out.append(SearchProblem(render_prompt(table, table[x], config.function), str(x), table, table[x], config.function))
     return out
 
 
 def _paragraph(marker: str, a: int, problem: SearchProblem) -> str:
     v = problem.table[a]
-    return f"{marker} {a} . f ( {a} ) = {v} . {'yes' if v == problem.target else 'no'} ."
+    # "a+c is v", not "a+c=v": an "=" after "+c" would invite copying the prompt's target
+    check = f"{a}+{problem.table[0]} is " if problem.function == "add" else f"f({a})="
+    return f"{marker} {a}: {check}{v} {'yes' if v == problem.target else 'no'}"
 
 
 def _answer_paragraph(x: int | str) -> str:
-    return f"{ANSWER_PREFIX} {x} ."
+    return f"{ANSWER_PREFIX} {x}"
 
 
 def terminate(prefix: str, suffix: str = TERMINATION_SUFFIX) -> str:
@@ -350,7 +360,7 @@ def _sample_trace(
             guess = _choice([a for a in range(n) if a not in tried], generator)
         prefix = "".join(p + PARAGRAPH_SEP for p in paragraphs[:k])
         head = terminate(prefix, config.termination_suffix)
-        return f"{head} {guess} .", len(head)
+        return f"{head} {guess}", len(head)
     return PARAGRAPH_SEP.join([*paragraphs, _answer_paragraph(answer)]), None
 
 
@@ -420,8 +430,8 @@ def parse_checks(trace: str) -> list[Check]:
     for para in _PARA_SPLIT.split(trace):
         m = _CHECK_RE.match(para.strip())
         if m:
-            a, x, v, verdict = m.groups()
-            out.append(Check(int(a), int(x), int(v), verdict, para.strip().startswith(DOUBLE_CHECK_MARKER)))
+            a, fx, addx, v, verdict = m.groups()
+            out.append(Check(int(a), int(fx if fx is not None else addx), int(v), verdict, para.strip().startswith(DOUBLE_CHECK_MARKER)))
     return out
 
 

@@ -180,16 +180,39 @@ class MetaProver:
         Raises:
             ValueError: when the lists have different lengths or a cut is outside the completion.
         """
+        if len(references) != len(prompt_ids):
+            raise ValueError("prompt_ids, completion_ids, cuts and references must have the same length")
+        answers = self.sample_answers(prompt_ids, completion_ids, cuts, generator)
+        return [self.score(a, ref) for a, ref in zip(answers, references)]
+
+    def score(self, answers: Sequence[Sequence[str]], reference: str) -> Tensor:
+        """(len(answers),) success rates of the sampled answers of each cut of one completion."""
+        suffix = self.config.termination_suffix
+        return torch.tensor([sum(self.verifier(suffix + a, reference) for a in per_cut) / max(len(per_cut), 1) for per_cut in answers], dtype=torch.float32)
+
+    def sample_answers(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+        cuts: Sequence[Sequence[int]],
+        generator: torch.Generator | None = None,
+    ) -> list[list[list[str]]]:
+        """The K forced answers (text after the suffix) at every cut: ``answers[i][j][s]``.
+
+        Raises:
+            ValueError: when the lists have different lengths or a cut is outside the completion.
+        """
         B = len(prompt_ids)
-        if not (len(completion_ids) == len(cuts) == len(references) == B):
+        if not (len(completion_ids) == len(cuts) == B):
             raise ValueError("prompt_ids, completion_ids, cuts and references must have the same length")
         for i in range(B):
             for k in cuts[i]:
                 if not 0 <= int(k) <= len(completion_ids[i]):
                     raise ValueError(f"cut {k} is outside completion {i} of {len(completion_ids[i])} tokens")
         queries = [(i, int(k)) for i in range(B) for k in cuts[i]]
+        out: list[list[list[str]]] = [[] for _ in range(B)]
         if not queries:
-            return [torch.zeros(0) for _ in range(B)]
+            return out
         start = time.perf_counter()
         if self.vllm_llm is not None:
             answers = self._answers_vllm(prompt_ids, completion_ids, queries)
@@ -197,16 +220,8 @@ class MetaProver:
             g = generator if generator is not None else torch.Generator().manual_seed(0)
             answers = self._answers_hf(prompt_ids, completion_ids, queries, g)
         self.stats.seconds += time.perf_counter() - start
-        suffix = self.config.termination_suffix
-        K = self.config.num_samples
-        rates = torch.tensor(
-            [sum(self.verifier(suffix + a, references[i]) for a in answers[q]) / K for q, (i, _) in enumerate(queries)],
-            dtype=torch.float32,
-        )
-        out, pos = [], 0
-        for i in range(B):
-            out.append(rates[pos : pos + len(cuts[i])])
-            pos += len(cuts[i])
+        for (i, _), a in zip(queries, answers):
+            out[i].append(a)
         return out
 
     # ---- vLLM: one generate call, prefix caching shares the KV blocks ---------------------

@@ -1,0 +1,477 @@
+"""The MRT experiment (``kind: mrt`` recipes): outcome-only GRPO against MRT from the same start.
+
+Qu et al. 2025, "Optimizing Test-Time Compute via Meta Reinforcement Fine-Tuning",
+arXiv 2503.07572. Stages, each written under ``runs/<name>/`` and reused or resumed when the run
+is started again:
+
+1. the start policy: the tiny LM warm-started by SFT on generated search traces
+   (``task.kind: search``), or a hub/local reasoning model as is (``task.kind: math``);
+2. for every method in ``methods`` and every seed in ``seeds``, from that start with the same
+   budget: ``grpo`` (outcome reward only), ``mrt`` (+ alpha x the progress of each episode),
+   ``mrt_rl`` (the termination-reward baseline on prefixes) and ``mrt_star`` (SFT on the traces
+   that make progress), all through TRL (:mod:`mrl_llm.train.mrt`);
+3. evaluation of the start and every trained model on the same held-out problems: accuracy and
+   tokens, pass@1 after forced termination against the token budget, normalized regret, maj@k,
+   the progress statistics of their traces (:mod:`mrl_llm.evaluate_reasoning`);
+4. ``report.md``, ``accuracy_vs_tokens.png``, ``results.json`` (one entry per trained method:
+   ``accuracy`` {mean, ci95}, ``mean_tokens``, ...), ``metrics.jsonl`` + TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from classic.config import save_resolved
+from classic.experiment import OutputConfig, prepare_run_dir, set_threads
+from classic.metrics import MetricsLogger
+from mrl_llm.envs.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
+from mrl_llm.evaluate_reasoning import ReasoningEvalConfig, evaluate_reasoning, mean_ci, tokens_to_reach
+from mrl_llm.models import ModelConfig, load_model_and_tokenizer
+from mrl_llm.rewards.progress import MetaProverConfig
+from mrl_llm.rollout.episodes import split_episodes
+from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, STaRConfig, build_reasoning_trainer, grpo_arguments, mrt_star_dataset, train
+from mrl_llm.train.sft import SFTStageConfig, run_sft, sft_arguments
+
+METHODS = ("grpo", "mrt", "mrt_rl", "mrt_star")
+# Disjoint problem streams: SFT data, RL prompts, evaluation.
+SFT_SEED, TRAIN_SEED, EVAL_SEED = 1_000, 2_000, 3_000
+
+
+@dataclass
+class ReasoningTaskConfig:
+    """Which problems.
+
+    Attributes:
+        kind: "search" (the synthetic find-x task, :mod:`mrl_llm.envs.search_task`) or "math"
+            (MATH500 / AIME / AMC / GSM8K via :func:`mrl_llm.envs.math_data.load_math_dataset`).
+        search: the search task and its SFT trace distribution.
+        num_train: RL prompts (search: generated; math: the first ones of ``train_dataset``).
+        train_dataset, train_path: math training set name and optional local file/directory.
+        eval_dataset, eval_path: math evaluation set name and optional local file/directory.
+        prompt_template: math prompt, ``{problem}`` replaced by the problem text.
+        chat_template: wrap the math prompt in the tokenizer's chat template (generation prompt on).
+    """
+
+    kind: Literal["search", "math"] = "search"
+    search: SearchTaskConfig = field(default_factory=SearchTaskConfig)
+    num_train: int = 2000
+    train_dataset: str = "math500"
+    train_path: str | None = None
+    eval_dataset: str = "aime24"
+    eval_path: str | None = None
+    prompt_template: str = "{problem} Let's think step by step and output the final answer within \\boxed{{}}."
+    chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_train < 1:
+            raise ValueError(f"num_train must be >= 1, got {self.num_train}")
+        if "{problem}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain '{problem}'")
+
+
+@dataclass
+class MRTExperiment:
+    """Outcome-GRPO vs MRT (``kind: mrt`` recipes).
+
+    Attributes:
+        name: run name (directory under ``output.root``).
+        seeds: training seeds of every method (the report pools their evaluations).
+        threads: torch CPU threads (None = all cores).
+        methods: which trainers to run, among ``grpo``, ``mrt``, ``mrt_rl``, ``mrt_star``.
+        task: the problems.
+        model: the LM (``tiny`` or a hub id/path).
+        sft: the warm start of the tiny LM on search traces (``task.kind: search``).
+        grpo: the RL budget and settings shared by every RL method.
+        mrt: what MRT adds (mode is set per method: ``mrt`` = progress, ``mrt_rl`` = termination).
+        star: MRT-STaR data selection (its SFT uses ``sft``'s optimizer settings).
+        eval: the evaluation protocol.
+        output: run directory.
+    """
+
+    name: str = "mrt_search_tiny"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    threads: int | None = None
+    methods: list[str] = field(default_factory=lambda: ["grpo", "mrt"])
+    task: ReasoningTaskConfig = field(default_factory=ReasoningTaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    grpo: ReasoningGRPOConfig = field(default_factory=ReasoningGRPOConfig)
+    mrt: MRTConfig = field(default_factory=MRTConfig)
+    star: STaRConfig = field(default_factory=STaRConfig)
+    eval: ReasoningEvalConfig = field(default_factory=ReasoningEvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        if self.task.kind == "search" and not self.model.is_tiny and self.sft.enabled:
+            pass  # a real model can be warm-started on search traces too
+        if self.task.kind == "math" and self.model.is_tiny:
+            raise ValueError("task.kind 'math' needs a real reasoning model (model.name_or_path), not the tiny LM")
+
+    def prover(self) -> MetaProverConfig:
+        """The meta-prover config; the search task brings its own termination suffix."""
+        if self.task.kind == "search":
+            return dataclasses.replace(self.mrt.prover, termination_suffix=self.task.search.termination_suffix)
+        return self.mrt.prover
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def split_fn_for(cfg: MRTExperiment):
+    """``text -> episodes``: the search task's attempt episodes, or the paper's marker split."""
+    if cfg.task.kind == "search":
+        suffix = cfg.task.search.termination_suffix
+        return lambda text: trace_episodes(text, suffix).episodes
+    episodes = cfg.mrt.episodes
+    return lambda text: split_episodes(text, episodes)
+
+
+def render_math_prompt(cfg: ReasoningTaskConfig, tokenizer, problem: str) -> str:
+    text = cfg.prompt_template.format(problem=problem)
+    if cfg.chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return text
+
+
+def train_prompts(cfg: MRTExperiment, tokenizer):
+    """A ``datasets.Dataset`` with ``prompt`` and ``answer`` for the RL methods."""
+    t = cfg.task
+    if t.kind == "search":
+        return prompt_dataset(t.search, t.num_train, TRAIN_SEED)
+    from mrl_llm.envs.math_data import load_math_dataset
+
+    ds = load_math_dataset(t.train_dataset, path=t.train_path, limit=t.num_train)
+    return ds.map(lambda r: {"prompt": render_math_prompt(t, tokenizer, r["problem"]), "answer": r["answer"]}, remove_columns=[c for c in ds.column_names if c not in ("answer",)])
+
+
+def eval_problems(cfg: MRTExperiment, tokenizer) -> tuple[list[str], list[str]]:
+    """(prompts, reference answers) of the held-out problems."""
+    t, n = cfg.task, cfg.eval.num_problems
+    if t.kind == "search":
+        problems = sample_problems(t.search, n, torch.Generator().manual_seed(EVAL_SEED + cfg.eval.seed))
+        return [p.prompt for p in problems], [p.answer for p in problems]
+    from mrl_llm.envs.math_data import load_math_dataset
+
+    ds = load_math_dataset(t.eval_dataset, path=t.eval_path, limit=n)
+    return [render_math_prompt(t, tokenizer, r["problem"]) for r in ds], [r["answer"] for r in ds]
+
+
+# ---- stages ------------------------------------------------------------------------------------
+
+def _save(model, tokenizer, path: Path):
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model
+
+
+def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Path | None:
+    """The directory of the start policy (SFT warm start), or None for ``model.name_or_path`` as is."""
+    if not cfg.sft.enabled:
+        return None
+    final = run_dir / "sft" / "final"
+    if (final / "config.json").exists():
+        return final
+    if cfg.task.kind != "search":
+        raise ValueError("sft.enabled warm-starts on generated search traces; set sft.enabled: false for task.kind 'math'")
+    from mrl_llm.experiment import MetricsCallback
+
+    model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seeds[0])
+    data = sft_dataset(cfg.task.search, cfg.sft.num_trials, SFT_SEED + cfg.sft.seed, tok)
+    trainer = run_sft(model, tok, data, cfg.sft, run_dir / "sft", callbacks=[MetricsCallback(logger, "sft/")], peft_config=cfg.model.lora.to_peft())
+    _save(trainer.accelerator.unwrap_model(trainer.model), tok, final)
+    return final
+
+
+def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None, run_dir: Path, logger: MetricsLogger) -> Path:
+    """Train one method from the start policy; returns its final directory (reused if present)."""
+    from mrl_llm.experiment import MetricsCallback
+
+    out = run_dir / f"{method}_s{seed}"
+    final = out / "final"
+    if (final / "config.json").exists():
+        return final
+    model, tok = load_model_and_tokenizer(cfg.model, path=start, seed=seed)
+    peft = cfg.model.lora.to_peft()
+    split = split_fn_for(cfg)
+    cb = [MetricsCallback(logger, f"{method}_s{seed}/")]
+    if method == "mrt_star":
+        prompts = train_prompts(cfg, tok)
+        g = torch.Generator().manual_seed(seed)
+        data, stats = mrt_star_dataset(model, tok, prompts["prompt"], prompts["answer"], cfg.star, cfg.prover(), split, g)
+        (out).mkdir(parents=True, exist_ok=True)
+        (out / "star_stats.json").write_text(json.dumps(stats, indent=2))
+        if len(data) == 0:  # nothing made progress: the method's policy is the start policy
+            import warnings
+
+            warnings.warn(f"MRT-STaR kept no trace out of {stats['sampled']}; {method} seed {seed} = the start policy")
+            _save(model, tok, final)
+            return final
+        trainer = run_sft(model, tok, data, dataclasses.replace(cfg.sft, seed=seed), out, callbacks=cb, peft_config=peft)
+    else:
+        grpo = dataclasses.replace(cfg.grpo, seed=seed)
+        mrt = None
+        if method != "grpo":
+            mrt = dataclasses.replace(cfg.mrt, mode="progress" if method == "mrt" else "termination", prover=cfg.prover())
+        trainer = build_reasoning_trainer(model, tok, train_prompts(cfg, tok), grpo, out, mrt=mrt, split_fn=split, peft_config=peft, callbacks=cb)
+        train(trainer, out)
+    if peft is None:  # Trainer.save_model gathers ZeRO-3 shards and writes from the main process only
+        trainer.save_model(str(final))
+        if trainer.accelerator.is_main_process:
+            tok.save_pretrained(final)
+        trainer.accelerator.wait_for_everyone()
+    else:
+        _save(trainer.accelerator.unwrap_model(trainer.model), tok, final)
+    return final
+
+
+def evaluate_policy(cfg: MRTExperiment, path: Path | None, seed_offset: int = 0) -> dict:
+    """:func:`~mrl_llm.evaluate_reasoning.evaluate_reasoning` of a saved policy (None: the
+    configured model as is) on the held-out problems; with ``eval.use_vllm`` through a vLLM engine."""
+    ev = dataclasses.replace(cfg.eval, seed=cfg.eval.seed + seed_offset)
+    if ev.use_vllm:
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        source = str(path) if path is not None else cfg.model.name_or_path
+        tok = AutoTokenizer.from_pretrained(source)
+        llm = LLM(model=source, dtype=cfg.model.dtype if cfg.model.dtype != "float32" else "auto", gpu_memory_utilization=ev.vllm_gpu_memory_utilization,
+                  enable_prefix_caching=True, seed=ev.seed)
+        prompts, refs = eval_problems(cfg, tok)
+        return evaluate_reasoning(None, tok, prompts, refs, ev, cfg.prover(), split_fn_for(cfg), vllm_llm=llm)
+    model, tok = load_model_and_tokenizer(cfg.model, path=path, seed=cfg.seeds[0])
+    prompts, refs = eval_problems(cfg, tok)
+    return evaluate_reasoning(model, tok, prompts, refs, ev, cfg.prover(), split_fn_for(cfg))
+
+
+# ---- aggregation and report ----------------------------------------------------------------
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """Pool a method's evaluations over seeds: means of the per-seed numbers, and a CI over
+    seeds of the accuracy (with one seed, the per-problem CI of that seed)."""
+    runs = list(per_seed.values())
+    accs = [r["accuracy"]["mean"] for r in runs]
+    acc = mean_ci(accs) if len(runs) > 1 else dict(runs[0]["accuracy"])
+    curve_keys = ("accuracy", "mean_tokens")
+    budgets = runs[0]["budget_curve"]["budgets"]
+    curve = {"budgets": budgets}
+    for k in curve_keys:
+        curve[k] = [sum(r["budget_curve"][k][i] for r in runs) / len(runs) for i in range(len(budgets))]
+    out = {
+        "accuracy": acc,
+        "mean_tokens": sum(r["mean_tokens"] for r in runs) / len(runs),
+        "finished": sum(r["finished"] for r in runs) / len(runs),
+        "normalized_regret": sum(r["normalized_regret"] for r in runs) / len(runs),
+        "budget_curve": curve,
+        "maj_at_k": {k: {m: sum(r["maj_at_k"][k][m] for r in runs) / len(runs) for m in ("accuracy", "mean_tokens")} for k in runs[0]["maj_at_k"]},
+        "seeds": {str(s): r for s, r in per_seed.items()},
+    }
+    for k in ("episodes", "progress_per_episode", "episodes_with_progress", "J_start", "J_end"):
+        if all(k in r for r in runs):
+            out[k] = sum(r[k] for r in runs) / len(runs)
+    return out
+
+
+def token_efficiency(results: dict, reference: str = "grpo") -> dict:
+    """For every method vs ``reference``: the tokens each needs on its budget curve to reach the
+    reference's final (largest-budget) accuracy, and the ratio reference / method
+    (> 1: the method gets there with fewer tokens)."""
+    if reference not in results:
+        return {}
+    ref = results[reference]["budget_curve"]
+    target = ref["accuracy"][-1]
+    ref_tokens = tokens_to_reach(ref["mean_tokens"], ref["accuracy"], target)
+    out = {}
+    for name, r in results.items():
+        c = r["budget_curve"]
+        t = tokens_to_reach(c["mean_tokens"], c["accuracy"], target)
+        out[name] = {"target_accuracy": target, "tokens": t, "ratio_vs_" + reference: (ref_tokens / t) if t not in (0, float("inf")) else None,
+                     "mean_tokens_ratio_vs_" + reference: results[reference]["mean_tokens"] / r["mean_tokens"] if r["mean_tokens"] else None}
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        c = r["budget_curve"]
+        axes[0].plot([0] + c["mean_tokens"], [0] + c["accuracy"], marker="o", ms=3, label=name)
+        ks = sorted(r["maj_at_k"], key=int)
+        axes[1].plot([r["maj_at_k"][k]["mean_tokens"] for k in ks], [r["maj_at_k"][k]["accuracy"] for k in ks], marker="o", ms=3, label=name)
+    axes[0].set(xlabel="tokens per trace (forced termination at the budget)", ylabel="pass@1", title="accuracy vs tokens")
+    axes[1].set(xlabel="total tokens of k traces", ylabel="maj@k", title="maj@k vs tokens (k = " + ", ".join(sorted(next(iter(results.values()))["maj_at_k"], key=int)) + ")")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: dict, train_stats: dict, times: dict, wall: float) -> None:
+    lines = [f"# {cfg.name}: outcome-GRPO vs MRT (Qu et al. 2025, arXiv 2503.07572)", ""]
+    lines.append(f"Task: {cfg.task.kind}; model: {cfg.model.name_or_path}; seeds {cfg.seeds}; "
+                 f"{cfg.eval.num_problems} held-out problems x {cfg.eval.samples_per_problem} traces (temperature {cfg.eval.temperature}); "
+                 f"RL budget {cfg.grpo.max_steps} steps x {cfg.grpo.prompts_per_step} prompts x {cfg.grpo.num_generations} completions per method and seed.")
+    lines += ["", "| model | accuracy | mean tokens | finished | normalized regret | episodes | progress / episode | J start -> end | tokens to GRPO's accuracy |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        eff = efficiency.get(name, {})
+        tok = eff.get("tokens")
+        tok_s = "—" if tok is None else ("never" if tok == float("inf") else f"{tok:.1f}")
+        prog = f"{r['progress_per_episode']:+.3f}" if "progress_per_episode" in r else "—"
+        js = f"{r['J_start']:.2f} -> {r['J_end']:.2f}" if "J_start" in r else "—"
+        lines.append(f"| {name} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['ci95']:.3f} | {r['mean_tokens']:.1f} | {r['finished']:.2f} | "
+                     f"{r['normalized_regret']:.3f} | {r.get('episodes', float('nan')):.2f} | {prog} | {js} | {tok_s} |")
+    lines += ["", "Accuracy: natural final answers, up to the largest budget; ± = 95% CI " + ("over seeds." if len(cfg.seeds) > 1 else "over problems (one seed).")]
+    if "grpo" in efficiency:
+        lines.append("")
+        for name, eff in efficiency.items():
+            if name == "grpo":
+                continue
+            ratio = eff.get("ratio_vs_grpo")
+            mt = eff.get("mean_tokens_ratio_vs_grpo")
+            lines.append(f"- **{name}** vs grpo: reaches GRPO's accuracy ({eff['target_accuracy']:.3f}) at "
+                         + ("no budget" if ratio is None else f"{ratio:.2f}x fewer tokens on the budget curve")
+                         + (f"; mean tokens per trace {mt:.2f}x fewer" if mt else "") + ".")
+    lines += ["", "## Accuracy against the token budget (pass@1 after forced termination)", ""]
+    names = list(results)
+    budgets = results[names[0]]["budget_curve"]["budgets"]
+    lines.append("| budget | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for i, b in enumerate(budgets):
+        lines.append(f"| {b} | " + " | ".join(f"{results[n]['budget_curve']['accuracy'][i]:.3f}" for n in names) + " |")
+    lines += ["", "## maj@k", "", "| k | " + " | ".join(f"{n} (acc / tokens)" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for k in sorted(results[names[0]]["maj_at_k"], key=int):
+        lines.append(f"| {k} | " + " | ".join(f"{results[n]['maj_at_k'][k]['accuracy']:.3f} / {results[n]['maj_at_k'][k]['mean_tokens']:.0f}" for n in names) + " |")
+    if train_stats:
+        lines += ["", "## Training (means over logged steps)", ""]
+        for name, stats in train_stats.items():
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(stats.items())))
+    lines += ["", "![accuracy vs tokens](accuracy_vs_tokens.png)", "", "## Time", ""]
+    lines += [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
+    lines.append(f"- total: {wall / 60:.1f} min")
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _train_stats(run_dir: Path) -> dict:
+    """Means of the MRT/reward metrics each method logged while training (from metrics.jsonl)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    sums: dict = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        for k, v in rec.items():
+            if "/" not in k or not isinstance(v, (int, float)):
+                continue
+            run, metric = k.split("/", 1)
+            if metric.startswith("mrt/") or metric in ("reward", "completions/mean_length"):
+                s = sums.setdefault(run, {}).setdefault(metric, [0.0, 0])
+                s[0] += v
+                s[1] += 1
+    return {run: {m: a / n for m, (a, n) in ms.items()} for run, ms in sums.items()}
+
+
+def run_mrt(cfg: MRTExperiment) -> Path:
+    """Run the whole experiment; returns the run directory.
+
+    Under ``accelerate launch`` every process trains; the evaluations and the report are made
+    by the main process while the others wait.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    start_time = time.perf_counter()
+    set_threads(cfg.threads)
+    run_dir = prepare_run_dir(cfg.name, cfg.output)
+    save_resolved(cfg, run_dir / "config.yaml", kind="mrt")
+    times: dict[str, float] = {}
+    with MetricsLogger(run_dir) as logger:
+        t = time.perf_counter()
+        start = start_policy(cfg, run_dir, logger)
+        times["start policy (SFT)"] = time.perf_counter() - t
+        results: dict = {}
+        evals_path = run_dir / "evals.json"
+        evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
+
+        def cached_eval(key: str, path: Path | None, offset: int) -> dict:
+            if key not in evals and state.is_main_process:
+                evals[key] = evaluate_policy(cfg, path, offset)
+                evals_path.write_text(json.dumps(evals, indent=2))
+            state.wait_for_everyone()
+            return evals.get(key, {})
+
+        t = time.perf_counter()
+        start_eval = cached_eval("start", start, 0)
+        results["start"] = aggregate({0: start_eval}) if state.is_main_process else {}
+        times["evaluate start"] = time.perf_counter() - t
+        for method in cfg.methods:
+            per_seed = {}
+            for seed in cfg.seeds:
+                t = time.perf_counter()
+                final = train_method(cfg, method, seed, start, run_dir, logger)
+                times[f"train {method} seed {seed}"] = time.perf_counter() - t
+                t = time.perf_counter()
+                per_seed[seed] = cached_eval(f"{method}_s{seed}", final, 0)
+                times[f"evaluate {method} seed {seed}"] = time.perf_counter() - t
+            results[method] = aggregate(per_seed) if state.is_main_process else {}
+    if not state.is_main_process:
+        return run_dir
+    efficiency = token_efficiency({k: v for k, v in results.items() if k != "start"})
+    plot(results, run_dir / "accuracy_vs_tokens.png")
+    wall = time.perf_counter() - start_time
+    train_stats = _train_stats(run_dir)
+    write_report(cfg, run_dir, results, efficiency, train_stats, times, wall)
+    (run_dir / "results.json").write_text(json.dumps({**results, "token_efficiency": efficiency, "training": train_stats,
+                                                      "times_s": times, "wall_s": wall}, indent=2, default=str))
+    return run_dir
+
+
+def dry_run(cfg: MRTExperiment, out=print) -> dict:
+    """Resolve the recipe and build the trainers' arguments without loading any weights.
+
+    Off a GPU, GPU-only flags (bf16, vLLM) are validated as values and the arguments are built
+    with them off, so a GPU recipe can be checked anywhere.
+    """
+    gpu = torch.cuda.is_available()
+    run_dir = Path(cfg.output.root) / cfg.name
+    grpo = cfg.grpo if gpu else dataclasses.replace(cfg.grpo, bf16=False, use_vllm=False)
+    args = grpo_arguments(grpo, run_dir / "grpo")
+    summary = {
+        "model": cfg.model.name_or_path,
+        "task": cfg.task.kind,
+        "data": {"train": cfg.task.train_dataset if cfg.task.kind == "math" else "search (generated)", "eval": cfg.task.eval_dataset if cfg.task.kind == "math" else "search (generated)"},
+        "methods": cfg.methods,
+        "seeds": cfg.seeds,
+        "grpo": {"max_steps": args.max_steps, "learning_rate": args.learning_rate, "num_generations": args.num_generations,
+                 "per_device_train_batch_size": args.per_device_train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                 "max_completion_length": args.max_completion_length, "temperature": args.temperature, "beta": args.beta,
+                 "loss_type": args.loss_type, "use_vllm": cfg.grpo.use_vllm, "vllm_mode": args.vllm_mode, "bf16": cfg.grpo.bf16},
+        "mrt": {"alpha": cfg.mrt.alpha, "credit": cfg.mrt.credit, "max_episodes": cfg.mrt.max_episodes,
+                "prover": dataclasses.asdict(cfg.prover()), "markers": list(cfg.mrt.episodes.markers)},
+        "run_dir": str(run_dir),
+        "gpu_flags_validated_only": not gpu,
+    }
+    if cfg.sft.enabled:
+        sft = cfg.sft if gpu else dataclasses.replace(cfg.sft, bf16=False)
+        summary["sft"] = {"learning_rate": sft_arguments(sft, run_dir / "sft").learning_rate, "num_examples": cfg.sft.num_trials}
+    out(json.dumps(summary, indent=2, default=str))
+    return summary

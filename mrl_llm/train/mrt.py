@@ -1,0 +1,429 @@
+"""MRT: meta-reinforcement finetuning with a dense progress reward, as a thin layer over TRL.
+
+Qu et al. 2025, "Optimizing Test-Time Compute via Meta Reinforcement Fine-Tuning",
+arXiv 2503.07572. A reasoning trace is split into episodes (:mod:`mrl_llm.rollout.episodes`);
+the meta-prover (:class:`mrl_llm.rewards.progress.MetaProver`) estimates after each episode how
+likely a forced final answer is to be correct, and the change is the episode's *progress*.
+Three trainers from the same pieces:
+
+* outcome-only GRPO: ``trl.GRPOTrainer`` with the ``answer_correct`` reward (the baseline);
+* **MRT** (``mode="progress"``, Eq. 2): :class:`MRTGRPOTrainer` adds ``alpha`` x the progress of
+  each episode to the advantages of that episode's tokens (per-token advantages of shape
+  (B, T), which ``GRPOTrainer._compute_loss`` accepts);
+* **MRT-RL** (``mode="termination"``): for every group, one trace of the current policy is cut
+  after a random number of episodes; the group's G rollouts continue from that prefix and their
+  advantage is ``R - R_termination``, the termination reward ``J(mu | prefix)`` replacing GRPO's
+  group mean (the paper's RL variant, Fig. 6; CMU-AIRe/MRT ``train/rl/README.md``);
+* **MRT-STaR** (:func:`mrt_star_dataset`): sample traces, score the progress of their episodes,
+  keep the prefixes that make progress and end in a correct forced answer, SFT on them with
+  ``trl.SFTTrainer`` (:func:`mrl_llm.train.sft.run_sft`).
+
+Everything else (optimizer, clipping, KL, vLLM generation and weight sync, LoRA, DeepSpeed,
+checkpoints and resuming, logging) is TRL's. Prompts are plain text (a chat template, if any, is
+applied when the dataset is built), so a prefix can be appended to a prompt as text.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from mrl_llm.rewards import get_reward
+from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, mrt_token_advantages, progress_rewards, termination_advantages, token_cuts
+from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
+
+SplitFn = Callable[[str], Sequence[Episode]]
+
+
+@dataclass
+class ReasoningGRPOConfig:
+    """GRPO on single-turn reasoning prompts; fields map onto ``trl.GRPOConfig``.
+
+    Attributes:
+        max_steps: optimizer steps.
+        learning_rate: peak learning rate.
+        num_generations: completions per prompt (G, a GRPO group).
+        prompts_per_step: prompts per optimizer step (batch = prompts_per_step x G completions).
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        max_completion_length: most tokens per completion (the training token budget).
+        temperature: sampling temperature of rollouts.
+        top_p: nucleus sampling of rollouts.
+        beta: KL coefficient to the reference policy.
+        epsilon: clipping range of the ratio.
+        loss_type: TRL loss aggregation ("dapo", "grpo", "dr_grpo", ...).
+        scale_rewards: "group", "batch" or "none".
+        lr_scheduler_type: transformers scheduler name.
+        warmup_ratio: fraction of steps of linear warmup.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping.
+        use_vllm: generate with vLLM (colocate mode).
+        vllm_gpu_memory_utilization: vLLM's share of GPU memory.
+        bf16: bfloat16 (GPU).
+        gradient_checkpointing: trade compute for memory.
+        logging_steps: log every k steps.
+        save_steps: checkpoint every k steps (a run resumes from the last one).
+        seed: trainer seed.
+
+    Raises:
+        ValueError: naming the field, when a value is out of range.
+    """
+
+    max_steps: int = 100
+    learning_rate: float = 1e-5
+    num_generations: int = 8
+    prompts_per_step: int = 4
+    gradient_accumulation_steps: int = 1
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.0
+    epsilon: float = 0.2
+    loss_type: str = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    use_vllm: bool = False
+    vllm_gpu_memory_utilization: float = 0.3
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "prompts_per_step", "gradient_accumulation_steps", "max_completion_length", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
+        if (self.prompts_per_step * self.num_generations) % self.gradient_accumulation_steps:
+            raise ValueError("prompts_per_step * num_generations must be divisible by gradient_accumulation_steps")
+        for name in ("learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def per_device_train_batch_size(self) -> int:
+        return self.prompts_per_step * self.num_generations // self.gradient_accumulation_steps
+
+
+@dataclass
+class MRTConfig:
+    """What MRT adds to GRPO.
+
+    Attributes:
+        mode: "progress" (Eq. 2: per-episode progress bonus on the episode's tokens) or
+            "termination" (the RL variant: ``A = R - J(mu | prefix)`` on rollouts continued from
+            a random episode cut of a policy trace).
+        alpha: weight of the progress bonus (mode "progress").
+        credit: "episode" (a token gets its episode's progress, Eq. 2) or "reward_to_go".
+        max_episodes: score at most this many episodes per trace (the first ones; the cost of
+            the meta-prover is episodes x ``prover.num_samples`` answers per trace).
+        termination_scale: "none" or "group" normalization of ``R - R_termination``.
+        prover: the meta-prover (termination suffix, K samples, answer budget, temperature).
+        episodes: how traces are split (when no task-specific splitter is given).
+    """
+
+    mode: Literal["progress", "termination"] = "progress"
+    alpha: float = 1.0
+    credit: Literal["episode", "reward_to_go"] = "episode"
+    max_episodes: int = 8
+    termination_scale: Literal["none", "group"] = "none"
+    prover: MetaProverConfig = field(default_factory=MetaProverConfig)
+    episodes: EpisodeSplitConfig = field(default_factory=EpisodeSplitConfig)
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.max_episodes < 1:
+            raise ValueError(f"max_episodes must be >= 1, got {self.max_episodes}")
+
+
+def grpo_arguments(cfg: ReasoningGRPOConfig, output_dir: str | os.PathLike, use_cpu: bool | None = None):
+    """The ``trl.GRPOConfig`` of a stage config (no model needed: ``--dry-run`` builds it too)."""
+    from trl import GRPOConfig
+
+    use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        use_vllm=cfg.use_vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        bf16=cfg.bf16,
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        seed=cfg.seed,
+        report_to=[],
+        use_cpu=use_cpu,
+        shuffle_dataset=True,
+        log_completions=False,
+        disable_dropout=True,
+    )
+
+
+def default_split_fn(config: EpisodeSplitConfig) -> SplitFn:
+    """``text -> episodes`` with :func:`~mrl_llm.rollout.episodes.split_episodes` and ``config``."""
+    return lambda text: split_episodes(text, config)
+
+
+def _unpad(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+
+class MRTGRPOTrainer:  # the real base class is bound lazily (trl is imported on first use)
+    """Factory: ``MRTGRPOTrainer(..., mrt=MRTConfig, split_fn=..., reference_key="answer")``
+    returns an instance of :func:`mrt_trainer_class` (a ``trl.GRPOTrainer`` subclass)."""
+
+    def __new__(cls, *args, **kwargs):
+        return mrt_trainer_class()(*args, **kwargs)
+
+
+_TRAINER_CLASS = None
+
+
+def mrt_trainer_class():
+    """The ``trl.GRPOTrainer`` subclass that implements MRT (built once, on first use)."""
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is not None:
+        return _TRAINER_CLASS
+    from trl import GRPOTrainer
+
+    class _MRTGRPOTrainer(GRPOTrainer):
+        """``trl.GRPOTrainer`` with MRT's advantages (see the module docstring).
+
+        Args (beyond ``GRPOTrainer``'s):
+            mrt: :class:`MRTConfig`.
+            split_fn: ``text -> episodes`` of a completion (default: ``mrt.episodes``).
+            reference_key: the dataset column with the reference answer (forwarded by TRL).
+        """
+
+        def __init__(self, *args, mrt: MRTConfig, split_fn: SplitFn | None = None, reference_key: str = "answer", **kwargs):
+            super().__init__(*args, **kwargs)
+            self.mrt = mrt
+            self.split_fn = split_fn or default_split_fn(mrt.episodes)
+            self.reference_key = reference_key
+            self._prover_gen = torch.Generator().manual_seed(10_007 * (self.args.seed + 1))
+            self._prefix_gen = torch.Generator().manual_seed(20_011 * (self.args.seed + 1))
+
+        # -- the meta-prover on the current weights ------------------------------------
+        def _prover(self) -> MetaProver:
+            tok = self.processing_class
+            llm = self.vllm_generation.llm if self.use_vllm and hasattr(self.vllm_generation, "llm") else None
+            model = self.accelerator.unwrap_model(self.model)
+            return MetaProver(model, tok, self.mrt.prover, vllm_llm=llm)
+
+        def _episode_cuts(self, completion_ids: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
+            """Per completion: token ends of its (at most ``max_episodes``) episodes, and the
+            meta-prover cuts ``[0] + ends``."""
+            tok = self.processing_class
+            ends_all, cuts_all = [], []
+            for ids in completion_ids:
+                text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                episodes = list(self.split_fn(text))[: self.mrt.max_episodes]
+                ends = token_cuts(tok, ids, [e.end for e in episodes])
+                ends_all.append(ends)
+                cuts_all.append([0] + ends)
+            return ends_all, cuts_all
+
+        # -- MRT-RL: replace prompts by prompt + a random episode prefix of a policy trace --
+        def _with_random_prefixes(self, inputs: list[dict]) -> tuple[list[dict], list[str]]:
+            G = self.num_generations
+            tok = self.processing_class
+            model = self.accelerator.unwrap_model(self.model)
+            groups = [inputs[i] for i in range(0, len(inputs), G)]
+            prompts = [g["prompt"] for g in groups]
+            traces = self._sample_traces(model, prompts)
+            new_prompts = []
+            for text in traces:
+                episodes = list(self.split_fn(text))[: self.mrt.max_episodes]
+                j = int(torch.randint(0, len(episodes) + 1, (1,), generator=self._prefix_gen))  # 0 = no prefix
+                new_prompts.append(text[: episodes[j - 1].end] if j else "")
+            out = []
+            for g, (prompt, prefix) in enumerate(zip(prompts, new_prompts)):
+                for x in inputs[g * G : (g + 1) * G]:
+                    out.append({**x, "prompt": prompt + prefix, "mrt_prefix": prefix})
+            return out, [p + q for p, q in zip(prompts, new_prompts)]
+
+        @torch.no_grad()
+        def _sample_traces(self, model, prompts: list[str]) -> list[str]:
+            tok = self.processing_class
+            if self.use_vllm and hasattr(self.vllm_generation, "llm"):
+                from vllm import SamplingParams
+
+                params = SamplingParams(temperature=self.temperature, max_tokens=self.max_completion_length)
+                outs = self.vllm_generation.llm.generate(prompts, params, use_tqdm=False)
+                return [o.outputs[0].text for o in outs]
+            was_training = model.training
+            model.eval()
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._prefix_gen))
+            torch.manual_seed(seed)
+            gen = model.generate(**enc, do_sample=True, temperature=self.temperature, max_new_tokens=self.max_completion_length,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            model.train(was_training)
+            return tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+        def _generate_and_score_completions(self, inputs):
+            mode = "train" if self.model.training else "eval"
+            if self.mrt.mode == "termination" and mode == "train":
+                inputs, _ = self._with_random_prefixes(inputs)
+            out = super()._generate_and_score_completions(inputs)
+            if mode != "train":
+                return out
+            refs = [str(x[self.reference_key]) for x in inputs]
+            prompt_ids = _unpad(out["prompt_ids"], out["prompt_mask"])
+            completion_ids = _unpad(out["completion_ids"], out["completion_mask"])
+            prover = self._prover()
+            metrics = self._metrics[mode]
+            if self.mrt.mode == "progress":
+                ends, cuts = self._episode_cuts(completion_ids)
+                J = prover.success_rates(prompt_ids, completion_ids, cuts, refs, generator=self._prover_gen)
+                progress = [progress_rewards(j) for j in J]
+                out["advantages"] = mrt_token_advantages(out["advantages"], progress, ends, out["completion_ids"].shape[1], self.mrt.alpha, self.mrt.credit).to(out["advantages"].device)
+                flat = torch.cat(progress) if progress else torch.zeros(0)
+                metrics["mrt/episodes"].append(sum(len(e) for e in ends) / max(len(ends), 1))
+                metrics["mrt/progress_mean"].append(float(flat.mean()) if flat.numel() else 0.0)
+                metrics["mrt/J_empty"].append(float(torch.stack([j[0] for j in J]).mean()))
+            else:
+                G = self.num_generations
+                firsts = list(range(0, len(prompt_ids), G))
+                J = prover.success_rates([prompt_ids[i] for i in firsts], [[] for _ in firsts], [[0] for _ in firsts], [refs[i] for i in firsts], generator=self._prover_gen)
+                term = torch.stack([j[0] for j in J]).repeat_interleave(G)
+                reward_fn = get_reward("answer_correct")
+                texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+                rewards = torch.tensor(reward_fn(None, texts, answer=refs), dtype=torch.float32)
+                out["advantages"] = termination_advantages(rewards, term, G, self.mrt.termination_scale).to(out["advantages"].device)
+                metrics["mrt/termination_reward"].append(float(term.mean()))
+                metrics["mrt/prefix_chars"].append(sum(len(x.get("mrt_prefix", "")) for x in inputs) / len(inputs))
+            metrics["mrt/prover_seconds"].append(prover.stats.seconds)
+            return out
+
+    _TRAINER_CLASS = _MRTGRPOTrainer
+    return _TRAINER_CLASS
+
+
+def build_reasoning_trainer(model, tokenizer, dataset, cfg: ReasoningGRPOConfig, output_dir, mrt: MRTConfig | None = None, split_fn: SplitFn | None = None, peft_config=None, callbacks=()):
+    """Outcome-only GRPO (``mrt=None``) or MRT on a dataset with ``prompt`` and ``answer`` columns.
+
+    The reward is ``answer_correct`` (:mod:`mrl_llm.rewards.math`); both trainers see the same
+    batches for the same seed.
+    """
+    from trl import GRPOTrainer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    args = grpo_arguments(cfg, output_dir)
+    kwargs = dict(model=model, reward_funcs=[get_reward("answer_correct")], args=args, train_dataset=dataset,
+                  processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    if mrt is None:
+        return GRPOTrainer(**kwargs)
+    return MRTGRPOTrainer(**kwargs, mrt=mrt, split_fn=split_fn)
+
+
+def train(trainer, output_dir) -> None:
+    """``trainer.train()``, resuming from the last checkpoint in ``output_dir`` if there is one."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    trainer.train(resume_from_checkpoint=last)
+
+
+# ---------------------------------------------------------------------------------------
+# MRT-STaR
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class STaRConfig:
+    """MRT-STaR data selection.
+
+    Attributes:
+        samples_per_prompt: traces sampled per problem.
+        min_progress: an episode counts as making progress when ``r_prg > min_progress``.
+        max_new_tokens: trace budget.
+        temperature: sampling temperature of the traces.
+    """
+
+    samples_per_prompt: int = 4
+    min_progress: float = 0.0
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+
+
+@torch.no_grad()
+def mrt_star_dataset(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], star: STaRConfig, prover_cfg: MetaProverConfig, split_fn: SplitFn, generator: torch.Generator):
+    """MRT-STaR's SFT set: traces cut where progress stops, kept when the forced answer is right.
+
+    For every problem, ``samples_per_prompt`` traces are sampled from ``model``; each is split
+    into episodes and the meta-prover gives ``J`` after every episode. A trace is cut after the
+    first episode at which J reaches its maximum (later episodes make no progress); it is kept if
+    that maximum is > 0 and some episode made progress (``r_prg > min_progress``), and the kept
+    example is ``prefix + termination suffix + a correct answer mu sampled there`` -- "traces that maximize
+    progress and are followed by correct solutions once thinking terminates" (arXiv 2503.07572,
+    Fig. 6). Among a problem's kept traces the shortest is used.
+
+    Returns:
+        (``datasets.Dataset`` with ``prompt``/``completion`` columns, stats dict with
+        ``sampled``, ``kept``, ``mean_prefix_tokens``).
+    """
+    import datasets
+
+    device = next(model.parameters()).device
+    prover = MetaProver(model, tokenizer, prover_cfg)
+    rows_p, rows_c, kept_tokens, sampled = [], [], [], 0
+    for prompt, answer in zip(prompts, answers):
+        enc = tokenizer([prompt] * star.samples_per_prompt, return_tensors="pt", add_special_tokens=False).to(device)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        gen = model.generate(**enc, do_sample=True, temperature=star.temperature, max_new_tokens=star.max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        comp = gen[:, enc["input_ids"].shape[1]:].tolist()
+        comp = [[t for t in c if t != tokenizer.pad_token_id] for c in comp]
+        sampled += len(comp)
+        texts = [tokenizer.decode(c, skip_special_tokens=True, clean_up_tokenization_spaces=False) for c in comp]
+        episodes = [list(split_fn(t)) for t in texts]
+        cuts = [[0] + token_cuts(tokenizer, c, [e.end for e in eps]) for c, eps in zip(comp, episodes)]
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answers = prover.sample_answers([p_ids] * len(comp), comp, cuts, generator=generator)
+        best = None  # (prefix, a correct forced answer there)
+        for text, eps, per_cut in zip(texts, episodes, answers):
+            j = prover.score(per_cut, answer)
+            if len(eps) == 0 or float(j.max()) <= 0 or not bool((progress_rewards(j) > star.min_progress).any()):
+                continue
+            k = int(torch.argmax(j))  # the first cut where J peaks: 0 = the empty prefix
+            prefix = text[: eps[k - 1].end] if k else ""
+            right = [a for a in per_cut[k] if prover.verifier(prover_cfg.termination_suffix + a, answer)]
+            if best is None or len(prefix) < len(best[0]):
+                best = (prefix, right[0])
+        if best is None:
+            continue
+        rows_p.append(prompt)
+        rows_c.append(best[0] + prover_cfg.termination_suffix + best[1] + (tokenizer.eos_token or ""))
+        kept_tokens.append(len(tokenizer(best[0], add_special_tokens=False)["input_ids"]))
+    stats = {"sampled": sampled, "kept": len(rows_p), "mean_prefix_tokens": sum(kept_tokens) / max(len(kept_tokens), 1)}
+    return datasets.Dataset.from_dict({"prompt": rows_p, "completion": rows_c}), stats
