@@ -62,3 +62,16 @@ def test_rl2_mdp_variants_smoke(tmp_path, capsys):
     assert res["config"]["head_hidden_size"] == 4 and res["config"]["obs_action_reward_input"] is True
     assert json.loads(out.read_text())["results"][0]["curve"] == res["curve"]
     assert "| tiny |" in capsys.readouterr().out
+
+
+def test_mrt_overhead_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("mrt_overhead", Path(__file__).resolve().parent.parent / "benchmarks" / "mrt_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = module.main(["--steps", "1", "--prompts-per-step", "1", "--num-generations", "2", "--max-completion-length", "16",
+                       "--prover-samples", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "| GRPO (outcome) |" in out and "| MRT (progress) |" in out and "shared prefix (KV reuse)" in out
+    assert res["same_answers"] is True  # the shared-prefix path samples exactly what the reference path does
+    shared, scratch = res["prover"]
+    assert shared[3] == scratch[3] and shared[2] < scratch[2]  # same rows, fewer tokens encoded

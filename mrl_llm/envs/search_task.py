@@ -8,27 +8,35 @@ its best guess (the "meta-prover"). Testing that on CPU needs a task whose trace
 clearly delimited episodes and that a ~1M-parameter LM with the tiny word-level tokenizer of
 :mod:`mrl_llm.models` can learn. This module provides it.
 
-**Problem.** ``f`` is a uniformly random permutation of ``{0..N-1}`` (``N <= 10``, so every
-number is one digit token), shown in the prompt as a lookup table; the question asks for the
-``x`` with ``f(x) = y``::
+**Problem** (``function``). ``"add"``: ``f(x) = x + a`` with ``a`` uniform in 0..9; ``"table"``:
+``f`` is a uniformly random permutation of ``{0..N-1}`` shown as a lookup table. ``x`` ranges
+over ``0..N-1`` (``N <= 10``, one digit token each) and the question asks for the ``x`` with
+``f(x) = y``::
 
-    f : 0 7 , 1 3 , 2 5 , 3 1 , 4 0 , 5 2 , 6 6 , 7 4 . find x for f ( x ) = 4 .
+    find x with x+4=11                      (add)
+    f:04,10,27,33,42,55,61,76               (table: f(0)=4, f(1)=0, ...)
+    find f(x)=6
 
 **Trace** (the completion). Paragraphs separated by one blank line; each paragraph but the last
-is one *episode*, an attempt and its check::
+is one *episode*, an attempt and its check; the last is the answer::
 
-    Let me try 3 . f ( 3 ) = 1 . no .
+    try 0: 0+4=11? 4 no
 
-    Wait , try 7 . f ( 7 ) = 4 . yes .
+    Alternatively try 7: 7+4=11? 11 yes
 
-    But let me double-check 7 . f ( 7 ) = 4 . yes .
+    But check 7: 7+4=11? 11 yes
 
-    So the answer is 7 .
+    Answer: 7
 
-Later attempts open with ``"Wait ,"`` or ``"Alternatively ,"`` (chosen at random); after the
-answer is found, redundant ``"But let me double-check"`` episodes may follow. The last paragraph
-(``"So the answer is 7 ."``) is the *answer segment*, not an episode. The EOS is the caller's
-(:func:`sft_dataset` appends the tokenizer's EOS text to the completion).
+The ``"add"`` check restates the question (``7+4=11?``, the target copied from the prompt's
+``+4=11``), then the value and the verdict, so the comparison is between two nearby numbers: a
+~1M-parameter LM learns it from a few minutes of SFT, where it did not learn to compare against
+a target far back in the prompt (``"7+4 is 11 yes"``: 45% of its checks right after 470 SFT
+steps, against 74% with the restated form). The ``"table"`` check is ``f(7)=6`` (a lookup in the
+prompt, harder for a tiny LM). Later attempts open with ``"Wait"`` or ``"Alternatively"``
+(chosen at random); after the answer is found, redundant ``"But check"`` episodes may follow.
+The last paragraph (``"Answer: 7"``) is the *answer segment*, not an episode. The EOS is the
+caller's (:func:`sft_dataset` appends the tokenizer's EOS text to the completion).
 
 **SFT traces** (:func:`sft_trace`) imitate an imperfect searcher, so RL has something to
 improve: each fresh attempt goes straight to the right ``x`` with probability ``p_find`` (else to
@@ -40,9 +48,9 @@ cut at a uniformly random episode boundary ``k`` in ``{0, ..., m}`` (``m`` episo
 with the termination suffix and a best guess (the found answer if an earlier episode found it,
 else a uniformly random not-yet-tried candidate, never a refuted one)::
 
-    Let me try 3 . f ( 3 ) = 1 . no .
+    try 0: 0+4=11? 4 no
 
-    Time is up . So the answer is 5 .
+    Time is up. Answer: 5
 
 This teaches the meta-prover behaviour: answer when forced. :func:`terminate` builds the same
 forced-stop input from any episode prefix, the way MRT queries the meta-prover.
@@ -54,21 +62,21 @@ into the last episode (it starts with no marker), and a trace forced-stopped at 
 then one "episode"; :func:`trace_episodes` returns the attempt episodes and the answer segment
 separately, with character offsets, and is what the task's counts use.
 
-**Lengths** with the tiny tokenizer (``build_tiny_tokenizer``; spaces are tokens), measured over
-10,000 problems of the default config (seed 0), EOS not counted:
+**Lengths** with the tiny tokenizer (``build_tiny_tokenizer``; digits, punctuation and spaces are
+tokens), measured over 10,000 problems of the default trace distribution (seed 0), EOS not
+counted:
 
-======================  ======  ====  ====
-                         mean    min   max
-======================  ======  ====  ====
-prompt                   72.0     72    72
-SFT trace (completion)   76.6     19   367
-optimal trace            40.0     40    40
-======================  ======  ====  ====
+========================  ==========  ==========
+tokens                    add         table
+========================  ==========  ==========
+prompt                    12-13       35
+SFT trace, mean           46.5        40.4
+SFT trace, min / p95/max  11/116/232  11/104/206
+optimal trace             21-22       19
+========================  ==========  ==========
 
-An episode is 29 tokens (31 for a double-check), separator included; the answer paragraph 11;
-the forced-stop paragraph 19. The SFT traces average 2.17 episodes (2.41 when not forced; 20%
-are forced-stopped); 95% are at most 185 tokens. In :func:`sft_dataset` (forced-stop prefixes
-moved to the prompt) completions average 69 tokens with the EOS.
+An attempt episode is 17-20 tokens with its separator. The SFT traces average 2.2 episodes
+(20% are forced-stopped).
 
 Example:
     >>> cfg = SearchTaskConfig()
@@ -113,7 +121,7 @@ PARAGRAPH_SEP = "\n\n"
 MAX_CANDIDATES = 10
 
 _CHECK_RE = re.compile(
-    r"^(?:try|Wait try|Alternatively try|But check) (\d+): (?:f\((\d+)\)=|(\d+)\+\d+ is )(\d+) (yes|no)\s*$"
+    r"^(?:try|Wait try|Alternatively try|But check) (\d+): (?:f\((\d+)\)=|(\d+)\+\d+=\d+\? )(\d+) (yes|no)\s*$"
 )
 _PARA_SPLIT = re.compile(r"\n[^\S\n]*\n\s*")
 
@@ -298,8 +306,9 @@ def sample_problems(config: SearchTaskConfig, n: int, generator: torch.Generator
 
 def _paragraph(marker: str, a: int, problem: SearchProblem) -> str:
     v = problem.table[a]
-    # "a+c is v", not "a+c=v": an "=" after "+c" would invite copying the prompt's target
-    check = f"{a}+{problem.table[0]} is " if problem.function == "add" else f"f({a})="
+    # "a+c=y? v": the question restates the target (copied from the prompt's "+c=y"), then the
+    # value and the verdict compare two nearby numbers
+    check = f"{a}+{problem.table[0]}={problem.target}? " if problem.function == "add" else f"f({a})="
     return f"{marker} {a}: {check}{v} {'yes' if v == problem.target else 'no'}"
 
 
