@@ -10,12 +10,27 @@ evaluated, sampling its actions as in the tables, on the ``--eval-tasks`` held-o
 evaluation seed 0 (the tasks ``rl2_tables`` uses; the 95% CI is about +-1.8 at n=10).
 Variants run in ``--workers`` spawned processes of one torch thread each.
 
-Without ``--variant`` it runs the two settings the Table 2 recipe chose between:
-``recipe`` (``obs_action_reward_input`` + ``head_hidden_size`` 64) and ``entropy_0.05``.
+Without ``--variant`` it runs the Table 2 recipe's n=10 config (``recipe``: hidden 128, the
+(state, action) reward and visit input blocks, MLP heads, entropy 0.05) against the previous
+recipe's (``previous``: hidden 64, no visit block, entropy 0.01).
 
-What it measured (2026-12-02, 2 workers on a 2-core CPU, n=10, 200 iterations of 256 trials,
-5.1M env steps, about 3.5 min each): recipe 123.1, entropy_0.05 125.5; the paper's RL² 156.2,
-Greedy 156, PSRL 134.5, Random 101.
+What it measured (2026-12-02, a 2-core CPU shared with another job, n=10, 256 trials per
+iteration, held-out mean total reward; each run's lr and entropy anneal over its own length):
+
+==========================================  =====  =====  =====  =====  =====  =====
+variant (iterations of the schedule)          100    200    300    400    500    600
+==========================================  =====  =====  =====  =====  =====  =====
+previous, 100 its                            119.5
+previous + visit block, 100 its              120.8
+hidden 128 + visit, 150 its                  121.6  (124.8 at 150)
+hidden 128 + visit + entropy 0.05, 150 its   122.1  (125.3 at 150)
+hidden 128 + visit + entropy 0.05, 600 its   122.9  133.1  139.7  143.2  146.4  148.1
+==========================================  =====  =====  =====  =====  =====  =====
+
+The last is the recipe (19 min at 1 thread with the evaluations); the paper's RL² has 156.2,
+Greedy 156, PSRL 134.5, Random 101. Behaviour cloning of Greedy's actions into the same network
+(cross-entropy, 200 iterations x 256 trials; a scratch script, not in this file) reached 148.7, so the gap is in the RL, not in what
+the network can represent.
 
 Output: a markdown table (variant x evaluation iteration -> mean total reward, with the final
 policy entropy) on stdout; with ``--out`` the curves as JSON.
@@ -29,9 +44,9 @@ import multiprocessing as mp
 import sys
 import time
 
-BASE = {"gae_lambda": 0.3, "gamma": 0.99, "num_trials_per_batch": 256, "num_minibatches": 16,
-        "obs_action_reward_input": True, "head_hidden_size": 64}
-DEFAULT_VARIANTS = {"recipe": {}, "entropy_0.05": {"ent_coef": 0.05, "ent_coef_final": 0.0}}
+BASE = {"gae_lambda": 0.3, "gamma": 0.99, "num_trials_per_batch": 256, "num_minibatches": 16, "hidden_size": 128,
+        "obs_action_reward_input": True, "obs_action_input": True, "head_hidden_size": 64, "ent_coef": 0.05}
+DEFAULT_VARIANTS = {"recipe": {}, "previous": {"hidden_size": 64, "obs_action_input": False, "ent_coef": 0.01}}
 
 
 def run_variant(args: tuple) -> dict:

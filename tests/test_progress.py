@@ -185,3 +185,21 @@ def test_termination_advantages_replace_the_group_mean_by_the_termination_reward
         termination_advantages(rewards[:5], term[:5], 3)
     with pytest.raises(ValueError, match="scale"):
         termination_advantages(rewards, term, 3, scale="batch")
+
+
+def test_suffix_starts_a_new_paragraph_after_a_cut_inside_one(tok):
+    prover = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix="Answer:", num_samples=1, max_answer_tokens=2))
+    text = lambda ids: tok.decode(ids)  # noqa: E731
+    assert text(prover.suffix_for(_ids(tok, "try 3: no\n\n"))) == "Answer:"  # an episode end: as is
+    assert text(prover.suffix_for(_ids(tok, "try 3: no\n"))) == "\nAnswer:"  # half a separator: completed
+    assert text(prover.suffix_for(_ids(tok, "try 3: 3+4"))) == "\n\nAnswer:"  # a token budget mid-line
+    assert text(prover.suffix_for([])) == "Answer:"  # the empty prefix: right after the prompt
+    plain = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix="Answer:", separator=""))
+    assert text(plain.suffix_for(_ids(tok, "try 3: 3+4"))) == "Answer:"
+    # both decoding paths give the same answers with mixed suffixes in one batch
+    prompt, comp = _ids(tok, "find + +\n"), _ids(tok, "try +\n\nwait + +")
+    out = {}
+    for shared in (True, False):
+        p = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix="Answer: ", num_samples=50, max_answer_tokens=2, temperature=1.0, shared_prefix=shared))
+        out[shared] = p.sample_answers([prompt], [comp], [[0, 4, len(comp)]], generator=torch.Generator().manual_seed(3))
+    assert out[True] == out[False]

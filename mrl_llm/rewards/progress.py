@@ -61,6 +61,9 @@ class MetaProverConfig:
         top_k: keep the k most likely tokens (0 = all).
         shared_prefix: encode each trace once and reuse its KV cache for every prefix (HF path).
         max_rows: most (prefix, sample) rows decoded at once by the HF path (memory bound).
+        separator: inserted (or completed) between a non-empty prefix and the suffix when the
+            prefix does not already end with it, so that a cut inside a paragraph (a token
+            budget) still starts the suffix on a new paragraph, as after an episode; "" = never.
 
     Raises:
         ValueError: naming the field, when a value is out of range.
@@ -73,6 +76,7 @@ class MetaProverConfig:
     top_k: int = 0
     shared_prefix: bool = True
     max_rows: int = 4096
+    separator: str = "\n\n"
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_answer_tokens", "max_rows"):
@@ -155,7 +159,24 @@ class MetaProver:
         self.verifier = verifier or verify_answer
         self.vllm_llm = vllm_llm
         self.suffix_ids = tokenizer(self.config.termination_suffix, add_special_tokens=False)["input_ids"]
+        self._suffix_cache: dict[str, list[int]] = {"": self.suffix_ids}
         self.stats = ProverStats()
+
+    def suffix_for(self, prefix_ids: Sequence[int]) -> list[int]:
+        """The suffix token ids to append after a completion prefix: the termination suffix,
+        preceded by whatever part of ``config.separator`` the prefix's text does not end with."""
+        sep = self.config.separator
+        if not sep or len(prefix_ids) == 0:
+            return self.suffix_ids
+        tail = self.tokenizer.decode(list(prefix_ids[-8:]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        missing = sep
+        for j in range(len(sep), 0, -1):
+            if tail.endswith(sep[:j]):
+                missing = sep[j:]
+                break
+        if missing not in self._suffix_cache:
+            self._suffix_cache[missing] = self.tokenizer(missing + self.config.termination_suffix, add_special_tokens=False)["input_ids"]
+        return self._suffix_cache[missing]
 
     def success_rates(
         self,
@@ -231,7 +252,7 @@ class MetaProver:
 
         cfg = self.config
         params = SamplingParams(n=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k if cfg.top_k > 0 else -1, max_tokens=cfg.max_answer_tokens)
-        prompts = [TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_ids) for i, k in queries]
+        prompts = [TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k])) for i, k in queries]
         outs = self.vllm_llm.generate(prompts, params, use_tqdm=False)
         self.stats.rows += len(prompts) * cfg.num_samples
         answers = []
@@ -281,9 +302,9 @@ class MetaProver:
             past, attn, positions = None, torch.zeros(R, 0, dtype=torch.long, device=device), torch.zeros(R, dtype=torch.long, device=device)
         # First block: the suffix (with the prefix itself when nothing is shared), right-aligned per row.
         if self.config.shared_prefix:
-            blocks = [self.suffix_ids for _ in range(R)]
+            blocks = [self.suffix_for(completion_ids[i][:k]) for i, k in queries for _ in range(K)]
         else:
-            blocks = [list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_ids for i, k in queries for _ in range(K)]
+            blocks = [list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k]) for i, k in queries for _ in range(K)]
         return self._sample(past, attn, positions, blocks, R, K, generator, device, pad)
 
     def _sample(self, past, attn, positions, blocks, R, K, generator, device, pad) -> list[list[str]]:
@@ -299,7 +320,7 @@ class MetaProver:
         ids, blk = ids.to(device), blk.to(device)
         pos = positions.unsqueeze(1) + torch.arange(Lb, device=device).unsqueeze(0)
         attn = torch.cat([attn, blk], dim=1)
-        if bool((n == Lb).all()):  # equal blocks (the shared path): only the last position's logits
+        if bool((n == Lb).all()):  # equal blocks (the shared path, one suffix): only the last position's logits
             out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1]
         else:
