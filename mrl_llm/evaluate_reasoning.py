@@ -187,7 +187,7 @@ def evaluate_reasoning(model, tokenizer, prompts: Sequence[str], references: Seq
 
     Returns:
         A JSON-able dict: ``accuracy`` {mean, ci95} (natural answers, unlimited up to
-        ``max_new_tokens``), ``mean_tokens``, ``finished`` (fraction that stopped on their own),
+        ``max_new_tokens``) and ``per_problem_accuracy``, ``mean_tokens``, ``finished`` (fraction that stopped on their own),
         ``budget_curve`` {budgets, accuracy, ci95, mean_tokens}, ``normalized_regret``,
         ``maj_at_k`` {k: {accuracy, ci95, mean_tokens}}, and with ``split_fn`` the
         :func:`progress_statistics` of the traces.
@@ -198,8 +198,10 @@ def evaluate_reasoning(model, tokenizer, prompts: Sequence[str], references: Seq
     lengths = [[len(t) - (1 if t and t[-1] == eos else 0) for t in per] for per in traces]
     finished = [[bool(t) and t[-1] == eos for t in per] for per in traces]
     natural = [[verify_answer(x, ref) for x in per] for per, ref in zip(texts, references)]
+    per_problem = [sum(r) / len(r) for r in natural]
     out: dict = {
-        "accuracy": mean_ci([sum(r) / len(r) for r in natural]),
+        "accuracy": mean_ci(per_problem),
+        "per_problem_accuracy": per_problem,
         "mean_tokens": sum(map(sum, lengths)) / sum(map(len, lengths)),
         "finished": sum(map(sum, finished)) / sum(map(len, finished)),
     }

@@ -260,11 +260,12 @@ def evaluate_policy(cfg: MRTExperiment, path: Path | None, seed_offset: int = 0)
 # ---- aggregation and report ----------------------------------------------------------------
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
-    """Pool a method's evaluations over seeds: means of the per-seed numbers, and a CI over
-    seeds of the accuracy (with one seed, the per-problem CI of that seed)."""
+    """Pool a method's evaluations over seeds: means of the per-seed numbers; the accuracy's CI
+    pools the per-problem accuracies of every seed (units = (seed, problem) pairs), and
+    ``seed_accuracy`` lists each seed's mean so the spread across seeds stays visible."""
     runs = list(per_seed.values())
-    accs = [r["accuracy"]["mean"] for r in runs]
-    acc = mean_ci(accs) if len(runs) > 1 else dict(runs[0]["accuracy"])
+    pooled = [a for r in runs for a in r.get("per_problem_accuracy", [])]
+    acc = mean_ci(pooled) if pooled else dict(runs[0]["accuracy"])
     curve_keys = ("accuracy", "mean_tokens")
     budgets = runs[0]["budget_curve"]["budgets"]
     curve = {"budgets": budgets}
@@ -272,6 +273,7 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
         curve[k] = [sum(r["budget_curve"][k][i] for r in runs) / len(runs) for i in range(len(budgets))]
     out = {
         "accuracy": acc,
+        "seed_accuracy": [r["accuracy"]["mean"] for r in runs],
         "mean_tokens": sum(r["mean_tokens"] for r in runs) / len(runs),
         "finished": sum(r["finished"] for r in runs) / len(runs),
         "normalized_regret": sum(r["normalized_regret"] for r in runs) / len(runs),
@@ -340,7 +342,8 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
         js = f"{r['J_start']:.2f} -> {r['J_end']:.2f}" if "J_start" in r else "—"
         lines.append(f"| {name} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['ci95']:.3f} | {r['mean_tokens']:.1f} | {r['finished']:.2f} | "
                      f"{r['normalized_regret']:.3f} | {r.get('episodes', float('nan')):.2f} | {prog} | {js} | {tok_s} |")
-    lines += ["", "Accuracy: natural final answers, up to the largest budget; ± = 95% CI " + ("over seeds." if len(cfg.seeds) > 1 else "over problems (one seed).")]
+    lines += ["", "Accuracy: natural final answers, up to the largest budget; ± = 95% CI over (seed, problem) pairs; "
+              "per seed: " + "; ".join(f"{n} " + ", ".join(f"{a:.3f}" for a in r.get("seed_accuracy", [])) for n, r in results.items()) + "."]
     if "grpo" in efficiency:
         lines.append("")
         for name, eff in efficiency.items():
@@ -348,9 +351,10 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
                 continue
             ratio = eff.get("ratio_vs_grpo")
             mt = eff.get("mean_tokens_ratio_vs_grpo")
-            lines.append(f"- **{name}** vs grpo: reaches GRPO's accuracy ({eff['target_accuracy']:.3f}) at "
-                         + ("no budget" if ratio is None else f"{ratio:.2f}x fewer tokens on the budget curve")
-                         + (f"; mean tokens per trace {mt:.2f}x fewer" if mt else "") + ".")
+            reach = (f"reaches GRPO's pass@1 at the largest budget ({eff['target_accuracy']:.3f}) with {ratio:.2f}x fewer tokens "
+                     "on its budget curve" if ratio is not None else
+                     f"does not reach GRPO's pass@1 at the largest budget ({eff['target_accuracy']:.3f}) within the budgets")
+            lines.append(f"- **{name}** vs grpo: {reach}" + (f"; its traces are {mt:.2f}x shorter on average" if mt else "") + ".")
     lines += ["", "## Accuracy against the token budget (pass@1 after forced termination)", ""]
     names = list(results)
     budgets = results[names[0]]["budget_curve"]["budgets"]
