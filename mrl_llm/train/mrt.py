@@ -394,36 +394,42 @@ def mrt_star_dataset(model, tokenizer, prompts: Sequence[str], answers: Sequence
     """
     import datasets
 
-    device = next(model.parameters()).device
+    from mrl_llm.evaluate_reasoning import sample_traces
+
     prover = MetaProver(model, tokenizer, prover_cfg)
-    rows_p, rows_c, kept_tokens, sampled = [], [], [], 0
-    for prompt, answer in zip(prompts, answers):
-        enc = tokenizer([prompt] * star.samples_per_prompt, return_tensors="pt", add_special_tokens=False).to(device)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        gen = model.generate(**enc, do_sample=True, temperature=star.temperature, max_new_tokens=star.max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        comp = gen[:, enc["input_ids"].shape[1]:].tolist()
-        comp = [[t for t in c if t != tokenizer.pad_token_id] for c in comp]
-        sampled += len(comp)
-        texts = [tokenizer.decode(c, skip_special_tokens=True, clean_up_tokenization_spaces=False) for c in comp]
-        episodes = [list(split_fn(t)) for t in texts]
-        cuts = [[0] + token_cuts(tokenizer, c, [e.end for e in eps]) for c, eps in zip(comp, episodes)]
+    eos = tokenizer.eos_token_id
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    traces = sample_traces(model, tokenizer, prompts, star.samples_per_prompt, star.max_new_tokens, star.temperature, seed)  # batched
+    flat_p, flat_c, flat_cuts, texts, episodes, owner = [], [], [], [], [], []
+    for i, (prompt, per) in enumerate(zip(prompts, traces)):
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answers = prover.sample_answers([p_ids] * len(comp), comp, cuts, generator=generator)
-        best = None  # (prefix, a correct forced answer there)
-        for text, eps, per_cut in zip(texts, episodes, answers):
-            j = prover.score(per_cut, answer)
-            if len(eps) == 0 or float(j.max()) <= 0 or not bool((progress_rewards(j) > star.min_progress).any()):
-                continue
-            k = int(torch.argmax(j))  # the first cut where J peaks: 0 = the empty prefix
-            prefix = text[: eps[k - 1].end] if k else ""
-            right = [a for a in per_cut[k] if prover.verifier(prover_cfg.termination_suffix + a, answer)]
-            if best is None or len(prefix) < len(best[0]):
-                best = (prefix, right[0])
-        if best is None:
+        for t in per:
+            body = t[:-1] if t and t[-1] == eos else t
+            text = tokenizer.decode(body, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            eps = list(split_fn(text))
+            flat_p.append(p_ids)
+            flat_c.append(body)
+            flat_cuts.append([0] + token_cuts(tokenizer, body, [e.end for e in eps]))
+            texts.append(text)
+            episodes.append(eps)
+            owner.append(i)
+    sampled = len(flat_c)
+    answers_at = prover.sample_answers(flat_p, flat_c, flat_cuts, generator=generator)  # one batched call
+    best: dict[int, tuple[str, str]] = {}  # problem -> (prefix, a correct forced answer there)
+    for i, text, eps, per_cut in zip(owner, texts, episodes, answers_at):
+        j = prover.score(per_cut, answers[i])
+        if len(eps) == 0 or float(j.max()) <= 0 or not bool((progress_rewards(j) > star.min_progress).any()):
             continue
-        rows_p.append(prompt)
-        rows_c.append(best[0] + prover_cfg.termination_suffix + best[1] + (tokenizer.eos_token or ""))
-        kept_tokens.append(len(tokenizer(best[0], add_special_tokens=False)["input_ids"]))
+        k = int(torch.argmax(j))  # the first cut where J peaks: 0 = the empty prefix
+        prefix = text[: eps[k - 1].end] if k else ""
+        right = [a for a in per_cut[k] if prover.verifier(prover_cfg.termination_suffix + a, answers[i])]
+        if i not in best or len(prefix) < len(best[i][0]):
+            best[i] = (prefix, right[0])
+    rows_p, rows_c, kept_tokens = [], [], []
+    for i in sorted(best):
+        prefix, answer_text = best[i]
+        rows_p.append(prompts[i])
+        rows_c.append(prefix + prover_cfg.termination_suffix + answer_text + (tokenizer.eos_token or ""))
+        kept_tokens.append(len(tokenizer(prefix, add_special_tokens=False)["input_ids"]))
     stats = {"sampled": sampled, "kept": len(rows_p), "mean_prefix_tokens": sum(kept_tokens) / max(len(kept_tokens), 1)}
     return datasets.Dataset.from_dict({"prompt": rows_p, "completion": rows_c}), stats
