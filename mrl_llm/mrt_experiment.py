@@ -114,8 +114,6 @@ class MRTExperiment:
             raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
         if not self.seeds:
             raise ValueError("seeds must not be empty")
-        if self.task.kind == "search" and not self.model.is_tiny and self.sft.enabled:
-            pass  # a real model can be warm-started on search traces too
         if self.task.kind == "math" and self.model.is_tiny:
             raise ValueError("task.kind 'math' needs a real reasoning model (model.name_or_path), not the tiny LM")
 

@@ -83,7 +83,7 @@ def test_mrt_rl_mode_continues_from_a_policy_prefix_with_the_termination_baselin
     trainer, model = _trainer(tok, tmp_path, "termination", monkeypatch, prover)
     monkeypatch.setattr(trainer, "_sample_traces", lambda model, prompts: ["try 1: 1+2 is 3 no\n\nWait try 2: 2+2 is 4 yes\n\nAnswer: 2"] * len(prompts))
     inputs = [dict(trainer.train_dataset[0]) for _ in range(4)] + [dict(trainer.train_dataset[1]) for _ in range(4)]
-    new, prompts = trainer._with_random_prefixes(inputs)
+    new = trainer._with_random_prefixes(inputs)
     for g in range(2):
         group = new[g * 4 : (g + 1) * 4]
         assert len({x["prompt"] for x in group}) == 1  # one prefix per group

@@ -168,13 +168,32 @@ def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingC
     return rollout_func
 
 
-def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_completion_length: int, use_cpu: bool | None = None):
-    """The ``trl.GRPOConfig`` for a stage config (no model needed: used by ``--dry-run`` too)."""
+def make_grpo_config(output_dir: str | os.PathLike, use_cpu: bool | None = None, gradient_checkpointing: bool = False, **fields):
+    """``trl.GRPOConfig`` with the project's fixed choices (vLLM in colocate mode, one checkpoint
+    kept, no external loggers, dropout off, completions not logged) plus ``fields``; shared by the
+    trial GRPO here and MRT's reasoning GRPO (:mod:`mrl_llm.train.mrt`)."""
     from trl import GRPOConfig
 
     use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
     return GRPOConfig(
         output_dir=str(output_dir),
+        vllm_mode="colocate",
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=use_cpu,
+        log_completions=False,
+        disable_dropout=True,
+        **({"gradient_checkpointing": True} if gradient_checkpointing else {}),
+        **fields,
+    )
+
+
+def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_completion_length: int, use_cpu: bool | None = None):
+    """The ``trl.GRPOConfig`` for a stage config (no model needed: used by ``--dry-run`` too)."""
+    return make_grpo_config(
+        output_dir,
+        use_cpu,
+        cfg.gradient_checkpointing,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -192,19 +211,12 @@ def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_comp
         max_grad_norm=cfg.max_grad_norm,
         max_completion_length=max_completion_length,
         use_vllm=cfg.use_vllm,
-        vllm_mode="colocate",
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         bf16=cfg.bf16,
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
-        save_total_limit=1,
         seed=cfg.seed,
-        report_to=[],
-        use_cpu=use_cpu,
         shuffle_dataset=False,
-        log_completions=False,
-        disable_dropout=True,
     )
 
 

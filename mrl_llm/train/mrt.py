@@ -33,6 +33,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from mrl_llm.rewards import get_reward
+from mrl_llm.train.grpo import make_grpo_config
 from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, mrt_token_advantages, progress_rewards, termination_advantages, token_cuts
 from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
 
@@ -149,11 +150,10 @@ class MRTConfig:
 
 def grpo_arguments(cfg: ReasoningGRPOConfig, output_dir: str | os.PathLike, use_cpu: bool | None = None):
     """The ``trl.GRPOConfig`` of a stage config (no model needed: ``--dry-run`` builds it too)."""
-    from trl import GRPOConfig
-
-    use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
-    return GRPOConfig(
-        output_dir=str(output_dir),
+    return make_grpo_config(
+        output_dir,
+        use_cpu,
+        cfg.gradient_checkpointing,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -171,19 +171,12 @@ def grpo_arguments(cfg: ReasoningGRPOConfig, output_dir: str | os.PathLike, use_
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         use_vllm=cfg.use_vllm,
-        vllm_mode="colocate",
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         bf16=cfg.bf16,
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
-        save_total_limit=1,
         seed=cfg.seed,
-        report_to=[],
-        use_cpu=use_cpu,
         shuffle_dataset=True,
-        log_completions=False,
-        disable_dropout=True,
     )
 
 
@@ -252,9 +245,8 @@ def mrt_trainer_class():
             return ends_all, cuts_all
 
         # -- MRT-RL: replace prompts by prompt + a random episode prefix of a policy trace --
-        def _with_random_prefixes(self, inputs: list[dict]) -> tuple[list[dict], list[str]]:
+        def _with_random_prefixes(self, inputs: list[dict]) -> list[dict]:
             G = self.num_generations
-            tok = self.processing_class
             model = self.accelerator.unwrap_model(self.model)
             groups = [inputs[i] for i in range(0, len(inputs), G)]
             prompts = [g["prompt"] for g in groups]
@@ -268,7 +260,7 @@ def mrt_trainer_class():
             for g, (prompt, prefix) in enumerate(zip(prompts, new_prompts)):
                 for x in inputs[g * G : (g + 1) * G]:
                     out.append({**x, "prompt": prompt + prefix, "mrt_prefix": prefix})
-            return out, [p + q for p, q in zip(prompts, new_prompts)]
+            return out
 
         @torch.no_grad()
         def _sample_traces(self, model, prompts: list[str]) -> list[str]:
@@ -292,7 +284,7 @@ def mrt_trainer_class():
         def _generate_and_score_completions(self, inputs):
             mode = "train" if self.model.training else "eval"
             if self.mrt.mode == "termination" and mode == "train":
-                inputs, _ = self._with_random_prefixes(inputs)
+                inputs = self._with_random_prefixes(inputs)
             out = super()._generate_and_score_completions(inputs)
             if mode != "train":
                 return out
