@@ -246,3 +246,25 @@ def load_model_and_tokenizer(cfg: ModelConfig, path: str | os.PathLike | None = 
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     return model, tok
+
+
+def kv_cache_kwarg(model) -> str:
+    """The name under which ``model.forward`` takes a KV cache.
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name warns and goes in
+    5.40); the project supports both (``transformers>=4.57``). A PEFT wrapper is looked through.
+
+    Returns:
+        ``"cache"`` or ``"past_key_values"``.
+    """
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def output_kv_cache(out):
+    """The KV cache of a causal-LM forward output (``out.cache``, or ``out.past_key_values`` before
+    the rename); None when the forward ran without ``use_cache``."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)

@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from mrl_llm.models import kv_cache_kwarg, output_kv_cache
 from mrl_llm.rewards.math import verify_answer
 
 #: The forced-termination text of the paper's analysis code (CMU-AIRe/MRT,
@@ -293,7 +294,7 @@ class MetaProver:
                 mask[s, : len(seq)] = 1
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
             self.stats.encoded_tokens += int(mask.sum())
-            past = out.past_key_values
+            past = output_kv_cache(out)
             rows = torch.tensor([where[i] for i, _ in queries for _ in range(K)], device=device)
             past.batch_select_indices(rows)
             attn = (torch.arange(L, device=device).unsqueeze(0) < lengths.unsqueeze(1)).long()
@@ -309,6 +310,7 @@ class MetaProver:
 
     def _sample(self, past, attn, positions, blocks, R, K, generator, device, pad) -> list[list[str]]:
         model, cfg = self.model, self.config
+        kv = kv_cache_kwarg(model)
         eos = self.tokenizer.eos_token_id
         n = torch.tensor([len(b) for b in blocks], device=device)
         Lb = int(n.max())
@@ -321,13 +323,13 @@ class MetaProver:
         pos = positions.unsqueeze(1) + torch.arange(Lb, device=device).unsqueeze(0)
         attn = torch.cat([attn, blk], dim=1)
         if bool((n == Lb).all()):  # equal blocks (the shared path, one suffix): only the last position's logits
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1]
         else:
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True)
             logits = out.logits[torch.arange(R, device=device), n - 1]
         self.stats.encoded_tokens += int(blk.sum())
-        past, positions = out.past_key_values, positions + n
+        past, positions = output_kv_cache(out), positions + n
         running = torch.ones(R, dtype=torch.bool, device=device)
         sampled: list[list[int]] = [[] for _ in range(R)]
         for _ in range(cfg.max_answer_tokens):
@@ -343,8 +345,8 @@ class MetaProver:
             if not bool(running.any()):
                 break
             attn = torch.cat([attn, running.long().unsqueeze(1)], dim=1)
-            out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=positions.unsqueeze(1), past_key_values=past, use_cache=True)
-            past, positions, logits = out.past_key_values, positions + 1, out.logits[:, -1]
+            out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=positions.unsqueeze(1), **{kv: past}, use_cache=True)
+            past, positions, logits = output_kv_cache(out), positions + 1, out.logits[:, -1]
         self.stats.rows += R
         texts = self.tokenizer.batch_decode(sampled, skip_special_tokens=True)
         return [texts[q * K : (q + 1) * K] for q in range(R // K)]

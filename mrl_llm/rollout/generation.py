@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mrl_llm.models import kv_cache_kwarg, output_kv_cache
+
 
 @dataclass
 class SamplingConfig:
@@ -139,9 +141,9 @@ class HFSession:
         positions = self.pos.unsqueeze(1) + torch.arange(L, device=self.device).unsqueeze(0)
         attn = torch.cat([self.mask, blk_mask], dim=1)
         out = self.model(
-            input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=self.past, use_cache=True
+            input_ids=ids, attention_mask=attn, position_ids=positions, **{kv_cache_kwarg(self.model): self.past}, use_cache=True
         )
-        self.past = out.past_key_values
+        self.past = output_kv_cache(out)
         self.mask = attn
         n_new = torch.tensor(lens, device=self.device)
         last_idx = (n_new - 1).clamp(min=0)
