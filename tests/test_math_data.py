@@ -157,3 +157,27 @@ def test_hub_sources(monkeypatch, name, repo, config, split, rows):
         assert ds["answer"] == ["18", "70000"] and ds["id"] == ["0", "1"]  # no idx on the hub
     load_math_dataset(name, split="validation")
     assert calls[-1] == (repo, config, "validation")
+
+
+AIME_HISTORY_ROWS = [  # the columns of di-zhang-fdu/AIME_1983_2024
+    {"ID": "1983-1", "Year": 1983, "Problem Number": 1, "Question": "Let $x$, $y$ and $z$ all exceed $1$...", "Answer": 60.0, "Part": None},
+    {"ID": "2023-II-15", "Year": 2023, "Problem Number": 15, "Question": "For each positive integer $n$...", "Answer": 363.0, "Part": "II"},
+    {"ID": "2024-II-1", "Year": 2024, "Problem Number": 1, "Question": "Among the 900 residents of Aimeville...", "Answer": 73.0, "Part": "II"},
+    {"ID": "1984-2", "Year": 1984, "Problem Number": 2, "Question": "The integer $n$ is the smallest...", "Answer": 592.0, "Part": None},
+]
+
+
+def test_aime_history_keeps_contests_before_2024_on_the_hub_and_locally(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(AIME_HISTORY_ROWS))
+    ds = load_math_dataset("aime_1983_2023")
+    assert ds["id"] == ["1983-1", "2023-II-15", "1984-2"]  # AIME 2024 (an evaluation set) filtered out
+    assert ds["answer"] == ["60", "363", "592"] and ds["source"] == ["aime_1983_2023"] * 3
+    assert load_math_dataset("aime_1983_2023", limit=2)["id"] == ["1983-1", "2023-II-15"]  # limit after the filter
+    monkeypatch.undo()
+    rows = [{"id": r["ID"], "year": r["Year"], "problem": r["Question"], "answer": r["Answer"]} for r in AIME_HISTORY_ROWS]
+    ds = load_math_dataset("aime_1983_2023", path=str(write_jsonl(tmp_path / "aime.jsonl", rows)))
+    assert ds["id"] == ["1983-1", "2023-II-15", "1984-2"]
+    f = write_jsonl(tmp_path / "noyear.jsonl", [{"problem": "p", "answer": 1}])
+    with pytest.raises(KeyError, match="year") as err:
+        load_math_dataset("aime_1983_2023", path=str(f))
+    assert str(f) in str(err.value)

@@ -32,6 +32,7 @@ class _HubSource:
     repo: str
     config: str | None
     split: str
+    max_year: int | None = None  # drop rows of later contests (a "Year"/"year" column)
 
 
 # Hub sources, used when no local path is given.
@@ -43,6 +44,9 @@ HUB_SOURCES: dict[str, _HubSource] = {
     "gsm8k": _HubSource("openai/gsm8k", "main", "test"),
     # training problems (MRT's R1-Distill run used 4,000 of them); answers = last \boxed{} of solution
     "numinamath": _HubSource("AI-MO/NuminaMath-CoT", None, "train"),
+    # MRT's DeepScaleR run trained on AIME problems before 2024 (919 of them in the authors' upload
+    # active-reasoning/AIME); the year filter keeps AIME 2024, an evaluation set, out.
+    "aime_1983_2023": _HubSource("di-zhang-fdu/AIME_1983_2024", None, "train", max_year=2023),
 }
 KNOWN_DATASETS = tuple(HUB_SOURCES)
 
@@ -50,6 +54,7 @@ _PROBLEM_COLUMNS = ("problem", "question", "Problem", "Question")
 _ANSWER_COLUMNS = ("answer", "Answer")
 _SOLUTION_COLUMNS = ("solution", "Solution")
 _ID_COLUMNS = ("unique_id", "id", "idx", "ID")
+_YEAR_COLUMNS = ("Year", "year")
 
 
 def _render_answer(value) -> str:
@@ -132,7 +137,12 @@ def load_math_dataset(
     amc23     math-ai/amc23                -       test
     gsm8k     openai/gsm8k                 main    test
     numinamath  AI-MO/NuminaMath-CoT       -       train
+    aime_1983_2023  di-zhang-fdu/AIME_1983_2024  -  train (rows with Year <= 2023)
     ========  ===========================  ======  =====
+
+    ``aime_1983_2023`` (training problems of MRT's DeepScaleR run) keeps only rows whose
+    ``Year`` (or ``year``) is at most 2023, from the hub or a local file alike, so AIME 2024,
+    an evaluation set, never leaks into training; ``limit`` applies after that filter.
 
     With ``path``, a local JSON-lines file is read with ``datasets.load_dataset("json")``
     (``split`` defaults to ``"train"``, the only split of a JSON file; slices such as
@@ -176,6 +186,13 @@ def load_math_dataset(
         src = HUB_SOURCES[key]
         raw = datasets.load_dataset(src.repo, src.config, split=split or src.split)
         origin = f"hub dataset {src.repo}" + (f" ({src.config})" if src.config else "")
+    max_year = HUB_SOURCES[key].max_year
+    if max_year is not None:
+        year_col = _first_present(raw.column_names, _YEAR_COLUMNS)
+        if year_col is None:
+            raise KeyError(f"{origin}: {key} needs a year column ({list(_YEAR_COLUMNS)}) to keep contests up to "
+                           f"{max_year}; columns are {raw.column_names}")
+        raw = raw.filter(lambda year: int(year) <= max_year, input_columns=year_col)
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))
     return _normalize(raw, key, origin)
