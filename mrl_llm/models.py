@@ -268,3 +268,16 @@ def output_kv_cache(out):
     the rename); None when the forward ran without ``use_cache``."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def activation_checkpointing_kwargs(args_cls, enabled: bool) -> dict:
+    """``{field: True}`` turning on activation (gradient) checkpointing in a ``TrainingArguments``
+    subclass (``trl.GRPOConfig``, ``trl.SFTConfig``), under its name in the installed transformers:
+    ``activation_checkpointing`` (5.2x; ``gradient_checkpointing`` warns there) or
+    ``gradient_checkpointing``; ``{}`` when ``enabled`` is False."""
+    if not enabled:
+        return {}
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}

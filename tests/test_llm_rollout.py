@@ -137,3 +137,30 @@ def test_kv_cache_encodes_fewer_tokens(tiny_model, tiny_tok):
     assert stats[True]["sampled_tokens"] == stats[False]["sampled_tokens"] == 80
     # with the cache each token is encoded once; without, the history is re-encoded every turn
     assert stats[False]["encoded_tokens"] > 5 * stats[True]["encoded_tokens"]
+
+
+def test_kv_cache_compat_names_what_the_installed_transformers_takes(tiny_model, tiny_tok):
+    import dataclasses
+    import inspect
+
+    import peft
+    from trl import GRPOConfig, SFTConfig
+
+    from mrl_llm.models import activation_checkpointing_kwargs, kv_cache_kwarg, output_kv_cache
+
+    name = kv_cache_kwarg(tiny_model)
+    assert name in inspect.signature(tiny_model.forward).parameters
+    wrapped = peft.get_peft_model(tiny_model, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    assert kv_cache_kwarg(wrapped) == name  # looks through the PEFT wrapper's (*args, **kwargs)
+    ids = torch.tensor([tiny_tok("3 1\n", add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        out = tiny_model(input_ids=ids, use_cache=True)
+        past = output_kv_cache(out)
+        assert past is not None and output_kv_cache(tiny_model(input_ids=ids, use_cache=False)) is None
+        step = tiny_model(input_ids=ids[:, -1:], **{name: past}, use_cache=True)
+    assert step.logits.shape[:2] == (1, 1)
+    wrapped.unload()
+    for cls in (GRPOConfig, SFTConfig):
+        (field,) = activation_checkpointing_kwargs(cls, True)
+        assert field in {f.name for f in dataclasses.fields(cls)}
+        assert activation_checkpointing_kwargs(cls, False) == {}

@@ -174,6 +174,8 @@ def make_grpo_config(output_dir: str | os.PathLike, use_cpu: bool | None = None,
     trial GRPO here and MRT's reasoning GRPO (:mod:`mrl_llm.train.mrt`)."""
     from trl import GRPOConfig
 
+    from mrl_llm.models import activation_checkpointing_kwargs
+
     use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
     return GRPOConfig(
         output_dir=str(output_dir),
@@ -183,7 +185,7 @@ def make_grpo_config(output_dir: str | os.PathLike, use_cpu: bool | None = None,
         use_cpu=use_cpu,
         log_completions=False,
         disable_dropout=True,
-        **({"gradient_checkpointing": True} if gradient_checkpointing else {}),
+        **activation_checkpointing_kwargs(GRPOConfig, gradient_checkpointing),
         **fields,
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from classic.evaluate import run_trials
+from mrl_llm.models import activation_checkpointing_kwargs
 from mrl_llm.rollout.agent import TrialRenderer, Transcript
 
 
@@ -115,7 +116,7 @@ def sft_arguments(cfg: SFTStageConfig, output_dir: str | os.PathLike, use_cpu: b
         report_to=[],
         use_cpu=use_cpu,
         bf16=cfg.bf16,
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        **activation_checkpointing_kwargs(SFTConfig, cfg.gradient_checkpointing),
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
