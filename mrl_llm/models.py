@@ -271,13 +271,12 @@ def output_kv_cache(out):
 
 
 def activation_checkpointing_kwargs(args_cls, enabled: bool) -> dict:
-    """``{field: True}`` turning on activation (gradient) checkpointing in a ``TrainingArguments``
+    """``{field: enabled}`` for activation (gradient) checkpointing in a ``TrainingArguments``
     subclass (``trl.GRPOConfig``, ``trl.SFTConfig``), under its name in the installed transformers:
     ``activation_checkpointing`` (5.2x; ``gradient_checkpointing`` warns there) or
-    ``gradient_checkpointing``; ``{}`` when ``enabled`` is False."""
-    if not enabled:
-        return {}
+    ``gradient_checkpointing``. Always explicit: ``trl.SFTConfig`` defaults it to True, which
+    would silently recompute every forward pass of a stage configured without it."""
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(args_cls)}
-    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": bool(enabled)}

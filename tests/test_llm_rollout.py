@@ -161,6 +161,6 @@ def test_kv_cache_compat_names_what_the_installed_transformers_takes(tiny_model,
     assert step.logits.shape[:2] == (1, 1)
     wrapped.unload()
     for cls in (GRPOConfig, SFTConfig):
-        (field,) = activation_checkpointing_kwargs(cls, True)
-        assert field in {f.name for f in dataclasses.fields(cls)}
-        assert activation_checkpointing_kwargs(cls, False) == {}
+        ((field, value),) = activation_checkpointing_kwargs(cls, True).items()
+        assert field in {f.name for f in dataclasses.fields(cls)} and value is True
+        assert activation_checkpointing_kwargs(cls, False) == {field: False}  # explicit: SFTConfig defaults to True
