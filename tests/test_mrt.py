@@ -186,3 +186,27 @@ def test_mrt_config_and_experiment_validation():
         ReasoningGRPOConfig(num_generations=1)
     with pytest.raises(ValueError, match="methods"):
         MRTExperiment(methods=["ppo"])
+
+
+def test_both_grpo_stage_configs_map_their_shared_fields_onto_trl():
+    from mrl_llm.train.grpo import GRPOCommonConfig, GRPOStageConfig
+    from mrl_llm.train.grpo import grpo_arguments as trial_grpo_arguments
+    from mrl_llm.train.mrt import grpo_arguments as reasoning_grpo_arguments
+
+    shared = dict(top_p=0.9, weight_decay=0.01, num_iterations=2, beta=0.04, epsilon=0.3, max_steps=7, gradient_accumulation_steps=2)
+    trial = trial_grpo_arguments(GRPOStageConfig(tasks_per_step=3, num_generations=4, **shared), "/tmp/unused", max_completion_length=64, use_cpu=True)
+    reasoning = reasoning_grpo_arguments(ReasoningGRPOConfig(prompts_per_step=3, num_generations=4, max_completion_length=64, **shared), "/tmp/unused", use_cpu=True)
+    for args in (trial, reasoning):
+        for name, value in shared.items():
+            assert getattr(args, name) == value, name
+        assert args.per_device_train_batch_size == 6 and args.max_completion_length == 64  # 3 groups x 4 / 2
+    assert trial.shuffle_dataset is False and reasoning.shuffle_dataset is True
+    assert ReasoningGRPOConfig().learning_rate == 1e-5 and GRPOStageConfig().learning_rate == 1e-4
+    with pytest.raises(ValueError, match="prompts_per_step \\* num_generations"):
+        ReasoningGRPOConfig(prompts_per_step=3, num_generations=3, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="tasks_per_step must be >= 1"):
+        GRPOStageConfig(tasks_per_step=0)
+    with pytest.raises(ValueError, match="top_p"):
+        GRPOStageConfig(top_p=0)
+    with pytest.raises(TypeError, match="base class"):
+        GRPOCommonConfig()

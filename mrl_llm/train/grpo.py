@@ -31,26 +31,27 @@ GRPO_SEED_BASE = 40_000  # training task streams; evaluation uses classic.evalua
 
 
 @dataclass
-class GRPOStageConfig:
-    """Meta-RL (GRPO over trials) stage settings; fields map onto ``trl.GRPOConfig``.
+class GRPOCommonConfig:
+    """The ``trl.GRPOConfig`` settings every GRPO stage of the project shares: trial GRPO
+    (:class:`GRPOStageConfig`) and MRT's reasoning GRPO
+    (:class:`mrl_llm.train.mrt.ReasoningGRPOConfig`) add their batch and reward fields.
 
     Attributes:
-        enabled: run the stage.
         max_steps: optimizer steps.
         learning_rate: peak learning rate.
-        num_generations: trials per task in a GRPO group (G).
-        tasks_per_step: tasks per optimizer step; the batch is tasks_per_step * G trials.
+        num_generations: completions per prompt, a GRPO group (G).
         gradient_accumulation_steps: micro-batches per optimizer step (batch split across them).
-        num_iterations: PPO-style updates per batch of rollouts (mu in the GRPO paper).
+        num_iterations: PPO-style updates per batch of rollouts (mu in the GRPO paper, Shao et
+            al. 2024, arXiv 2402.03300).
         beta: KL coefficient to the reference (starting) policy.
         epsilon: clipping range of the probability ratio.
         loss_type: TRL loss aggregation ("dapo", "grpo", "dr_grpo", "bnpo", ...).
         scale_rewards: "group", "batch" or "none" (Dr. GRPO, arXiv 2503.20783, argues for none).
-        reward_funcs: registered reward names (mrl_llm.rewards), e.g. trial_return, negative_regret.
-        reward_weights: one weight per reward function (default all 1).
         temperature: sampling temperature of rollouts (also used by TRL for the logprobs).
+        top_p: nucleus sampling of rollouts, in (0, 1].
         lr_scheduler_type: transformers scheduler name.
         warmup_ratio: fraction of steps of linear warmup.
+        weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping.
         use_vllm: generate rollouts with vLLM (GPU; colocate mode).
         vllm_gpu_memory_utilization: vLLM's share of GPU memory in colocate mode.
@@ -58,25 +59,26 @@ class GRPOStageConfig:
         gradient_checkpointing: trade compute for memory.
         logging_steps: log every k steps.
         save_steps: checkpoint every k steps (the run resumes from the last one).
-        seed: training task stream and trainer seed.
+        seed: trainer seed (and, for trial GRPO, the training task stream).
+
+    Raises:
+        ValueError: naming the field, when a value is out of range.
     """
 
-    enabled: bool = True
     max_steps: int = 100
     learning_rate: float = 1e-4
     num_generations: int = 8
-    tasks_per_step: int = 4
     gradient_accumulation_steps: int = 1
     num_iterations: int = 1
     beta: float = 0.0
     epsilon: float = 0.2
     loss_type: str = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    reward_funcs: list[str] = field(default_factory=lambda: ["trial_return"])
-    reward_weights: list[float] | None = None
     temperature: float = 1.0
+    top_p: float = 1.0
     lr_scheduler_type: str = "constant_with_warmup"
     warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = 0.3
@@ -86,16 +88,88 @@ class GRPOStageConfig:
     save_steps: int = 50
     seed: int = 0
 
+    #: name of the subclass's "groups per optimizer step" field (for messages and the batch size)
+    _groups_field = ""
+
     def __post_init__(self) -> None:
-        for name in ("max_steps", "num_generations", "tasks_per_step", "gradient_accumulation_steps", "num_iterations", "logging_steps", "save_steps"):
+        groups = self._groups_field
+        if not groups:
+            raise TypeError("GRPOCommonConfig is a base class: use GRPOStageConfig or ReasoningGRPOConfig")
+        for name in ("max_steps", groups, "gradient_accumulation_steps", "num_iterations", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2: GRPO compares trials within a group")
-        if (self.tasks_per_step * self.num_generations) % self.gradient_accumulation_steps:
-            raise ValueError("tasks_per_step * num_generations must be divisible by gradient_accumulation_steps")
-        if self.temperature <= 0 or self.learning_rate <= 0:
-            raise ValueError("temperature and learning_rate must be > 0")
+            raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
+        if (getattr(self, groups) * self.num_generations) % self.gradient_accumulation_steps:
+            raise ValueError(f"{groups} * num_generations must be divisible by gradient_accumulation_steps")
+        for name in ("learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def per_device_train_batch_size(self) -> int:
+        """Completions per micro-batch: groups per step x G / gradient_accumulation_steps."""
+        return getattr(self, self._groups_field) * self.num_generations // self.gradient_accumulation_steps
+
+    def trl_arguments(self, output_dir: str | os.PathLike, use_cpu: bool | None = None, **fields):
+        """The ``trl.GRPOConfig`` of these settings plus ``fields`` (see :func:`make_grpo_config`)."""
+        return make_grpo_config(
+            output_dir,
+            use_cpu,
+            self.gradient_checkpointing,
+            max_steps=self.max_steps,
+            learning_rate=self.learning_rate,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            num_generations=self.num_generations,
+            num_iterations=self.num_iterations,
+            beta=self.beta,
+            epsilon=self.epsilon,
+            loss_type=self.loss_type,
+            scale_rewards=self.scale_rewards,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_steps=self.warmup_ratio,  # a float < 1 is a ratio of total steps
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            use_vllm=self.use_vllm,
+            vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            bf16=self.bf16,
+            logging_steps=self.logging_steps,
+            save_steps=self.save_steps,
+            seed=self.seed,
+            **fields,
+        )
+
+
+@dataclass
+class GRPOStageConfig(GRPOCommonConfig):
+    """Meta-RL (GRPO over trials) stage settings: :class:`GRPOCommonConfig` plus the fields below.
+
+    A completion is one whole trial (all its episodes); the group's trials share one task.
+
+    Attributes:
+        enabled: run the stage.
+        tasks_per_step: tasks per optimizer step; the batch is tasks_per_step * G trials.
+        reward_funcs: registered reward names (mrl_llm.rewards), e.g. trial_return, negative_regret.
+        reward_weights: one weight per reward function (default all 1).
+
+    Raises:
+        ValueError: naming the field, when a value is out of range or a reward is unknown.
+    """
+
+    enabled: bool = True
+    tasks_per_step: int = 4
+    reward_funcs: list[str] = field(default_factory=lambda: ["trial_return"])
+    reward_weights: list[float] | None = None
+
+    _groups_field = "tasks_per_step"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} reward_funcs")
         for name in self.reward_funcs:
@@ -108,10 +182,6 @@ class GRPOStageConfig:
     def trials_per_step(self) -> int:
         """Trials played per optimizer step (tasks_per_step * num_generations)."""
         return self.tasks_per_step * self.num_generations
-
-    @property
-    def per_device_train_batch_size(self) -> int:
-        return self.trials_per_step // self.gradient_accumulation_steps
 
 
 def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingConfig, num_generations: int, episodes_per_trial: int, seed: int = 0):
@@ -192,34 +262,7 @@ def make_grpo_config(output_dir: str | os.PathLike, use_cpu: bool | None = None,
 
 def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_completion_length: int, use_cpu: bool | None = None):
     """The ``trl.GRPOConfig`` for a stage config (no model needed: used by ``--dry-run`` too)."""
-    return make_grpo_config(
-        output_dir,
-        use_cpu,
-        cfg.gradient_checkpointing,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_generations=cfg.num_generations,
-        num_iterations=cfg.num_iterations,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type,
-        scale_rewards=cfg.scale_rewards,
-        reward_weights=cfg.reward_weights,
-        temperature=cfg.temperature,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,
-        max_grad_norm=cfg.max_grad_norm,
-        max_completion_length=max_completion_length,
-        use_vllm=cfg.use_vllm,
-        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        bf16=cfg.bf16,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        seed=cfg.seed,
-        shuffle_dataset=False,
-    )
+    return cfg.trl_arguments(output_dir, use_cpu, reward_weights=cfg.reward_weights, max_completion_length=max_completion_length, shuffle_dataset=False)
 
 
 def prompt_dataset(text_env: BanditText, num_prompts: int):

@@ -33,7 +33,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from mrl_llm.rewards import get_reward
-from mrl_llm.train.grpo import make_grpo_config
+from mrl_llm.train.grpo import GRPOCommonConfig
 from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, mrt_token_advantages, progress_rewards, termination_advantages, token_cuts
 from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
 
@@ -41,79 +41,28 @@ SplitFn = Callable[[str], Sequence[Episode]]
 
 
 @dataclass
-class ReasoningGRPOConfig:
-    """GRPO on single-turn reasoning prompts; fields map onto ``trl.GRPOConfig``.
+class ReasoningGRPOConfig(GRPOCommonConfig):
+    """GRPO on single-turn reasoning prompts: :class:`~mrl_llm.train.grpo.GRPOCommonConfig`
+    (learning rate default 1e-5 here) plus the fields below.
 
     Attributes:
-        max_steps: optimizer steps.
-        learning_rate: peak learning rate.
-        num_generations: completions per prompt (G, a GRPO group).
         prompts_per_step: prompts per optimizer step (batch = prompts_per_step x G completions).
-        gradient_accumulation_steps: micro-batches per optimizer step.
         max_completion_length: most tokens per completion (the training token budget).
-        temperature: sampling temperature of rollouts.
-        top_p: nucleus sampling of rollouts.
-        beta: KL coefficient to the reference policy.
-        epsilon: clipping range of the ratio.
-        loss_type: TRL loss aggregation ("dapo", "grpo", "dr_grpo", ...).
-        scale_rewards: "group", "batch" or "none".
-        lr_scheduler_type: transformers scheduler name.
-        warmup_ratio: fraction of steps of linear warmup.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: gradient clipping.
-        use_vllm: generate with vLLM (colocate mode).
-        vllm_gpu_memory_utilization: vLLM's share of GPU memory.
-        bf16: bfloat16 (GPU).
-        gradient_checkpointing: trade compute for memory.
-        logging_steps: log every k steps.
-        save_steps: checkpoint every k steps (a run resumes from the last one).
-        seed: trainer seed.
 
     Raises:
         ValueError: naming the field, when a value is out of range.
     """
 
-    max_steps: int = 100
     learning_rate: float = 1e-5
-    num_generations: int = 8
     prompts_per_step: int = 4
-    gradient_accumulation_steps: int = 1
     max_completion_length: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = 0.0
-    epsilon: float = 0.2
-    loss_type: str = "dapo"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    lr_scheduler_type: str = "constant_with_warmup"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    use_vllm: bool = False
-    vllm_gpu_memory_utilization: float = 0.3
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    save_steps: int = 50
-    seed: int = 0
+
+    _groups_field = "prompts_per_step"
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "prompts_per_step", "gradient_accumulation_steps", "max_completion_length", "logging_steps", "save_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
-        if (self.prompts_per_step * self.num_generations) % self.gradient_accumulation_steps:
-            raise ValueError("prompts_per_step * num_generations must be divisible by gradient_accumulation_steps")
-        for name in ("learning_rate", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def per_device_train_batch_size(self) -> int:
-        return self.prompts_per_step * self.num_generations // self.gradient_accumulation_steps
+        super().__post_init__()
+        if self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
 
 
 @dataclass
@@ -150,34 +99,7 @@ class MRTConfig:
 
 def grpo_arguments(cfg: ReasoningGRPOConfig, output_dir: str | os.PathLike, use_cpu: bool | None = None):
     """The ``trl.GRPOConfig`` of a stage config (no model needed: ``--dry-run`` builds it too)."""
-    return make_grpo_config(
-        output_dir,
-        use_cpu,
-        cfg.gradient_checkpointing,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type,
-        scale_rewards=cfg.scale_rewards,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        use_vllm=cfg.use_vllm,
-        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        bf16=cfg.bf16,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        seed=cfg.seed,
-        shuffle_dataset=True,
-    )
+    return cfg.trl_arguments(output_dir, use_cpu, max_completion_length=cfg.max_completion_length, shuffle_dataset=True)
 
 
 def default_split_fn(config: EpisodeSplitConfig) -> SplitFn:
