@@ -96,6 +96,7 @@ class HFSession:
 
     def __init__(self, model, pad_token_id: int, batch_size: int, use_cache: bool = True) -> None:
         self.model = model
+        self._kv_kwarg = kv_cache_kwarg(model)  # 'cache' or 'past_key_values', looked up once
         self.pad = int(pad_token_id)
         self.B = int(batch_size)
         self.use_cache = use_cache
@@ -141,7 +142,7 @@ class HFSession:
         positions = self.pos.unsqueeze(1) + torch.arange(L, device=self.device).unsqueeze(0)
         attn = torch.cat([self.mask, blk_mask], dim=1)
         out = self.model(
-            input_ids=ids, attention_mask=attn, position_ids=positions, **{kv_cache_kwarg(self.model): self.past}, use_cache=True
+            input_ids=ids, attention_mask=attn, position_ids=positions, **{self._kv_kwarg: self.past}, use_cache=True
         )
         self.past = output_kv_cache(out)
         self.mask = attn
