@@ -353,3 +353,45 @@ def test_mlp_heads_read_the_current_state_and_train_on_policy(tmp_path):
 def test_head_hidden_size_is_checked():
     with pytest.raises(ValueError, match="head_hidden_size"):
         RL2Config(head_hidden_size=-1)
+
+
+@pytest.mark.parametrize("head_hidden_size", [0, 6])
+def test_state_gated_heads_are_one_readout_per_state_against_a_slow_loop(head_hidden_size, tmp_path):
+    from classic.envs import TabularMDP
+
+    dist = TabularMDP(num_states=4, num_actions=3, episode_length=3)
+    g = torch.Generator().manual_seed(5)
+    policy = RL2Policy(dist.num_actions, dist.obs_dim, 8, True, True, generator=g, head_hidden_size=head_hidden_size,
+                       state_gated_heads=True)
+    with torch.no_grad():  # the actor's output layer starts at gain 0.01; make the check sensitive
+        for p in policy.parameters():
+            p.normal_(generator=g)
+    states = torch.tensor([0, 3, 3, 1, 2])
+    obs = torch.eye(4)[states]
+    x = policy.encode(obs, torch.tensor([1, 0, 2, -1, 1]), torch.randn(5, generator=g), torch.zeros(5, dtype=torch.bool))
+    h = torch.randn(1, 5, 8, generator=g)
+    logits, values, _ = policy(x.unsqueeze(0), h)
+    out, _ = policy.gru(x.unsqueeze(0), h)
+    width = head_hidden_size or 8
+    for b, s in enumerate(states.tolist()):
+        feats = []
+        for head in (policy.actor, policy.critic):
+            z = out[0, b]
+            if head_hidden_size:
+                z = torch.tanh(head[0](torch.cat([z, obs[b]])))
+            last = head[2] if head_hidden_size else head
+            w = last.weight.reshape(last.out_features, 4, width)[:, s]  # state s's own readout
+            feats.append(w @ z + last.bias)
+        torch.testing.assert_close(logits[0, b], feats[0])
+        torch.testing.assert_close(values[0, b], feats[1][0])
+    # trains on-policy, and the flag survives a save/load round trip
+    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True,
+                          "head_hidden_size": head_hidden_size, "state_gated_heads": True})
+    trained = train_rl2(config, dist, 4)
+    assert trained.state_gated_heads
+    trained.save(tmp_path / "p.pt", config)
+    loaded = RL2Policy.load(tmp_path / "p.pt")
+    assert loaded.state_gated_heads and loaded.config.state_gated_heads
+    x = trained.encode(obs, torch.tensor([1, 0, 2, -1, 1]), torch.ones(5), torch.zeros(5, dtype=torch.bool)).unsqueeze(0)
+    h = trained.initial_state(5)
+    torch.testing.assert_close(loaded(x, h)[0], trained(x, h)[0])

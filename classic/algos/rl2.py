@@ -104,6 +104,8 @@ class RL2Policy(nn.Module):
             hidden layer over ``[GRU output, obs]``.
         generator: RNG for the (orthogonal) initialization; None uses torch's global RNG.
         obs_action_input: add the ``prev_obs x one_hot(prev_action)`` (visit) block.
+        state_gated_heads: make the actor and critic output layers linear in
+            ``obs outer features`` (one readout per one-hot state) instead of in the features.
 
     Example:
         >>> policy = RL2Policy(num_actions=5, obs_dim=1, hidden_size=32)
@@ -122,6 +124,7 @@ class RL2Policy(nn.Module):
         generator: torch.Generator | None = None,
         head_hidden_size: int = 0,
         obs_action_input: bool = False,
+        state_gated_heads: bool = False,
     ) -> None:
         super().__init__()
         self.num_actions = int(num_actions)
@@ -131,6 +134,7 @@ class RL2Policy(nn.Module):
         self.obs_action_reward_input = bool(obs_action_reward_input)
         self.head_hidden_size = int(head_hidden_size)
         self.obs_action_input = bool(obs_action_input)
+        self.state_gated_heads = bool(state_gated_heads)
         self.input_dim = self.num_actions * (2 if self.action_reward_input else 1) + 2 + self.obs_dim
         # where the current obs sits in the input: [one_hot(prev_action), prev_reward, done, obs, ...]
         self.obs_slice = slice(self.num_actions + 2, self.num_actions + 2 + self.obs_dim)
@@ -147,17 +151,18 @@ class RL2Policy(nn.Module):
                     nn.init.orthogonal_(chunk, gain=1.0, generator=generator)
             else:
                 nn.init.zeros_(param)
+        gate = self.obs_dim if self.state_gated_heads else 1  # output layers read obs outer features
         if self.head_hidden_size > 0:
             width, head_in = self.head_hidden_size, self.hidden_size + self.obs_dim
-            self.actor = nn.Sequential(nn.Linear(head_in, width), nn.Tanh(), nn.Linear(width, self.num_actions))
-            self.critic = nn.Sequential(nn.Linear(head_in, width), nn.Tanh(), nn.Linear(width, 1))
+            self.actor = nn.Sequential(nn.Linear(head_in, width), nn.Tanh(), nn.Linear(width * gate, self.num_actions))
+            self.critic = nn.Sequential(nn.Linear(head_in, width), nn.Tanh(), nn.Linear(width * gate, 1))
             for layer in (self.actor[0], self.critic[0]):
                 nn.init.orthogonal_(layer.weight, gain=math.sqrt(2), generator=generator)
                 nn.init.zeros_(layer.bias)
             out_actor, out_critic = self.actor[2], self.critic[2]
         else:
-            self.actor = nn.Linear(self.hidden_size, self.num_actions)
-            self.critic = nn.Linear(self.hidden_size, 1)
+            self.actor = nn.Linear(self.hidden_size * gate, self.num_actions)
+            self.critic = nn.Linear(self.hidden_size * gate, 1)
             out_actor, out_critic = self.actor, self.critic
         nn.init.orthogonal_(out_actor.weight, gain=0.01, generator=generator)
         nn.init.zeros_(out_actor.bias)
@@ -174,6 +179,7 @@ class RL2Policy(nn.Module):
             "obs_action_reward_input": self.obs_action_reward_input,
             "head_hidden_size": self.head_hidden_size,
             "obs_action_input": self.obs_action_input,
+            "state_gated_heads": self.state_gated_heads,
         }
 
     def initial_state(self, batch_size: int) -> Tensor:
@@ -224,9 +230,18 @@ class RL2Policy(nn.Module):
             ``reward_scale``, and the hidden state (1, B, hidden_size) after the last step.
         """
         out, h = self.gru(inputs, h)
+        obs = inputs[..., self.obs_slice]
         if self.head_hidden_size > 0:
-            out = torch.cat([out, inputs[..., self.obs_slice]], dim=-1)
-        return self.actor(out), self.critic(out).squeeze(-1), h
+            out = torch.cat([out, obs], dim=-1)
+            actor_in, critic_in = self.actor[1](self.actor[0](out)), self.critic[1](self.critic[0](out))
+            actor_out, critic_out = self.actor[2], self.critic[2]
+        else:
+            actor_in = critic_in = out
+            actor_out, critic_out = self.actor, self.critic
+        if self.state_gated_heads:
+            actor_in = (obs.unsqueeze(-1) * actor_in.unsqueeze(-2)).flatten(-2)  # (T, B, obs_dim * features)
+            critic_in = (obs.unsqueeze(-1) * critic_in.unsqueeze(-2)).flatten(-2)
+        return actor_out(actor_in), critic_out(critic_in).squeeze(-1), h
 
     def save(self, path, config: RL2Config | None = None) -> None:
         """``torch.save`` a checkpoint: ``{"spec", "state_dict", "config"}``."""
@@ -479,7 +494,7 @@ def train_rl2(
     generator = torch.Generator().manual_seed(config.seed)
     policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input,
                        config.obs_action_reward_input, generator=generator, head_hidden_size=config.head_hidden_size,
-                       obs_action_input=config.obs_action_input)
+                       obs_action_input=config.obs_action_input, state_gated_heads=config.state_gated_heads)
     policy.config = config
     if init_policy is not None:
         if init_policy.spec() != policy.spec():

@@ -52,6 +52,8 @@ class RL2Config:
             visit indicator, so per-(s, a) counts are linear in the input as well.
         head_hidden_size: 0 for linear actor/critic heads on the GRU output; otherwise each
             head is a tanh MLP of this width over ``[GRU output, current observation]``.
+        state_gated_heads: the heads' output layers read ``obs outer features`` (one linear
+            readout per one-hot state; see ``RL2Policy``).
         seed: seeds the one ``torch.Generator`` used for initialization, tasks, actions and
             minibatches; the same seed gives the same numbers.
 
@@ -89,6 +91,7 @@ class RL2Config:
     obs_action_reward_input: bool = False
     obs_action_input: bool = False
     head_hidden_size: int = 0
+    state_gated_heads: bool = False
     seed: int = 1
 
     def __post_init__(self) -> None:
