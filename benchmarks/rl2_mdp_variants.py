@@ -11,8 +11,8 @@ evaluation seed 0 (the tasks ``rl2_tables`` uses; the 95% CI is about +-1.8 at n
 Variants run in ``--workers`` spawned processes of one torch thread each.
 
 Without ``--variant`` it runs the Table 2 recipe's n=10 config (``recipe``: hidden 128, the
-(state, action) reward and visit input blocks, MLP heads, entropy 0.05) against the previous
-recipe's (``previous``: hidden 64, no visit block, entropy 0.01).
+(state, action) reward and visit input blocks, MLP heads with state-gated output layers, entropy
+0.05) against the previous recipe's (``previous``: the same with ungated heads).
 
 What it measured (2026-12-02, a 2-core CPU shared with another job, n=10, 256 trials per
 iteration, held-out mean total reward; each run's lr and entropy anneal over its own length):
@@ -25,9 +25,16 @@ previous + visit block, 100 its              120.8
 hidden 128 + visit, 150 its                  121.6  (124.8 at 150)
 hidden 128 + visit + entropy 0.05, 150 its   122.1  (125.3 at 150)
 hidden 128 + visit + entropy 0.05, 600 its   122.9  133.1  139.7  143.2  146.4  148.1
+(measured in the next session, the same settings)
+ ... + state-gated heads, 200 its            136.7  142.0
+ ... + state-gated linear heads, 200 its     132.4  138.6
+ ... + state-gated heads, 600 its                                                151.7
 ==========================================  =====  =====  =====  =====  =====  =====
 
-The last is the recipe (19 min at 1 thread with the evaluations); the paper's RL² has 156.2,
+State-gated heads (``state_gated_heads``: the output layers read ``obs outer features``, one
+readout per state) are the recipe now; the 600-iteration row is a scratch run of the recipe's
+config (615 s at 1 thread; transferred to n=25/50/100 it scores 406.8/839.0/1707.6 against
+395.5/816.6/1666.8 ungated). The ungated 600-iteration row took 19 min at 1 thread with the evaluations; the paper's RL² has 156.2,
 Greedy 156, PSRL 134.5, Random 101. Behaviour cloning of Greedy's actions into the same network
 (cross-entropy, 200 iterations x 256 trials; a scratch script, not in this file) reached 148.7, so the gap is in the RL, not in what
 the network can represent.
@@ -45,8 +52,9 @@ import sys
 import time
 
 BASE = {"gae_lambda": 0.3, "gamma": 0.99, "num_trials_per_batch": 256, "num_minibatches": 16, "hidden_size": 128,
-        "obs_action_reward_input": True, "obs_action_input": True, "head_hidden_size": 64, "ent_coef": 0.05}
-DEFAULT_VARIANTS = {"recipe": {}, "previous": {"hidden_size": 64, "obs_action_input": False, "ent_coef": 0.01}}
+        "obs_action_reward_input": True, "obs_action_input": True, "head_hidden_size": 64, "state_gated_heads": True,
+        "ent_coef": 0.05}
+DEFAULT_VARIANTS = {"recipe": {}, "previous": {"state_gated_heads": False}}
 
 
 def run_variant(args: tuple) -> dict:
