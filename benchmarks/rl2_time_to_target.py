@@ -3,6 +3,7 @@
     python benchmarks/rl2_time_to_target.py [--settings 5x100,10x100] [--workers 2] [--eval-every 10]
         [--eval-tasks 1000] [--iterations N] [--trials-per-batch N] [--hidden-size N] [--lr X]
         [--seed N] [--max-train-seconds S] [--stop-when both|any|never] [--out PATH]
+        [--setting-config KxN='{"key": value, ...}' ...]
 
 What is measured. For each setting ``KxN`` (k arms, n pulls per trial):
 
@@ -10,8 +11,10 @@ What is measured. For each setting ``KxN`` (k arms, n pulls per trial):
    fixed validation set, the ``--eval-tasks`` held-out tasks of evaluation seed 0
    (``run_trials(..., seed=0)``, the tasks the result tables use, disjoint from training);
    the target is ``0.99 x`` its mean total reward.
-2. RL² (``classic.algos.rl2.train_rl2``, default :class:`RL2Config` unless overridden) is
-   trained, and every ``--eval-every`` iterations (and at the last one) the current policy is
+2. RL² (``classic.algos.rl2.train_rl2``, default :class:`RL2Config` unless overridden; the
+   flags apply to every setting, ``--setting-config`` then overrides fields of one setting,
+   e.g. the Table 1 recipe's k=10, n=100 cell: ``--setting-config 10x100='{"hidden_size": 128,
+   "head_hidden_size": 64, "ent_coef": 0.05, "num_iterations": 600}'``) is trained, and every ``--eval-every`` iterations (and at the last one) the current policy is
    evaluated on the same tasks twice: sampling its actions (``RL2Agent(policy)``, how the
    agent acts by default and in the paper) and taking the most probable action
    (``RL2Agent(policy, greedy=True)``). The two are reported as separate rows of the result:
@@ -88,6 +91,25 @@ def parse_settings(text: str) -> list[tuple[int, int]]:
     if not out:
         raise argparse.ArgumentTypeError("no settings given")
     return out
+
+
+def parse_setting_config(text: str) -> tuple[tuple[int, int], dict]:
+    """``'10x100={"hidden_size": 128}'`` -> ``((10, 100), {"hidden_size": 128})``."""
+    key, sep, body = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--setting-config {text!r} is not of the form KxN='{{json}}'")
+    (setting,) = parse_settings(key)
+    try:
+        overrides = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--setting-config {key}: not JSON ({e})") from None
+    if not isinstance(overrides, dict):
+        raise argparse.ArgumentTypeError(f"--setting-config {key}: expected a JSON object, got {body!r}")
+    try:
+        RL2Config(**overrides)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"--setting-config {key}: {e}") from None
+    return setting, overrides
 
 
 def make_config(args: argparse.Namespace) -> RL2Config:
@@ -260,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-when", choices=("both", "any", "never"), default="both", help="stop when both modes / either mode reached the target, or never (full curve); default both")
     p.add_argument("--out", type=Path, default=Path("runs/benchmarks/rl2_time_to_target.json"), help="JSON output (curve and all numbers)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--setting-config", type=parse_setting_config, action="append", default=[], metavar="KxN=JSON",
+                   help="RL2Config fields for one setting, on top of the flags above (repeatable)")
     return p
 
 
@@ -269,13 +293,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     config = make_config(args)
+    per_setting = dict(args.setting_config)
+    unknown = set(per_setting) - set(args.settings)
+    if unknown:
+        raise SystemExit(f"--setting-config for {sorted(unknown)}, which are not in --settings")
     workers = min(args.workers, len(args.settings))
     machine = machine_info(args.threads, workers)
     jobs = [
         {
             "k": k,
             "n": n,
-            "config": config.to_dict(),
+            "config": {**config.to_dict(), **per_setting.get((k, n), {})},
             "eval_tasks": args.eval_tasks,
             "eval_every": args.eval_every,
             "max_train_seconds": args.max_train_seconds,

@@ -22,11 +22,13 @@ def test_rl2_time_to_target_smoke(tmp_path, monkeypatch, capsys):
     assert bench.parse_settings("5x100, 10x100") == [(5, 100), (10, 100)]
     out = tmp_path / "ttt.json"
     argv = ["--settings", "3x10", "--workers", "1", "--iterations", "3", "--eval-every", "2", "--eval-tasks", "20",
-            "--trials-per-batch", "8", "--num-minibatches", "2", "--hidden-size", "8", "--stop-when", "never", "--out", str(out), "--quiet"]
+            "--trials-per-batch", "8", "--num-minibatches", "2", "--hidden-size", "8", "--stop-when", "never", "--out", str(out), "--quiet",
+            "--setting-config", '3x10={"head_hidden_size": 4, "ent_coef": 0.05}']
     results = bench.main(argv)
 
     (res,) = results
     assert (res["k"], res["n"]) == (3, 10)
+    assert res["config"]["head_hidden_size"] == 4 and res["config"]["ent_coef"] == 0.05 and res["config"]["hidden_size"] == 8
     assert res["iterations_run"] == 3 and res["env_steps"] == 3 * 8 * 10
     assert [p["iteration"] for p in res["curve"]] == [2, 3]  # every 2 iterations and at the last one
     assert abs(res["target"] - 0.99 * res["gittins"]["mean"]) < 1e-9
@@ -39,6 +41,21 @@ def test_rl2_time_to_target_smoke(tmp_path, monkeypatch, capsys):
     assert record["machine"]["torch_threads_per_worker"] == 1
     table = capsys.readouterr().out
     assert "| 3 | 10 |" in table and "Gittins" in table
+
+
+def test_rl2_time_to_target_rejects_bad_setting_configs():
+    import argparse
+
+    import pytest
+
+    bench = _load()
+    assert bench.parse_setting_config('10x100={"hidden_size": 128}') == ((10, 100), {"hidden_size": 128})
+    for bad, what in (("10x100", "KxN="), ("10x100={oops", "not JSON"), ("10x100=[1]", "JSON object"), ('10x100={"nope": 1}', "nope"),
+                      ('10x100={"hidden_size": 0}', "hidden_size")):
+        with pytest.raises(argparse.ArgumentTypeError, match=what):
+            bench.parse_setting_config(bad)
+    with pytest.raises(SystemExit, match="not in --settings"):
+        bench.main(["--settings", "3x10", "--setting-config", '5x10={"hidden_size": 8}'])
 
 
 def test_rl2_mdp_variants_smoke(tmp_path, capsys):

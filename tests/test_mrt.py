@@ -98,6 +98,33 @@ def test_mrt_rl_mode_continues_from_a_policy_prefix_with_the_termination_baselin
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_mrt_rl_scores_a_continuation_on_what_fits_in_the_budget_left_by_its_prefix(tok, tmp_path, monkeypatch):
+    trainer, _ = _trainer(tok, tmp_path, "termination", monkeypatch, FixedProver(constant=0.0))
+    prefix = "try 1: 1+2 is 3 no\n\n"
+    used = len(tok(prefix, add_special_tokens=False)["input_ids"])
+    assert 0 < used < 48
+    rows = [list(range(40)), list(range(40)), list(range(60))]
+    cut = trainer._within_budget(rows, ["", prefix, prefix * 10])
+    assert cut[0] == rows[0] and cut[1] == rows[1][: 48 - used] and cut[2] == []
+    # the reward sees the cut text: an answer past the budget does not count
+    answer = tok("Answer: 3", add_special_tokens=False)["input_ids"]
+    filler = tok("1 " * 100, add_special_tokens=False)["input_ids"][: 48 - len(answer)]
+    assert len(filler) == 48 - len(answer)
+    inputs = [{**dict(trainer.train_dataset[0]), "answer": "3"} for _ in range(4)]
+    monkeypatch.setattr(trainer, "_with_random_prefixes", lambda xs: [{**x, "prompt": x["prompt"] + prefix, "mrt_prefix": prefix} for x in xs])
+    base = type(trainer).__mro__[1]
+
+    def fake(self, xs):
+        ids = torch.tensor([filler + answer] * len(xs))
+        return {"prompt_ids": torch.ones(len(xs), 2, dtype=torch.long), "prompt_mask": torch.ones(len(xs), 2, dtype=torch.long),
+                "completion_ids": ids, "completion_mask": torch.ones_like(ids), "advantages": torch.zeros(len(xs))}
+
+    monkeypatch.setattr(base, "_generate_and_score_completions", fake)
+    assert torch.equal(trainer._generate_and_score_completions(inputs)["advantages"], torch.zeros(4))  # R = 0: cut before the answer
+    trainer.mrt.prefix_counts_against_budget = False
+    assert torch.equal(trainer._generate_and_score_completions(inputs)["advantages"], torch.ones(4))  # R = 1 - J(prefix) = 1
+
+
 def test_mrt_star_keeps_the_prefix_where_progress_peaks_and_a_correct_forced_answer(tok, monkeypatch):
     import mrl_llm.train.mrt as mrt_mod
 

@@ -78,6 +78,10 @@ class MRTConfig:
         max_episodes: score at most this many episodes per trace (the first ones; the cost of
             the meta-prover is episodes x ``prover.num_samples`` answers per trace).
         termination_scale: "none" or "group" normalization of ``R - R_termination``.
+        prefix_counts_against_budget: (mode "termination") score a continuation on the tokens
+            that fit in ``max_completion_length`` minus the prefix's tokens, so that prefix +
+            continuation has the token budget of a whole trace (as at evaluation); False scores
+            the whole continuation (up to ``max_completion_length`` tokens after the prefix).
         prover: the meta-prover (termination suffix, K samples, answer budget, temperature).
         episodes: how traces are split (when no task-specific splitter is given).
     """
@@ -87,6 +91,7 @@ class MRTConfig:
     credit: Literal["episode", "reward_to_go"] = "episode"
     max_episodes: int = 8
     termination_scale: Literal["none", "group"] = "none"
+    prefix_counts_against_budget: bool = True
     prover: MetaProverConfig = field(default_factory=MetaProverConfig)
     episodes: EpisodeSplitConfig = field(default_factory=EpisodeSplitConfig)
 
@@ -184,6 +189,12 @@ def mrt_trainer_class():
                     out.append({**x, "prompt": prompt + prefix, "mrt_prefix": prefix})
             return out
 
+        def _within_budget(self, completion_ids: list[list[int]], prefixes: list[str]) -> list[list[int]]:
+            """Each continuation cut to ``max_completion_length`` minus its prefix's tokens."""
+            tok = self.processing_class
+            used = {p: len(tok(p, add_special_tokens=False)["input_ids"]) if p else 0 for p in set(prefixes)}
+            return [ids[: max(self.max_completion_length - used[p], 0)] for ids, p in zip(completion_ids, prefixes)]
+
         @torch.no_grad()
         def _sample_traces(self, model, prompts: list[str]) -> list[str]:
             tok = self.processing_class
@@ -230,6 +241,8 @@ def mrt_trainer_class():
                 J = prover.success_rates([prompt_ids[i] for i in firsts], [[] for _ in firsts], [[0] for _ in firsts], [refs[i] for i in firsts], generator=self._prover_gen)
                 term = torch.stack([j[0] for j in J]).repeat_interleave(G)
                 reward_fn = get_reward("answer_correct")
+                if self.mrt.prefix_counts_against_budget:
+                    completion_ids = self._within_budget(completion_ids, [x.get("mrt_prefix", "") for x in inputs])
                 texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
                 rewards = torch.tensor(reward_fn(None, texts, answer=refs), dtype=torch.float32)
                 out["advantages"] = termination_advantages(rewards, term, G, self.mrt.termination_scale).to(out["advantages"].device)
