@@ -324,9 +324,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(
         f"RL² budget per setting: {budget}; hidden {config.hidden_size}, lr {config.learning_rate:g}, seed {config.seed}; "
         f"eval every {args.eval_every} iterations on {args.eval_tasks} held-out tasks (seed {EVAL_SEED}); "
-        f"target {TARGET_FRACTION:g} x Gittins\n",
+        f"target {TARGET_FRACTION:g} x Gittins",
         flush=True,
     )
+    for (k, n), overrides in per_setting.items():
+        print(f"k={k}, n={n} overrides: {json.dumps(overrides)}", flush=True)
+    print(flush=True)
 
     start = time.perf_counter()
     if workers == 1:
