@@ -16,7 +16,8 @@ exact Bayes-optimal limit and a horizon-generalization study beside them.
    one n, evaluated on another).
 
 A finished setting is reused when the run starts again with the same settings for it (its
-resolved config is stored in ``settings/<name>/setting.json``); a changed one is redone;
+resolved config is stored in ``settings/<name>/setting.json``, with that of the setting
+whose policy it starts from, if any); a changed one is redone;
 an interrupted RL² training resumes from its checkpoint.
 """
 
@@ -85,7 +86,8 @@ class BanditTable:
             ``{"n500": {"num_trials_per_batch": 64}}``.
         warm_start: cells with n = key start RL² from the trained policy of the cell with the
             same k and n = value (a curriculum over trial length), e.g. ``{500: 100}``; those
-            cells run after the ones they start from.
+            cells run after the ones they start from. Chains (``{500: 100, 100: 10}``) are
+            allowed, cycles raise ``ValueError``.
     """
 
     enabled: bool = True
@@ -105,8 +107,13 @@ def _check_warm_start(warm_start: dict[int, int], episodes_per_trial: list[int])
     for n, source in warm_start.items():
         if source not in episodes_per_trial or n not in episodes_per_trial or source == n:
             raise ValueError(f"warm_start {{{n}: {source}}}: both must be distinct values of episodes_per_trial {episodes_per_trial}")
-        if source in warm_start:
-            raise ValueError(f"warm_start: {source} starts from another cell itself (chains are not supported)")
+    for n in warm_start:  # chains (100 -> 25 -> 10) are fine; cycles are not
+        seen, m = [n], warm_start[n]
+        while m in warm_start:
+            if m in seen:
+                raise ValueError(f"warm_start has a cycle: {' -> '.join(str(v) for v in seen + [m])}")
+            seen.append(m)
+            m = warm_start[m]
 
 
 @dataclass
@@ -126,7 +133,8 @@ class MDPTable:
         rl2: the RL² stage; ``algo`` is the base config of every row.
         rl2_overrides: per-row changes to ``rl2.algo``, keyed ``"n100"``.
         warm_start: rows with n = key start RL² from the trained policy of the row n = value,
-            e.g. ``{100: 10}``; those rows run after the ones they start from.
+            e.g. ``{100: 25, 25: 10}`` (chains allowed, cycles raise ``ValueError``); those rows run
+            after the ones they start from.
     """
 
     enabled: bool = True
@@ -302,11 +310,18 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
 
 
 def _fingerprint(cfg: TablesExperiment, setting: Setting) -> dict:
+    """What a finished setting was run with; a warm-started setting includes its source's
+    fingerprint, so that retraining the source reruns the settings that start from it."""
     part = cfg.bandit.baselines if setting.kind == "bandit" else replace(cfg.mdp, episodes_per_trial=[], rl2_overrides={}, warm_start={})
-    return json.loads(json.dumps({
+    out = json.loads(json.dumps({
         "kind": setting.kind, "task": to_dict(setting.task), "agents": setting.agents, "rl2": to_dict(setting.rl2),
         "baselines": to_dict(part), "eval": to_dict(cfg.eval), "seed": cfg.seed,
     }, default=str))
+    if setting.after is not None:
+        source = {s.name: s for s in plan_settings(cfg)}.get(setting.after)
+        if source is not None:
+            out["warm_start_source"] = _fingerprint(cfg, source)
+    return out
 
 
 def _same_setting(stored: Any, current: Any) -> bool:
@@ -429,8 +444,13 @@ def run_tables(cfg: TablesExperiment, progress: bool = True) -> Path:
             how = "reused" if info["reused"] else f"{(info['wall_time_s'] or 0) / 60:.1f} min"
             print(f"[{len(done)}/{len(settings)}] {info['name']} ({how})", flush=True)
 
-    # Two waves: settings that warm-start RL² from another setting's policy run after it.
-    waves = [[s for s in settings if s.after is None], [s for s in settings if s.after is not None]]
+    # Waves by warm-start depth: a setting that starts from another's policy runs after it.
+    by_name = {s.name: s for s in settings}
+
+    def depth(s: Setting) -> int:
+        return 0 if s.after is None or s.after not in by_name else 1 + depth(by_name[s.after])
+
+    waves = [[s for s in settings if depth(s) == d] for d in range(max(map(depth, settings), default=0) + 1)]
     if cfg.workers > 1 and len(settings) > 1:
         import multiprocessing as mp
 
@@ -440,7 +460,7 @@ def run_tables(cfg: TablesExperiment, progress: bool = True) -> Path:
                 for f in futures:
                     report_done(f.result())
     else:
-        for s in waves[0] + waves[1]:
+        for s in [s for wave in waves for s in wave]:
             report_done(run_setting(cfg, s, str(root)))
     set_threads(cfg.workers * cfg.threads)
     t = time.perf_counter()

@@ -168,6 +168,38 @@ def test_mdp_warm_start_orders_the_rows_and_starts_from_the_shorter_rows_policy(
         assert torch.equal(a, b), name
 
 
+def test_mdp_warm_start_chains_run_in_order_and_a_retrained_source_reruns_what_starts_from_it(tmp_path):
+    import json
+
+    import torch
+
+    from classic.algos.rl2 import RL2Policy
+    from classic.tables import _fingerprint, _same_setting
+
+    cfg = tiny(tmp_path, workers=2)
+    cfg.bandit.enabled = cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
+    cfg.mdp.episodes_per_trial = [2, 3, 4]
+    cfg.mdp.warm_start = {4: 3, 3: 2}  # 4 -> 3 -> 2
+    cfg.mdp.rl2_overrides = {"n3": {"num_iterations": 0}, "n4": {"num_iterations": 0}}
+    settings = {s.name: s for s in plan_settings(cfg)}
+    assert settings["mdp_n4"].after == "mdp_n3" and settings["mdp_n3"].after == "mdp_n2"
+    run_tables(cfg, progress=False)  # mdp_n4 must wait for mdp_n3, which waits for mdp_n2
+    root = tmp_path / "tables" / "settings"
+    first, last = (RL2Policy.load(root / f"mdp_n{n}" / "rl2" / "policy.pt") for n in (2, 4))
+    for (name, a), b in zip(first.state_dict().items(), last.state_dict().values()):
+        assert torch.equal(a, b), name
+    stored = json.loads((root / "mdp_n4" / "setting.json").read_text())
+    assert _same_setting(stored, _fingerprint(cfg, settings["mdp_n4"]))
+    cfg.mdp.rl2_overrides["n2"] = {"learning_rate": 1e-4}  # retrain the source two links up
+    changed = {s.name: s for s in plan_settings(cfg)}
+    assert not _same_setting(stored, _fingerprint(cfg, changed["mdp_n4"]))
+
+
+def test_warm_start_cycles_are_refused():
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml", ["mdp.warm_start={25: 50, 50: 25}"])
+
+
 def test_a_setting_stored_before_an_option_existed_still_matches_while_the_option_is_off():
     from classic.tables import _same_setting
 
