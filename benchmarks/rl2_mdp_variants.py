@@ -34,8 +34,8 @@ hidden 128 + visit + entropy 0.05, 600 its   122.9  133.1  139.7  143.2  146.4  
 State-gated heads (``state_gated_heads``: the output layers read ``obs outer features``, one
 readout per state) are the recipe now; the 600-iteration row is a scratch run of the recipe's
 config (615 s at 1 thread; transferred to n=25/50/100 it scores 406.8/839.0/1707.6 against
-395.5/816.6/1666.8 ungated). The ungated 600-iteration row took 19 min at 1 thread with the evaluations; the paper's RL² has 156.2,
-Greedy 156, PSRL 134.5, Random 101. Behaviour cloning of Greedy's actions into the same network
+395.5/816.6/1666.8 ungated). The ungated 600-iteration row took 19 min at 1 thread with the
+evaluations. The paper's RL² has 156.2, Greedy 156, PSRL 134.5, Random 101. Behaviour cloning of Greedy's actions into the same network
 (cross-entropy, 200 iterations x 256 trials; a scratch script, not in this file) reached 148.7, so the gap is in the RL, not in what
 the network can represent.
 

@@ -14,11 +14,12 @@ What is measured. For each setting ``KxN`` (k arms, n pulls per trial):
 2. RL² (``classic.algos.rl2.train_rl2``, default :class:`RL2Config` unless overridden; the
    flags apply to every setting, ``--setting-config`` then overrides fields of one setting,
    e.g. the Table 1 recipe's k=10, n=100 cell: ``--setting-config 10x100='{"hidden_size": 128,
-   "head_hidden_size": 64, "ent_coef": 0.05, "num_iterations": 600}'``) is trained, and every ``--eval-every`` iterations (and at the last one) the current policy is
-   evaluated on the same tasks twice: sampling its actions (``RL2Agent(policy)``, how the
-   agent acts by default and in the paper) and taking the most probable action
-   (``RL2Agent(policy, greedy=True)``). The two are reported as separate rows of the result:
-   "sampled" and "greedy" each have their own time to target.
+   "head_hidden_size": 64, "ent_coef": 0.05, "num_iterations": 600}'``) is trained, and every
+   ``--eval-every`` iterations (and at the last one) the current policy is evaluated on the
+   same tasks twice: sampling its actions (``RL2Agent(policy)``, how the agent acts by default
+   and in the paper) and taking the most probable action (``RL2Agent(policy, greedy=True)``).
+   The two are reported as separate rows of the result: "sampled" and "greedy" each have their
+   own time to target.
 3. Time to target of a mode = training wall-clock seconds (collection + PPO updates; the
    evaluations and the Gittins baseline are excluded from this clock) and environment steps
    at the first evaluation whose mean total reward is >= the target. By default training
