@@ -17,8 +17,9 @@ exact Bayes-optimal limit and a horizon-generalization study beside them.
 
 A finished setting is reused when the run starts again with the same settings for it (its
 resolved config is stored in ``settings/<name>/setting.json``, with that of the setting
-whose policy it starts from, if any); a changed one is redone;
-an interrupted RL² training resumes from its checkpoint.
+whose policy it starts from, if any); a changed one is redone, keeping its trained RL² policy
+when only the baselines or the evaluation changed; an interrupted RL² training resumes from
+its checkpoint.
 """
 
 from __future__ import annotations
@@ -324,6 +325,18 @@ def _fingerprint(cfg: TablesExperiment, setting: Setting) -> dict:
     return out
 
 
+RL2_OUTPUTS = ("rl2", "metrics.jsonl", "tensorboard")  # what a setting keeps when only its evaluation changed
+
+
+def _rl2_part(fingerprint: dict) -> dict:
+    """The part of a fingerprint that RL² training depends on: the task, the RL² stage, the seed
+    and, recursively, the same part of the warm-start source."""
+    out = {k: fingerprint.get(k) for k in ("kind", "task", "rl2", "seed")}
+    if isinstance(fingerprint.get("warm_start_source"), dict):
+        out["warm_start_source"] = _rl2_part(fingerprint["warm_start_source"])
+    return out
+
+
 def _same_setting(stored: Any, current: Any) -> bool:
     """Whether a finished setting's stored config matches the current one. A key the stored
     config lacks matches when its current value is None or False: an option added to the code
@@ -342,9 +355,14 @@ def run_setting(cfg: TablesExperiment, setting: Setting, settings_root: str) -> 
     marker = run_dir / "setting.json"
     fingerprint = _fingerprint(cfg, setting)
     if marker.exists() and (run_dir / "results.json").exists():
-        if _same_setting(json.loads(marker.read_text()), fingerprint):
+        stored = json.loads(marker.read_text())
+        if _same_setting(stored, fingerprint):
             return {"name": setting.name, "reused": True, "wall_time_s": load_results_json(run_dir / "results.json").get("wall_time_s")}
-        shutil.rmtree(run_dir)  # the recipe changed for this setting: redo it
+        # The recipe changed for this setting: redo it, keeping a trained policy it still fits.
+        keep = RL2_OUTPUTS if setting.rl2.enabled and _same_setting(_rl2_part(stored), _rl2_part(fingerprint)) else ()
+        for path in run_dir.iterdir():
+            if path.name not in keep:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     elif marker.exists():
         marker.unlink()
     start = time.perf_counter()
@@ -615,11 +633,20 @@ def protocol_differences(cfg: TablesExperiment) -> list[str]:
     a = cfg.bandit.baselines.prior_count
     init = prior_count_note(a) + ("" if a > 0 else " The paper started UCB1's statistics at one success and one "
                                                    "failure (`bandit.baselines.prior_count: 1`).")
+    b = cfg.bandit.baselines
+    reshaped = b.ots_reshape != 1.0 or (b.tune and any(r != 1.0 for r in b.ots_reshape_grid))
+    ots = ("OTS: the paper names it without its settings; ours scores max(K posterior draws, mean) with draws from the "
+           "posterior reshaped to Beta(a/ρ, b/ρ) (Chapelle & Li 2011, Sec. 4)"
+           + (", K and ρ tuned jointly on training tasks; ρ < 1 explores less, and the tuned OTS scores near Gittins, "
+              "far above the paper's OTS." if reshaped else
+              " at ρ = 1, the exact posterior, K tuned on training tasks; it scores below the paper's OTS, and with ρ "
+              "tuned too (`bandit.baselines.ots_reshape_grid`) near Gittins, far above it."))
     return [
         "Gittins: ours is the exact finite-horizon index, Bayes-optimal to within the CI wherever the exact optimum is "
         "computable (see the gap table); the paper describes its Gittins baseline as the infinite-horizon discounted "
         "index, used although the trials are finite, so ours scores higher, most at n=500.",
         init,
+        ots,
         "MDP Greedy and ε-greedy plan in the posterior-mean MDP of the task prior (an untried action keeps the prior "
         "mean reward 1, so they explore); the paper's MAP-based versions scored lower.",
         "RL²: PPO with a budget of minutes on CPU; the paper trained with TRPO on batches of about 250k steps.",

@@ -75,6 +75,34 @@ def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, caps
     assert out.count("reused") == 6 and "bandit_k3_n3 (" in out and "bandit_k3_n3 (reused)" not in out
 
 
+def test_a_changed_baseline_grid_redoes_the_baselines_but_keeps_the_trained_rl2_policy(tmp_path):
+    cfg = tiny(tmp_path)
+    cfg.bandit.num_arms, cfg.bandit.episodes_per_trial = [2], [3]
+    cfg.mdp.episodes_per_trial = [2]
+    cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
+    root = tmp_path / "tables" / "settings"
+    run_tables(cfg, progress=False)
+    policies = {name: (root / name / "rl2" / "policy.pt").read_bytes() for name in ("bandit_k2_n3", "mdp_n2")}
+    for name in policies:
+        (root / name / "rl2" / "policy.pt").touch()
+    stamps = {name: (root / name / "rl2" / "policy.pt").stat().st_mtime_ns for name in policies}
+    metrics_lines = len((root / "bandit_k2_n3" / "metrics.jsonl").read_text().splitlines())
+
+    cfg.bandit.baselines.ots_reshape_grid = [1.0, 0.5]  # baselines only: RL² is not retrained
+    cfg.mdp.tune_tasks = 4
+    run_tables(cfg, progress=False)
+    for name in policies:
+        assert (root / name / "rl2" / "policy.pt").stat().st_mtime_ns == stamps[name], name
+    params = json.loads((root / "bandit_k2_n3" / "results.json").read_text())["baseline_params"]
+    assert params["ots_reshape"] in (1.0, 0.5)
+    assert len((root / "bandit_k2_n3" / "metrics.jsonl").read_text().splitlines()) >= metrics_lines  # training log kept
+
+    cfg.bandit.rl2_overrides["k2_n3"] = {"seed": 9}  # the RL² stage changed: retrained
+    run_tables(cfg, progress=False)
+    assert (root / "bandit_k2_n3" / "rl2" / "policy.pt").read_bytes() != policies["bandit_k2_n3"]
+    assert (root / "mdp_n2" / "rl2" / "policy.pt").stat().st_mtime_ns == stamps["mdp_n2"]
+
+
 def test_two_workers_give_the_same_numbers_as_one(tmp_path):
     one = tiny(tmp_path / "a")
     two = tiny(tmp_path / "b", workers=2)

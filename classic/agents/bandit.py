@@ -9,7 +9,8 @@ Sources:
     Thompson sampling: Thompson 1933; Beta(1, 1) prior, Chapelle & Li 2011.
     Optimistic Thompson sampling (OTS): Chapelle & Li 2011, "An Empirical Evaluation of Thompson
         Sampling" (NeurIPS), Sec. 4: a sample is never below the posterior mean; with
-        ``num_samples`` > 1, the max of several posterior samples (May et al. 2012, JMLR 13).
+        ``num_samples`` > 1, the max of several posterior samples (May et al. 2012, JMLR 13);
+        posterior reshaping (same paper, Sec. 4) scales the sampled posterior's variance.
     epsilon-greedy / Greedy: Sutton & Barto 2018, Sec. 2.2-2.3.
     Prior-count initialization (``prior_count``): RL² (Duan et al. 2016, arXiv 1611.02779,
         Sec. 4.1) initializes UCB1's statistics "with exactly one success and one failure,
@@ -207,31 +208,41 @@ class ThompsonSamplingAgent(CountingBanditAgent):
 class OptimisticThompsonSamplingAgent(ThompsonSamplingAgent):
     """Optimistic Thompson sampling (OTS): Thompson sampling whose score is never below the mean.
 
-    Each step draws ``num_samples`` samples theta_i^(1..K) ~ Beta(alpha0 + s_i, beta0 + f_i) per
-    arm and scores arm i by ``max(theta_i^(1), ..., theta_i^(K), E[theta_i])``: the optimistic
-    sampling of Chapelle & Li 2011 (NeurIPS, Sec. 4; May et al. 2012, JMLR 13) with K = 1, and
-    more optimistic for K > 1 (the score is the K-th order statistic, clipped at the mean).
-    RL² (arXiv 1611.02779, Table 1) reports it as "OTS"; we tune K on training tasks.
+    Each step draws ``num_samples`` samples theta_i^(1..K) ~ Beta(a_i / rho, b_i / rho) per arm,
+    where Beta(a_i, b_i) = Beta(alpha0 + s_i, beta0 + f_i) is the posterior, and scores arm i by
+    ``max(theta_i^(1), ..., theta_i^(K), a_i / (a_i + b_i))``. This is the optimistic sampling of
+    Chapelle & Li 2011 (NeurIPS, Sec. 4; May et al. 2012, JMLR 13) with K = 1 and rho = 1. K > 1
+    is more optimistic (the score is the K-th order statistic, clipped at the mean). rho is
+    posterior reshaping (Chapelle & Li 2011, Sec. 4): the reshaped Beta keeps the posterior mean
+    and has variance a b / ((a + b)^2 (a + b + rho) / rho), about rho times the posterior's, so
+    rho < 1 explores less. RL² (arXiv 1611.02779, Table 1) reports the agent as "OTS" without
+    its settings; we tune K and rho on training tasks.
 
     Args:
         num_arms: k.
         num_samples: K >= 1 posterior samples per arm and step.
         alpha0, beta0: Beta prior (default Beta(1, 1), the RL² task prior U[0, 1]).
+        reshape: rho > 0, the posterior reshaping factor (1 = the exact posterior).
 
     Raises:
-        ValueError: ``num_samples`` < 1 or a prior parameter <= 0.
+        ValueError: ``num_samples`` < 1, a prior parameter <= 0 or ``reshape`` <= 0.
     """
 
     name = "OTS"
 
-    def __init__(self, num_arms: int, num_samples: int = 1, alpha0: float = 1.0, beta0: float = 1.0) -> None:
+    def __init__(self, num_arms: int, num_samples: int = 1, alpha0: float = 1.0, beta0: float = 1.0,
+                 reshape: float = 1.0) -> None:
         super().__init__(num_arms, alpha0, beta0)
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples}")
+        if not (math.isfinite(reshape) and reshape > 0):
+            raise ValueError(f"reshape must be a finite number > 0, got {reshape!r}")
         self.num_samples = int(num_samples)
+        self.reshape = float(reshape)
 
     def scores(self) -> Tensor:
         a, b = self.posterior()
         n, k = a.shape
-        draws = sample_beta(a.unsqueeze(0).expand(self.num_samples, n, k), b.unsqueeze(0).expand(self.num_samples, n, k), self.generator)
+        shape = (self.num_samples, n, k)
+        draws = sample_beta((a / self.reshape).unsqueeze(0).expand(shape), (b / self.reshape).unsqueeze(0).expand(shape), self.generator)
         return torch.maximum(draws.max(dim=0).values, a / (a + b))
