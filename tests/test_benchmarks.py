@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rl2_time_to_target.py"
 
 
@@ -92,3 +94,46 @@ def test_mrt_overhead_smoke(capsys):
     assert res["same_answers"] is True  # the shared-prefix path samples exactly what the reference path does
     shared, scratch = res["prover"]
     assert shared[3] == scratch[3] and shared[2] < scratch[2]  # same rows, fewer tokens encoded
+
+
+def test_rl2_mdp_behaviour_scores_an_oracle_as_always_optimal_and_counts_tried_actions():
+    import torch
+
+    from classic.envs.tabular_mdp import TabularMDP
+    from classic.evaluate import sample_eval_tasks
+
+    spec = importlib.util.spec_from_file_location("rl2_mdp_behaviour", SCRIPT.parent / "rl2_mdp_behaviour.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    dist = TabularMDP(num_states=3, num_actions=2, episode_length=4)
+    tasks = sample_eval_tasks(dist, 50, 0)
+    policy = dist.optimal_policy(tasks)  # (N, H, S)
+
+    class Oracle:  # acts with the true MDP's optimal policy; knows the step from its call count
+        name = "oracle"
+
+        def reset(self, num_tasks, generator):
+            self.calls = 0
+
+        def act(self, obs, prev_action, prev_reward, done):
+            t = self.calls % dist.episode_length
+            self.calls += 1
+            return policy[torch.arange(50), t, obs.argmax(-1)]
+
+    class First:  # always action 0: one action tried per visited state
+        name = "first"
+
+        def reset(self, num_tasks, generator):
+            pass
+
+        def act(self, obs, prev_action, prev_reward, done):
+            return torch.zeros(obs.shape[0], dtype=torch.long)
+
+    oracle = bench.behaviour(Oracle(), dist, tasks, 5, [(0, 2), (2, 5)])
+    assert all(w["optimal"] == 1.0 for w in oracle["windows"].values())
+    first = bench.behaviour(First(), dist, tasks, 5, [(0, 5)])
+    assert first["tried_per_state"] == 1.0
+    assert 0.0 < first["best_tried"] < 1.0  # action 0 is the best-reward one in some visited states, not all
+    assert first["windows"]["0-5"]["optimal"] < 1.0
+    with pytest.raises(SystemExit):
+        bench.main(["--policy", "x.pt", "--windows", "5-2"])
