@@ -373,8 +373,10 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def _train_stats(run_dir: Path) -> dict:
-    """Means of the MRT/reward metrics each method logged while training (from metrics.jsonl)."""
+def _train_stats(run_dir: Path, runs: set[str] | None = None) -> dict:
+    """Means of the MRT/reward metrics each method logged while training (from metrics.jsonl),
+    keyed by ``<method>_s<seed>``; only the ``runs`` given, if any (a run folder reused with other
+    methods or seeds keeps the earlier runs' lines)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return {}
@@ -385,6 +387,8 @@ def _train_stats(run_dir: Path) -> dict:
             if "/" not in k or not isinstance(v, (int, float)):
                 continue
             run, metric = k.split("/", 1)
+            if runs is not None and run not in runs:
+                continue
             if metric.startswith("mrt/") or metric in ("reward", "completions/mean_length"):
                 s = sums.setdefault(run, {}).setdefault(metric, [0.0, 0])
                 s[0] += v
@@ -440,7 +444,7 @@ def run_mrt(cfg: MRTExperiment) -> Path:
     efficiency = token_efficiency({k: v for k, v in results.items() if k != "start"})
     plot(results, run_dir / "accuracy_vs_tokens.png")
     wall = time.perf_counter() - start_time
-    train_stats = _train_stats(run_dir)
+    train_stats = _train_stats(run_dir, {f"{m}_s{seed}" for m in cfg.methods for seed in cfg.seeds})
     write_report(cfg, run_dir, results, efficiency, train_stats, times, wall)
     (run_dir / "results.json").write_text(json.dumps({**results, "token_efficiency": efficiency, "training": train_stats,
                                                       "times_s": times, "wall_s": wall}, indent=2, default=str))

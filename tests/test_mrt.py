@@ -237,3 +237,14 @@ def test_both_grpo_stage_configs_map_their_shared_fields_onto_trl():
         GRPOStageConfig(top_p=0)
     with pytest.raises(TypeError, match="base class"):
         GRPOCommonConfig()
+
+
+def test_training_statistics_are_means_per_run_and_only_of_this_runs_methods_and_seeds(tmp_path):
+    from mrl_llm.mrt_experiment import _train_stats
+
+    lines = [{"step": 1, "grpo_s0/reward": 0.2, "grpo_s0/loss": 9.0, "mrt_rl_s0/reward": 0.9},
+             {"step": 2, "grpo_s0/reward": 0.4, "grpo_s0/mrt/progress_mean": 0.1, "note": "text"}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    stats = _train_stats(tmp_path, {"grpo_s0", "mrt_s0"})
+    assert stats == {"grpo_s0": {"reward": pytest.approx(0.3), "mrt/progress_mean": pytest.approx(0.1)}}
+    assert set(_train_stats(tmp_path)) == {"grpo_s0", "mrt_rl_s0"}
