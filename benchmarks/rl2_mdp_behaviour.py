@@ -60,9 +60,6 @@ class _RecordStates:
         self.states.append(obs.argmax(-1))
         return self.agent.act(obs, prev_action, prev_reward, done)
 
-    def update(self, *args, **kwargs):
-        return self.agent.update(*args, **kwargs)
-
     def __getattr__(self, key):
         return getattr(self.agent, key)
 

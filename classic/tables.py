@@ -361,8 +361,12 @@ def run_setting(cfg: TablesExperiment, setting: Setting, settings_root: str) -> 
         # The recipe changed for this setting: redo it, keeping a trained policy it still fits.
         keep = RL2_OUTPUTS if setting.rl2.enabled and _same_setting(_rl2_part(stored), _rl2_part(fingerprint)) else ()
         for path in run_dir.iterdir():
-            if path.name not in keep:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.name in keep:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     elif marker.exists():
         marker.unlink()
     start = time.perf_counter()

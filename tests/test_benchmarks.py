@@ -124,10 +124,10 @@ def test_rl2_mdp_behaviour_scores_an_oracle_as_always_optimal_and_counts_tried_a
         name = "first"
 
         def reset(self, num_tasks, generator):
-            pass
+            self.num_tasks = num_tasks
 
         def act(self, obs, prev_action, prev_reward, done):
-            return torch.zeros(obs.shape[0], dtype=torch.long)
+            return torch.zeros(self.num_tasks, dtype=torch.long)
 
     oracle = bench.behaviour(Oracle(), dist, tasks, 5, [(0, 2), (2, 5)])
     assert all(w["optimal"] == 1.0 for w in oracle["windows"].values())

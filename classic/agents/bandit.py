@@ -216,7 +216,8 @@ class OptimisticThompsonSamplingAgent(ThompsonSamplingAgent):
     posterior reshaping (Chapelle & Li 2011, Sec. 4): the reshaped Beta keeps the posterior mean
     and has variance a b / ((a + b)^2 (a + b + rho) / rho), about rho times the posterior's, so
     rho < 1 explores less. RL² (arXiv 1611.02779, Table 1) reports the agent as "OTS" without
-    its settings; we tune K and rho on training tasks.
+    its settings; we tune K, and rho when its grid asks (``BaselinesConfig.ots_reshape_grid``), on
+    training tasks.
 
     Args:
         num_arms: k.
