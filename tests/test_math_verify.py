@@ -154,6 +154,29 @@ def test_verify_off_main_thread():
     assert results == {"right": True, "wrong": False}
 
 
+def test_integer_fast_path_agrees_with_math_verify():
+    """Plain integers skip math-verify; the verdict must be math-verify's own on every pair
+    (signs, leading zeros, -0, big ints, near misses, boxed references)."""
+    import random
+
+    from mrl_llm.rewards.math import _plain_int, _verify_with_math_verify
+
+    rng = random.Random(0)
+    numbers = ["0", "-0", "+0", "5", "05", "007", "+5", "-5", "10", "12345678901234567890", "12345678901234567891"]
+    numbers += [str(rng.randint(-10**6, 10**6)) for _ in range(20)]
+    pairs = [(a, b) for a in numbers for b in numbers]
+    pairs += [(str(n), str(n + d)) for n in (rng.randint(0, 10**9) for _ in range(30)) for d in (0, 1)]
+    checked = 0
+    for pred, gold in pairs + [("5", r"\boxed{5}"), ("6", r"$\boxed{5}$")]:
+        completion = f"try 3: no\n\nAnswer: {pred}"
+        fast = verify_answer(completion, gold)
+        slow = _verify_with_math_verify(completion, pred, gold)
+        assert fast == slow, (pred, gold)
+        checked += 1
+    assert checked > 1000
+    assert _plain_int("1,000") is None and _plain_int("1.5") is None and _plain_int("x=3") is None
+
+
 # ---------------------------------------------------------------- reward
 def test_answer_correct_is_registered():
     assert get_reward("answer_correct") is answer_correct
