@@ -1,5 +1,6 @@
 """MRT's meta-prover, progress rewards and advantages (mrl_llm.rewards.progress)."""
 
+import functools
 from types import SimpleNamespace
 
 import pytest
@@ -39,8 +40,11 @@ class StubProver(torch.nn.Module):
     outcome is a wrong digit; after a digit comes eos. Masked-out tokens are invisible, so a wrong
     mask or a wrong cut changes the numbers."""
 
-    def __init__(self, tok, correct="4", wrong="5"):
+    def __init__(self, tok, correct="4", wrong="5", tree=False):
         super().__init__()
+        # tree=True: declares eager attention, so the prover takes its tree-attention path and
+        # passes 4D additive masks (0 = visible), which the stub reads like the 2D ones.
+        self.config = SimpleNamespace(_attn_implementation="eager" if tree else None)
         self.w = torch.nn.Parameter(torch.zeros(1))  # for .parameters()
         self.V = len(tok)
         self.plus = tok.convert_tokens_to_ids("+")
@@ -49,8 +53,11 @@ class StubProver(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
         ids = input_ids if past_key_values is None else torch.cat([past_key_values.ids, input_ids], dim=1)
-        visible = attention_mask.bool()
-        plus = torch.cumsum((ids == self.plus) & visible, dim=1)[:, -input_ids.shape[1]:]  # (N, Lb) count so far
+        if attention_mask.dim() == 4:  # (N, 1, Lb, kv): what each new token sees
+            plus = ((attention_mask[:, 0] == 0) & (ids == self.plus).unsqueeze(1)).sum(-1)
+        else:
+            visible = attention_mask.bool()
+            plus = torch.cumsum((ids == self.plus) & visible, dim=1)[:, -input_ids.shape[1]:]  # (N, Lb) count so far
         p = (plus.float() / 4).clamp(max=1.0)
         after_digit = (input_ids == self.right) | (input_ids == self.wrong)
         never = torch.full_like(p, -1e9)
@@ -67,15 +74,15 @@ def _ids(tok, text):
     return tok(text, add_special_tokens=False).input_ids
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_stub_policy_success_rates_and_progress_match_the_hand_computed_example(tok, shared):
+@pytest.mark.parametrize("shared, tree", [(True, True), (True, False), (False, False)])
+def test_stub_policy_success_rates_and_progress_match_the_hand_computed_example(tok, shared, tree):
     # prompt has one "+"; the trace adds one "+" in episode 0, none in episode 1, two in episode 2:
     # J = 1/4, 2/4, 2/4, 4/4 at cuts (0, e0, e1, e2) -> progress 0.25, 0.0, 0.5
     prompt = _ids(tok, "find x + .\n")
     eps = ["try + .\n\n", "wait .\n\n", "so + + .\n\n"]
     trace = _ids(tok, "".join(eps))
     cuts = [0] + torch.tensor([len(_ids(tok, e)) for e in eps]).cumsum(0).tolist()
-    prover = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix=" answer is ", num_samples=4000, max_answer_tokens=3, temperature=1.0, shared_prefix=shared))
+    prover = MetaProver(StubProver(tok, tree=tree), tok, MetaProverConfig(termination_suffix=" answer is ", num_samples=4000, max_answer_tokens=3, temperature=1.0, shared_prefix=shared))
     J = prover.success_rates([prompt], [trace], [cuts], ["4"], generator=torch.Generator().manual_seed(0))[0]
     torch.testing.assert_close(J, torch.tensor([0.25, 0.5, 0.5, 1.0]), atol=0.03, rtol=0)
     assert J[-1] == 1.0  # deterministic at p = 1
@@ -97,6 +104,68 @@ def test_shared_prefix_and_reference_paths_sample_the_same_answers_on_a_real_mod
         out[(shared, "enc")] = enc
     assert out[True] == out[False]
     assert out[(True, "enc")] < out[(False, "enc")]  # the trace is encoded once, not per row
+
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_trie_sampler_draws_the_same_answers_as_decoding_every_sample_on_its_own(tok, tree, monkeypatch):
+    """The prover decodes a trie of the sampled tokens: tree attention (one cache row per source
+    trace, 4D masks) or one copied cache row per distinct (prefix, tokens so far) node. A slow
+    loop that re-encodes every sample's whole sequence and draws all samples' next tokens from
+    one generator must give the same answers token for token."""
+    if not tree:
+        monkeypatch.setattr("mrl_llm.rewards.progress.supports_tree_attention", lambda model: False)
+    model = build_tiny_model(TinyLMConfig(num_layers=2, hidden_size=64, intermediate_size=128), tok, seed=5).eval()
+    prompts = [_ids(tok, "find x for f ( x ) = 4 .\n"), _ids(tok, "find y .\n")]
+    comps = [_ids(tok, "Let me try 3 . no .\n\nWait , try 4 . yes ."), _ids(tok, "try 1 . no .")]
+    queries = [(0, 0), (0, 6), (0, len(comps[0])), (1, 2)]
+    cfg = MetaProverConfig(termination_suffix=" so the answer is", num_samples=5, max_answer_tokens=4, temperature=0.7)
+    shapes = []
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def recording_forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    prover = MetaProver(model, tok, cfg)
+    drawn = []  # per step: the (R, V) logits each sample draws from, and which samples run
+    draw = prover._draw
+
+    def recording_draw(logits, node, running, sampled, generator):
+        drawn.append((logits[node].clone(), running.clone()))
+        return draw(logits, node, running, sampled, generator)
+
+    prover._draw = recording_draw
+    with torch.no_grad():
+        fast = prover._answers_hf(prompts, comps, queries, torch.Generator().manual_seed(2))
+    model.forward = forward
+
+    K, R = cfg.num_samples, len(queries) * cfg.num_samples
+    rows = [list(prompts[i]) + list(comps[i][:k]) + prover.suffix_for(comps[i][:k]) for i, k in queries for _ in range(K)]
+    sampled, running, g = [[] for _ in range(R)], [True] * R, torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for step in range(cfg.max_answer_tokens):
+            logits = torch.stack([model(input_ids=torch.tensor([rows[r] + sampled[r]])).logits[0, -1] for r in range(R)])
+            fast_logits, fast_running = drawn[step]  # same context, same positions: same logits
+            assert fast_running.tolist() == running
+            torch.testing.assert_close(fast_logits[fast_running], logits[fast_running], atol=1e-4, rtol=1e-4)
+            toks = torch.multinomial(torch.softmax(logits / cfg.temperature, -1), 1, generator=g).squeeze(1).tolist()
+            for r in range(R):
+                if running[r]:
+                    sampled[r].append(toks[r])
+                    running[r] = toks[r] != tok.eos_token_id
+            if not any(running):
+                break
+    texts = tok.batch_decode(sampled, skip_special_tokens=True)
+    slow = [texts[q * K : (q + 1) * K] for q in range(len(queries))]
+    assert fast == slow
+    assert len({a for per in fast for a in per}) > len(queries)  # the samples did branch
+    if tree:  # every forward has one row per source trace
+        assert {b for b, _ in shapes} == {2}
+    else:  # after the source encoding and the suffix blocks: fewer rows than samples per step
+        steps = [b for b, w in shapes[2:]]
+        assert steps and all(w == 1 for _, w in shapes[2:]) and sum(steps) < R * len(steps)
 
 
 def test_same_seed_same_success_rates_and_bad_cuts_are_refused(tok):

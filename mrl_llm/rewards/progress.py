@@ -134,6 +134,13 @@ def token_cuts(tokenizer, completion_ids: Sequence[int], char_ends: Sequence[int
     return cuts
 
 
+def supports_tree_attention(model) -> bool:
+    """Whether ``model`` takes a custom 4D additive attention mask (transformers' "sdpa" and
+    "eager" attention do; flash-attention kernels do not). A PEFT wrapper is looked through."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
+
+
 class MetaProver:
     """mu: the policy forced to stop thinking after a prefix, sampled K times; J = mean success.
 
@@ -277,11 +284,13 @@ class MetaProver:
         model, K = self.model, self.config.num_samples
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # rows: one per (query, sample); the prefix of row r is prompt_i + completion_i[:k]
-        lengths = torch.tensor([len(prompt_ids[i]) + k for i, k in queries for _ in range(K)], device=device)
-        R = len(lengths)
+        # One cache row per query (prefix): its K samples share it until their answers differ.
+        lengths = torch.tensor([len(prompt_ids[i]) + k for i, k in queries], device=device)
+        Q = len(queries)
+        if self.config.shared_prefix and supports_tree_attention(model):
+            return self._answers_tree(prompt_ids, completion_ids, queries, generator, device, pad)
         if self.config.shared_prefix:
-            # Encode each source sequence once, up to its longest cut; rows index into it.
+            # Encode each source sequence once, up to its longest cut; queries index into it.
             sources = sorted({i for i, _ in queries})
             where = {i: s for s, i in enumerate(sources)}
             longest = {i: max(k for j, k in queries if j == i) for i in sources}
@@ -295,61 +304,183 @@ class MetaProver:
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
             self.stats.encoded_tokens += int(mask.sum())
             past = output_kv_cache(out)
-            rows = torch.tensor([where[i] for i, _ in queries for _ in range(K)], device=device)
-            past.batch_select_indices(rows)
+            past.batch_select_indices(torch.tensor([where[i] for i, _ in queries], device=device))
             attn = (torch.arange(L, device=device).unsqueeze(0) < lengths.unsqueeze(1)).long()
             positions = lengths.clone()
+            # First block: the suffix, after the shared prefix.
+            blocks = [self.suffix_for(completion_ids[i][:k]) for i, k in queries]
         else:
-            past, attn, positions = None, torch.zeros(R, 0, dtype=torch.long, device=device), torch.zeros(R, dtype=torch.long, device=device)
-        # First block: the suffix (with the prefix itself when nothing is shared), right-aligned per row.
-        if self.config.shared_prefix:
-            blocks = [self.suffix_for(completion_ids[i][:k]) for i, k in queries for _ in range(K)]
-        else:
-            blocks = [list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k]) for i, k in queries for _ in range(K)]
-        return self._sample(past, attn, positions, blocks, R, K, generator, device, pad)
+            past, attn, positions = None, torch.zeros(Q, 0, dtype=torch.long, device=device), torch.zeros(Q, dtype=torch.long, device=device)
+            blocks = [list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k]) for i, k in queries]
+        return self._sample(past, attn, positions, blocks, K, generator, device, pad)
 
-    def _sample(self, past, attn, positions, blocks, R, K, generator, device, pad) -> list[list[str]]:
-        model, cfg = self.model, self.config
+    def _forward(self, ids, attn, pos, past, kv, last):
+        """Logits (N, V) at column ``last`` (N,) of ``ids`` (N, Lb), and the updated cache."""
+        N, Lb = ids.shape
+        if bool((last == Lb - 1).all()):  # equal blocks: only the last position's logits
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1], output_kv_cache(out)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True)
+        return out.logits[torch.arange(N, device=ids.device), last], output_kv_cache(out)
+
+    def _draw(self, logits: Tensor, node: Tensor, running: Tensor, sampled: list[list[int]], generator) -> Tensor:
+        """Next token of every sample from its node's logits (N, V): one ``torch.multinomial``
+        over (R, V); appended to ``sampled`` for the running samples. Returns the (R,) tokens."""
+        cfg = self.config
+        scaled = logits.float() / cfg.temperature
+        if cfg.top_k and cfg.top_k < scaled.shape[-1]:
+            kth = torch.topk(scaled, cfg.top_k, dim=-1).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)[node]  # (R, V)
+        tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+        for r in torch.nonzero(running).flatten().tolist():
+            sampled[r].append(int(tok[r]))
+        self.stats.sampled_tokens += int(running.sum())
+        return tok
+
+    def _answers_tree(self, prompt_ids, completion_ids, queries, generator, device, pad) -> list[list[str]]:
+        """The shared-prefix path with tree attention: the cache keeps one row per source trace.
+
+        Each source (prompt + trace up to its longest cut) is encoded once. Every query's suffix
+        block, and then every trie node's next token, is appended to its source's row; a 4D
+        attention mask lets a token see only its own prefix ``[0, len(prompt) + k)``, its block
+        and its ancestors in the trie, with the position ids it would have on its own. No cache
+        row is copied, whatever the number of cuts and samples. Same draws as :meth:`_sample`.
+        """
+        model, cfg, K = self.model, self.config, self.config.num_samples
         kv = kv_cache_kwarg(model)
         eos = self.tokenizer.eos_token_id
+        neg = torch.finfo(next(model.parameters()).dtype).min
+        sources = sorted({i for i, _ in queries})
+        where = {i: s for s, i in enumerate(sources)}
+        longest = {i: max(k for j, k in queries if j == i) for i in sources}
+        seqs = [list(prompt_ids[i]) + list(completion_ids[i][: longest[i]]) for i in sources]
+        S, L = len(seqs), max(len(x) for x in seqs)
+        ids = torch.full((S, L), pad, dtype=torch.long)
+        mask = torch.zeros(S, L, dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[r, : len(seq)] = 1
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
+        self.stats.encoded_tokens += int(mask.sum())
+        past = output_kv_cache(out)
+
+        def extend(new_ids, pos, allowed, rows, slots):
+            """Append (S, m) tokens; returns the logits (N, V) at (rows, slots)."""
+            m4 = torch.zeros(allowed.shape, dtype=next(model.parameters()).dtype, device=device).masked_fill(~allowed, neg).unsqueeze(1)
+            o = model(input_ids=new_ids, attention_mask=m4, position_ids=pos, **{kv: past}, use_cache=True)
+            return o.logits[rows, slots], output_kv_cache(o)
+
+        def layout(rows: list[int], widths: list[int]):
+            """Slot of each new item in its row, and the widest row."""
+            fill, starts = [0] * S, []
+            for r, w in zip(rows, widths):
+                starts.append(fill[r])
+                fill[r] += w
+            return starts, max(fill)
+
+        # Suffix blocks: query q's block sits at slots [c_q, c_q + n_q) of its source's row.
+        blocks = [self.suffix_for(completion_ids[i][:k]) for i, k in queries]
+        rows = [where[i] for i, _ in queries]
+        plen = [len(prompt_ids[i]) + k for i, k in queries]
+        starts, T = layout(rows, [len(b) for b in blocks])
+        new_ids = torch.full((S, T), pad, dtype=torch.long)
+        pos = torch.zeros(S, T, dtype=torch.long)
+        allowed = torch.zeros(S, T, L + T, dtype=torch.bool)
+        allowed[:, torch.arange(T), L + torch.arange(T)] = True  # padding slots see themselves only
+        for q, (r, c, b) in enumerate(zip(rows, starts, blocks)):
+            n = len(b)
+            new_ids[r, c : c + n] = torch.tensor(b, dtype=torch.long)
+            pos[r, c : c + n] = plen[q] + torch.arange(n)
+            allowed[r, c : c + n, : plen[q]] = True
+            allowed[r, c : c + n, L + c : L + c + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        self.stats.encoded_tokens += sum(len(b) for b in blocks)
+        rows_t = torch.tensor(rows)
+        last = torch.tensor([c + len(b) - 1 for c, b in zip(starts, blocks)])
+        logits, past = extend(new_ids.to(device), pos.to(device), allowed.to(device), rows_t.to(device), last.to(device))
+        node_vis, node_pos, node_row = allowed[rows_t, last], pos[rows_t, last], rows_t  # per trie node
+        Q, R = len(queries), len(queries) * K
+        node = torch.arange(Q, device=device).repeat_interleave(K)
+        running = torch.ones(R, dtype=torch.bool, device=device)
+        sampled: list[list[int]] = [[] for _ in range(R)]
+        for step in range(cfg.max_answer_tokens):
+            tok = self._draw(logits, node, running, sampled, generator)
+            running = running & (tok != eos)
+            if not bool(running.any()) or step + 1 == cfg.max_answer_tokens:
+                break
+            V = logits.shape[-1]
+            keys, child = torch.unique(node[running] * V + tok[running], return_inverse=True)
+            parent, token = keys.cpu() // V, keys.cpu() % V
+            crow = node_row[parent]
+            slots, m = layout(crow.tolist(), [1] * len(keys))
+            slots = torch.tensor(slots)
+            C = node_vis.shape[1]
+            new_ids = torch.full((S, m), pad, dtype=torch.long)
+            pos = torch.zeros(S, m, dtype=torch.long)
+            allowed = torch.zeros(S, m, C + m, dtype=torch.bool)
+            allowed[:, torch.arange(m), C + torch.arange(m)] = True
+            allowed[crow, slots, :C] = node_vis[parent]
+            new_ids[crow, slots] = token
+            pos[crow, slots] = node_pos[parent] + 1
+            logits, past = extend(new_ids.to(device), pos.to(device), allowed.to(device), crow.to(device), slots.to(device))
+            node_vis, node_pos, node_row = allowed[crow, slots], pos[crow, slots], crow
+            node = torch.zeros_like(node)
+            node[running] = child
+        self.stats.rows += R
+        texts = self.tokenizer.batch_decode(sampled, skip_special_tokens=True)
+        return [texts[q * K : (q + 1) * K] for q in range(Q)]
+
+    def _sample(self, past, attn, positions, blocks, K, generator, device, pad) -> list[list[str]]:
+        """K answers per block: ancestral sampling on a trie of the sampled tokens.
+
+        Each of the Q blocks (prefix + suffix, or the suffix after a cached prefix) is encoded
+        once; its K samples draw their first token from the same logits. From then on the cache
+        holds one row per distinct (block, tokens so far) node rather than one per sample, so
+        samples that agree (a confident answer) cost one row. Every step draws all R = Q K
+        samples' next tokens in one ``torch.multinomial`` call on their nodes' (R, V)
+        probabilities, so a seed gives the same answers as decoding each sample on its own.
+        """
+        cfg = self.config
+        kv = kv_cache_kwarg(self.model)
+        eos = self.tokenizer.eos_token_id
+        Q = len(blocks)
+        R = Q * K
         n = torch.tensor([len(b) for b in blocks], device=device)
         Lb = int(n.max())
-        ids = torch.full((R, Lb), pad, dtype=torch.long)
-        blk = torch.zeros(R, Lb, dtype=torch.long)
-        for r, b in enumerate(blocks):  # left-aligned block, padding after it (masked)
-            ids[r, : len(b)] = torch.tensor(b, dtype=torch.long)
-            blk[r, : len(b)] = 1
+        ids = torch.full((Q, Lb), pad, dtype=torch.long)
+        blk = torch.zeros(Q, Lb, dtype=torch.long)
+        for q, b in enumerate(blocks):  # left-aligned block, padding after it (masked)
+            ids[q, : len(b)] = torch.tensor(b, dtype=torch.long)
+            blk[q, : len(b)] = 1
         ids, blk = ids.to(device), blk.to(device)
         pos = positions.unsqueeze(1) + torch.arange(Lb, device=device).unsqueeze(0)
         attn = torch.cat([attn, blk], dim=1)
-        if bool((n == Lb).all()):  # equal blocks (the shared path, one suffix): only the last position's logits
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True, logits_to_keep=1)
-            logits = out.logits[:, -1]
-        else:
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True)
-            logits = out.logits[torch.arange(R, device=device), n - 1]
+        logits, past = self._forward(ids, attn, pos, past, kv, n - 1)
         self.stats.encoded_tokens += int(blk.sum())
-        past, positions = output_kv_cache(out), positions + n
+        positions = positions + n
+        node = torch.arange(Q, device=device).repeat_interleave(K)  # (R,) the trie node of each sample
         running = torch.ones(R, dtype=torch.bool, device=device)
         sampled: list[list[int]] = [[] for _ in range(R)]
-        for _ in range(cfg.max_answer_tokens):
-            scaled = logits.float() / cfg.temperature
-            if cfg.top_k and cfg.top_k < scaled.shape[-1]:
-                kth = torch.topk(scaled, cfg.top_k, dim=-1).values[:, -1:]
-                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            tok = torch.multinomial(torch.softmax(scaled, dim=-1).cpu(), 1, generator=generator).squeeze(1).to(device)
-            for r in torch.nonzero(running).flatten().tolist():
-                sampled[r].append(int(tok[r]))
-            self.stats.sampled_tokens += int(running.sum())
+        for step in range(cfg.max_answer_tokens):
+            tok = self._draw(logits, node, running, sampled, generator)
             running = running & (tok != eos)
-            if not bool(running.any()):
+            if not bool(running.any()) or step + 1 == cfg.max_answer_tokens:
                 break
-            attn = torch.cat([attn, running.long().unsqueeze(1)], dim=1)
-            out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=positions.unsqueeze(1), **{kv: past}, use_cache=True)
-            past, positions, logits = output_kv_cache(out), positions + 1, out.logits[:, -1]
+            # Children: one per distinct (node, token) among the running samples.
+            V = logits.shape[-1]
+            keys, child = torch.unique(node[running] * V + tok[running], return_inverse=True)
+            parent, token = keys // V, keys % V
+            if past is not None:
+                past.batch_select_indices(parent)
+            attn = torch.cat([attn[parent], torch.ones(len(keys), 1, dtype=attn.dtype, device=device)], dim=1)
+            positions = positions[parent]
+            node = torch.zeros_like(node)
+            node[running] = child
+            logits, past = self._forward(token.unsqueeze(1), attn, positions.unsqueeze(1), past, kv, torch.zeros(len(keys), dtype=torch.long, device=device))
+            positions = positions + 1
         self.stats.rows += R
         texts = self.tokenizer.batch_decode(sampled, skip_special_tokens=True)
-        return [texts[q * K : (q + 1) * K] for q in range(R // K)]
+        return [texts[q * K : (q + 1) * K] for q in range(Q)]
 
 
 # ---------------------------------------------------------------------------------------
