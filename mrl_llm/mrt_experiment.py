@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,12 @@ class MRTExperiment:
     Attributes:
         name: run name (directory under ``output.root``).
         seeds: training seeds of every method (the report pools their evaluations).
-        threads: torch CPU threads (None = all cores).
+        threads: torch CPU threads of each process (None = the cores, shared among ``workers``).
+        workers: (method, seed) runs trained and evaluated at once, in that many processes (the
+            start policy's SFT and evaluation run before them with ``workers`` x ``threads``
+            threads). On 2 cores, 2 workers x 1 thread do the four runs of
+            ``mrt_search_tiny`` ~1.3x faster than 1 x 2: the tiny LM's small matmuls use a
+            second thread poorly. Ignored under ``accelerate launch`` (several processes).
         methods: which trainers to run, among ``grpo``, ``mrt``, ``mrt_rl``, ``mrt_star``.
         task: the problems.
         model: the LM (``tiny`` or a hub id/path).
@@ -98,6 +104,7 @@ class MRTExperiment:
     name: str = "mrt_search_tiny"
     seeds: list[int] = field(default_factory=lambda: [0])
     threads: int | None = None
+    workers: int = 1
     methods: list[str] = field(default_factory=lambda: ["grpo", "mrt"])
     task: ReasoningTaskConfig = field(default_factory=ReasoningTaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -114,6 +121,8 @@ class MRTExperiment:
             raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
         if not self.seeds:
             raise ValueError("seeds must not be empty")
+        if self.workers < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError(f"workers and threads must be >= 1, got {self.workers} and {self.threads}")
         if self.task.kind == "math" and self.model.is_tiny:
             raise ValueError("task.kind 'math' needs a real reasoning model (model.name_or_path), not the tiny LM")
 
@@ -367,7 +376,10 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
         lines += ["", "## Training (means over logged steps)", ""]
         for name, stats in train_stats.items():
             lines.append(f"- {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(stats.items())))
-    lines += ["", "![accuracy vs tokens](accuracy_vs_tokens.png)", "", "## Time", ""]
+    main_threads, worker_threads = _threads(cfg)
+    lines += ["", "![accuracy vs tokens](accuracy_vs_tokens.png)", "", "## Time", "",
+              f"SFT and the start's evaluation: 1 process x {main_threads} torch thread(s); the runs: "
+              + (f"{cfg.workers} worker processes x {worker_threads} thread(s), so their times overlap." if cfg.workers > 1 else f"one after another, {main_threads} thread(s)."), ""]
     lines += [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
     lines.append(f"- total: {wall / 60:.1f} min")
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
@@ -396,51 +408,98 @@ def _train_stats(run_dir: Path, runs: set[str] | None = None) -> dict:
     return {run: {m: a / n for m, (a, n) in ms.items()} for run, ms in sums.items()}
 
 
+def _threads(cfg: MRTExperiment) -> tuple[int, int]:
+    """(threads of the main process, threads of each worker)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_worker = cfg.threads if cfg.threads is not None else max(1, cores // cfg.workers)
+    return per_worker * cfg.workers, per_worker
+
+
+def train_and_evaluate(cfg: MRTExperiment, method: str, seed: int, start: Path | None, run_dir: str) -> dict:
+    """One (method, seed) run in a worker process: train (or reuse) it, then evaluate it.
+
+    Returns:
+        {"key": "<method>_s<seed>", "eval": evaluate_policy's dict, "train_s", "eval_s"}.
+    """
+    set_threads(_threads(cfg)[1])
+    run_dir = Path(run_dir)
+    with MetricsLogger(run_dir) as logger:  # appends whole lines: workers may share the file
+        t = time.perf_counter()
+        final = train_method(cfg, method, seed, start, run_dir, logger)
+        train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ev = evaluate_policy(cfg, final, 0)
+    return {"key": f"{method}_s{seed}", "eval": ev, "train_s": train_s, "eval_s": time.perf_counter() - t}
+
+
 def run_mrt(cfg: MRTExperiment) -> Path:
     """Run the whole experiment; returns the run directory.
 
     Under ``accelerate launch`` every process trains; the evaluations and the report are made
-    by the main process while the others wait.
+    by the main process while the others wait. In a single process with ``workers`` > 1 the
+    (method, seed) runs go to that many worker processes (spawned), each training and then
+    evaluating its run; ``evals.json`` is written as each finishes, so an interrupted run
+    resumes with what is done.
     """
     from accelerate import PartialState
 
     state = PartialState()
     start_time = time.perf_counter()
-    set_threads(cfg.threads)
+    main_threads, _ = _threads(cfg)
+    set_threads(main_threads)
     run_dir = prepare_run_dir(cfg.name, cfg.output)
     save_resolved(cfg, run_dir / "config.yaml", kind="mrt")
     times: dict[str, float] = {}
+    evals_path = run_dir / "evals.json"
+    evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
+
+    def record(key: str, ev: dict) -> None:
+        evals[key] = ev
+        evals_path.write_text(json.dumps(evals, indent=2))
+
     with MetricsLogger(run_dir) as logger:
         t = time.perf_counter()
         start = start_policy(cfg, run_dir, logger)
         times["start policy (SFT)"] = time.perf_counter() - t
-        results: dict = {}
-        evals_path = run_dir / "evals.json"
-        evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
 
         def cached_eval(key: str, path: Path | None, offset: int) -> dict:
             if key not in evals and state.is_main_process:
-                evals[key] = evaluate_policy(cfg, path, offset)
-                evals_path.write_text(json.dumps(evals, indent=2))
+                record(key, evaluate_policy(cfg, path, offset))
             state.wait_for_everyone()
             return evals.get(key, {})
 
         t = time.perf_counter()
-        start_eval = cached_eval("start", start, 0)
-        results["start"] = aggregate({0: start_eval}) if state.is_main_process else {}
+        cached_eval("start", start, 0)
         times["evaluate start"] = time.perf_counter() - t
-        for method in cfg.methods:
-            per_seed = {}
-            for seed in cfg.seeds:
+        runs = [(m, seed) for m in cfg.methods for seed in cfg.seeds]
+        pending = [(m, seed) for m, seed in runs if f"{m}_s{seed}" not in evals]
+        if cfg.workers > 1 and len(pending) > 1 and state.num_processes == 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            t = time.perf_counter()
+            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(train_and_evaluate, cfg, m, seed, start, str(run_dir)) for m, seed in pending]
+                for f in as_completed(futures):
+                    done = f.result()
+                    record(done["key"], done["eval"])
+                    method, seed = done["key"].rsplit("_s", 1)
+                    times[f"train {method} seed {seed}"] = done["train_s"]
+                    times[f"evaluate {method} seed {seed}"] = done["eval_s"]
+            times[f"{len(pending)} runs in {min(cfg.workers, len(pending))} workers (wall)"] = time.perf_counter() - t
+        else:
+            for method, seed in runs:
                 t = time.perf_counter()
                 final = train_method(cfg, method, seed, start, run_dir, logger)
                 times[f"train {method} seed {seed}"] = time.perf_counter() - t
                 t = time.perf_counter()
-                per_seed[seed] = cached_eval(f"{method}_s{seed}", final, 0)
+                cached_eval(f"{method}_s{seed}", final, 0)
                 times[f"evaluate {method} seed {seed}"] = time.perf_counter() - t
-            results[method] = aggregate(per_seed) if state.is_main_process else {}
     if not state.is_main_process:
         return run_dir
+    results: dict = {"start": aggregate({0: evals["start"]})}
+    for method in cfg.methods:
+        results[method] = aggregate({seed: evals[f"{method}_s{seed}"] for seed in cfg.seeds})
     efficiency = token_efficiency({k: v for k, v in results.items() if k != "start"})
     plot(results, run_dir / "accuracy_vs_tokens.png")
     wall = time.perf_counter() - start_time

@@ -204,6 +204,28 @@ def test_mrt_recipe_end_to_end_on_a_tiny_budget(tmp_path):
     assert (run_dir / "evals.json").read_text() == evals
 
 
+def test_mrt_runs_in_worker_processes_give_the_same_numbers_as_in_one_process(tmp_path):
+    """workers: 2 trains and evaluates the (method, seed) runs in spawned processes; every run is
+    seeded, so the evaluations must equal those of the single-process run, and the report lists
+    the worker layout."""
+    from classic.config import load_recipe
+    from mrl_llm.mrt_experiment import MRTExperiment, run_mrt
+
+    sets = ["seeds=[0]", "methods=[grpo,mrt]", "sft.num_trials=32", "sft.num_train_epochs=1",
+            "grpo.max_steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2", "task.num_train=4", "eval.num_problems=3",
+            "eval.samples_per_problem=2", "eval.max_new_tokens=16", "eval.budgets=[8,16]", "eval.maj_k=[1,2]", "eval.progress_samples=2",
+            "model.tiny.num_layers=1", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_heads=2", "threads=1"]
+    evals = {}
+    for workers in (1, 2):
+        cfg = load_recipe(MRTExperiment, "recipes/llm/mrt_search_tiny.yaml", sets + [f"output.root={tmp_path / str(workers)}", f"workers={workers}"])
+        run_dir = run_mrt(cfg)
+        evals[workers] = json.loads((run_dir / "evals.json").read_text())
+    assert set(evals[2]) == {"start", "grpo_s0", "mrt_s0"}
+    assert evals[2] == evals[1]
+    report = (run_dir / "report.md").read_text()
+    assert "2 worker processes x 1 thread(s)" in report and "train mrt seed 0" in report
+
+
 def test_mrt_config_and_experiment_validation():
     from mrl_llm.mrt_experiment import MRTExperiment
 
