@@ -93,3 +93,58 @@ def test_tiny_grpo_step_changes_parameters(tmp_path, tiny_model, tiny_tok):
     assert _changed(before, trainer.model) > 0
     logs = [h for h in trainer.state.log_history if "rollout/trial_regret" in h]
     assert logs and all(h["completions/mean_length"] == 8 for h in logs)  # model tokens only (env_mask)
+
+
+def _search_sft_data(tok, n=48):
+    from mrl_llm.envs.search_task import SearchTaskConfig, sft_dataset
+
+    return sft_dataset(SearchTaskConfig(num_candidates=6, p_find=0.5, p_double_check=0.25), n, 0, tok)  # traces of ~15-150 tokens
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_batch_has_the_padded_batchs_loss_and_gradients(tmp_path, tiny_tok, attn):
+    """PackedBatchCollator: one padded batch of search traces re-laid into rows of <= 64 tokens
+    with block-diagonal masks must give the padded batch's loss and gradients, on fewer tokens."""
+    from trl import SFTTrainer
+
+    from mrl_llm.models import TinyLMConfig, build_tiny_model
+    from mrl_llm.train.sft import PackedBatchCollator, sft_arguments
+
+    model = build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=1)
+    model.set_attn_implementation(attn)
+    trainer = SFTTrainer(model=model, args=sft_arguments(SFTStageConfig(), tmp_path), train_dataset=_search_sft_data(tiny_tok), processing_class=tiny_tok)
+    examples = [trainer.train_dataset[i] for i in range(16)]
+    padded = trainer.data_collator(examples)
+    packed = PackedBatchCollator(trainer.data_collator, width=64, mask="bool" if attn == "sdpa" else "additive")(examples)
+    assert int(packed.pop("num_real_tokens")) == int(padded["attention_mask"].sum())
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    assert (packed["labels"][:, 1:] != -100).sum() == (padded["labels"][:, 1:] != -100).sum()  # transformers' loss normalizer
+    grads = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_sft_trains_like_padded_sft(tmp_path, tiny_tok):
+    """run_sft with packed_batches: same seed, same batches, so the same parameters (to float
+    rounding) as the padded run after a few Adam steps; TRL's token count is the real one."""
+    from mrl_llm.models import TinyLMConfig, build_tiny_model
+
+    params, tokens = {}, {}
+    start = [p.detach().clone() for p in build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0).parameters()]
+    for packed in (False, True):
+        model = build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0)
+        cfg = SFTStageConfig(num_trials=48, num_train_epochs=1, learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=1, save_steps=1000,
+                             packed_batches=packed, pack_width=64)
+        trainer = run_sft(model, tiny_tok, _search_sft_data(tiny_tok), cfg, tmp_path / f"sft{packed}")
+        params[packed] = [p.detach().clone() for p in trainer.model.parameters()]
+        tokens[packed] = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(params[True], start))
+    for a, b in zip(params[False], params[True]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    assert tokens[True] == tokens[False]

@@ -38,6 +38,12 @@ class SFTStageConfig:
         save_steps: checkpoint every k steps (resumable).
         bf16: bfloat16 mixed precision (GPU).
         gradient_checkpointing: trade compute for memory.
+        packed_batches: compute each batch without its padding: :class:`PackedBatchCollator`
+            packs the batch's sequences into a few rows with block-diagonal attention. Same
+            batches, same loss (to float rounding), ~2x faster steps on the search task's traces
+            (17 to ~250 tokens, a random batch pads to 2.6x its tokens). Needs "sdpa" or "eager"
+            attention (custom 4D masks); a model without them raises ValueError.
+        pack_width: tokens per packed row (raised to the batch's longest sequence).
         seed: data (teacher trials) and trainer seed.
     """
 
@@ -54,10 +60,12 @@ class SFTStageConfig:
     save_steps: int = 100
     bf16: bool = False
     gradient_checkpointing: bool = False
+    packed_batches: bool = False
+    pack_width: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_trials", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+        for name in ("num_trials", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps", "pack_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.num_train_epochs <= 0:
@@ -122,15 +130,110 @@ def sft_arguments(cfg: SFTStageConfig, output_dir: str | os.PathLike, use_cpu: b
     )
 
 
+class PackedBatchCollator:
+    """Wraps a padding collator: the same batch, packed into a few rows without padding.
+
+    The inner collator (TRL's) pads the batch and sets its ``labels`` (-100 off the trained
+    tokens). Each sequence is then placed whole into a row of at most ``width`` tokens (first fit,
+    longest first; ``width`` is raised to the longest sequence), with position ids restarting at
+    0 and a block-diagonal causal 4D attention mask, so no token sees another sequence; the first
+    label of every sequence is -100, as the causal-LM shift never predicts it in the padded batch.
+    The loss, and the number of label tokens transformers normalizes it by, are those of the
+    padded batch, while the model computes ~``rows x width`` tokens instead of
+    ``batch x longest``.
+
+    Args:
+        inner: the padding collator (right padding, ``attention_mask`` of 0/1).
+        width: tokens per row.
+        mask: "bool" (sdpa: True = attend) or "additive" (eager: 0 / dtype min).
+        dtype: dtype of an additive mask.
+
+    Returns (when called on a list of examples):
+        {"input_ids": (R, W), "labels": (R, W), "position_ids": (R, W), "attention_mask": (R, 1, W, W),
+        "num_real_tokens": () the batch's unpadded token count}.
+    """
+
+    def __init__(self, inner, width: int = 256, mask: str = "bool", dtype: torch.dtype = torch.float32) -> None:
+        if mask not in ("bool", "additive"):
+            raise ValueError(f"mask must be 'bool' or 'additive', got {mask!r}")
+        self.inner, self.width, self.mask, self.dtype = inner, width, mask, dtype
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        ids, labels, attn = batch["input_ids"], batch["labels"], batch["attention_mask"]
+        lengths = attn.sum(1).tolist()
+        width = max(self.width, max(lengths))
+        rows: list[list[int]] = []
+        fill: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            for r in range(len(rows)):
+                if fill[r] + lengths[i] <= width:
+                    rows[r].append(i)
+                    fill[r] += lengths[i]
+                    break
+            else:
+                rows.append([i])
+                fill.append(lengths[i])
+        W = max(fill)
+        out_ids = torch.full((len(rows), W), int(getattr(self.inner, "pad_token_id", None) or 0), dtype=ids.dtype)
+        out_labels = torch.full((len(rows), W), -100, dtype=labels.dtype)
+        pos = torch.zeros(len(rows), W, dtype=torch.long)
+        allowed = torch.zeros(len(rows), 1, W, W, dtype=torch.bool)
+        allowed[:, 0, torch.arange(W), torch.arange(W)] = True  # padding at a row's end sees itself
+        for r, members in enumerate(rows):
+            o = 0
+            for i in members:
+                n = lengths[i]
+                out_ids[r, o : o + n] = ids[i, :n]
+                out_labels[r, o + 1 : o + n] = labels[i, 1:n]
+                pos[r, o : o + n] = torch.arange(n)
+                allowed[r, 0, o : o + n, o : o + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                o += n
+        if self.mask == "bool":
+            mask = allowed
+        else:
+            mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill(~allowed, torch.finfo(self.dtype).min)
+        return {"input_ids": out_ids, "labels": out_labels, "position_ids": pos, "attention_mask": mask, "num_real_tokens": torch.tensor(sum(lengths))}
+
+
+def _packed_sft_trainer_class():
+    """``trl.SFTTrainer`` that drops ``num_real_tokens`` from the inputs and counts it, rather than
+    the 4D mask's entries, in TRL's ``num_tokens`` metric."""
+    from trl import SFTTrainer
+
+    class PackedSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            real = inputs.pop("num_real_tokens", None)
+            before = getattr(self, "_total_train_tokens", None)
+            out = super().compute_loss(model, inputs, *args, **kwargs)
+            if real is not None and before is not None and model.training:
+                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.to(self.accelerator.device).reshape(1)).sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return out
+
+    return PackedSFTTrainer
+
+
 def run_sft(model, tokenizer, dataset, cfg: SFTStageConfig, output_dir: str | os.PathLike, callbacks=(), peft_config=None, use_cpu: bool | None = None):
     """Train ``model`` on ``dataset`` with ``trl.SFTTrainer``; resumes from the last checkpoint in
-    ``output_dir`` if one exists. Returns the trainer (its ``.model`` is the trained model)."""
+    ``output_dir`` if one exists. Returns the trainer (its ``.model`` is the trained model).
+
+    Raises:
+        ValueError: ``cfg.packed_batches`` with a model whose attention takes no 4D mask.
+    """
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     output_dir = Path(output_dir)
     args = sft_arguments(cfg, output_dir, use_cpu)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    cls = _packed_sft_trainer_class() if cfg.packed_batches else SFTTrainer
+    trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    if cfg.packed_batches:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        impl = getattr(base.config, "_attn_implementation", None)
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"sft.packed_batches needs 'sdpa' or 'eager' attention (4D masks); the model uses {impl!r}")
+        trainer.data_collator = PackedBatchCollator(trainer.data_collator, cfg.pack_width, "bool" if impl == "sdpa" else "additive", next(model.parameters()).dtype)
     last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
     trainer.train(resume_from_checkpoint=last)
     return trainer
