@@ -7,9 +7,11 @@
 1. Time per training step of ``trl.GRPOTrainer`` (outcome reward) and of MRT (progress mode,
    :class:`mrl_llm.train.mrt.MRTGRPOTrainer`) at the same batch, from the same weights, on the
    search task's prompts; the meta-prover's share of MRT's step.
-2. The meta-prover alone on the same traces: J at every episode boundary with the shared-prefix
-   KV reuse (each trace encoded once) and with every (prefix, sample) row encoded from scratch;
-   seconds, tokens encoded, and whether both sampled the same answers.
+2. The meta-prover alone on the same traces: J at every episode boundary with tree attention
+   (one cache row per trace, 4D masks; the default with sdpa/eager attention), with one copied
+   cache row per trie node (the shared-prefix path for other attention kernels), and with every
+   (prefix, sample) row encoded from scratch; seconds, tokens encoded, and whether all three
+   sampled the same answers.
 
 Without ``--model`` the tiny LM is freshly initialized (the timings are about shapes, not skill;
 a warm-started model writes traces with more episodes, so pass one for realistic numbers).
@@ -91,22 +93,31 @@ def main(argv: list[str] | None = None) -> dict:
             c_ids.append(body)
             cuts.append([0] + token_cuts(tok, body, [e.end for e in split(text)]))
             refs.append(q.answer)
-    prover_rows, answers = [], {}
-    for shared in (True, False):
-        from dataclasses import replace
+    from dataclasses import replace
 
-        prover = MetaProver(model, tok, replace(prover_cfg, shared_prefix=shared))
-        start = time.perf_counter()
-        answers[shared] = prover.sample_answers(p_ids, c_ids, cuts, generator=torch.Generator().manual_seed(0))
-        prover_rows.append(("shared prefix (KV reuse)" if shared else "from scratch", time.perf_counter() - start, prover.stats.encoded_tokens, prover.stats.rows))
+    import mrl_llm.rewards.progress as progress_module
+
+    prover_rows, answers = [], {}
+    tree_support = progress_module.supports_tree_attention
+    for name, shared, tree in (("shared prefix, tree attention", True, True), ("shared prefix, copied rows", True, False), ("from scratch", False, False)):
+        progress_module.supports_tree_attention = tree_support if tree else (lambda model: False)
+        try:
+            prover = MetaProver(model, tok, replace(prover_cfg, shared_prefix=shared))
+            start = time.perf_counter()
+            answers[name] = prover.sample_answers(p_ids, c_ids, cuts, generator=torch.Generator().manual_seed(0))
+            prover_rows.append((name, time.perf_counter() - start, prover.stats.encoded_tokens, prover.stats.rows))
+        finally:
+            progress_module.supports_tree_attention = tree_support
     n_prefixes = sum(len(c) for c in cuts)
     print(f"## Meta-prover: {len(c_ids)} traces, {n_prefixes} prefixes x {args.prover_samples} answers\n")
-    print("| method | seconds | tokens encoded | rows |")
+    print("| method | seconds | tokens encoded | answers |")
     print("|---|---:|---:|---:|")
     for name, s, enc, r in prover_rows:
         print(f"| {name} | {s:.3f} | {enc} | {r} |")
-    same = answers[True] == answers[False]
-    print(f"\nshared-prefix speedup: {prover_rows[1][1] / prover_rows[0][1]:.2f}x; tokens encoded: {prover_rows[1][2] / max(prover_rows[0][2], 1):.1f}x fewer; same answers: {same}")
+    same = all(a == answers["from scratch"] for a in answers.values())
+    scratch = prover_rows[-1]
+    print("\nagainst from scratch: " + "; ".join(f"{name} {scratch[1] / s:.2f}x faster, {scratch[2] / max(enc, 1):.1f}x fewer tokens encoded"
+                                                  for name, s, enc, _ in prover_rows[:-1]) + f"; same answers: {same}")
     return {"step_seconds": step_s, "mrt_over_grpo": ratio, "prover": prover_rows, "same_answers": same}
 
 

@@ -405,7 +405,7 @@ def _train_stats(run_dir: Path, runs: set[str] | None = None) -> dict:
                 s = sums.setdefault(run, {}).setdefault(metric, [0.0, 0])
                 s[0] += v
                 s[1] += 1
-    return {run: {m: a / n for m, (a, n) in ms.items()} for run, ms in sums.items()}
+    return {run: {m: a / n for m, (a, n) in sorted(ms.items())} for run, ms in sorted(sums.items())}
 
 
 def _threads(cfg: MRTExperiment) -> tuple[int, int]:

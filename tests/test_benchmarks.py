@@ -90,10 +90,10 @@ def test_mrt_overhead_smoke(capsys):
     res = module.main(["--steps", "1", "--prompts-per-step", "1", "--num-generations", "2", "--max-completion-length", "16",
                        "--prover-samples", "2", "--threads", "1"])
     out = capsys.readouterr().out
-    assert "| GRPO (outcome) |" in out and "| MRT (progress) |" in out and "shared prefix (KV reuse)" in out
-    assert res["same_answers"] is True  # the shared-prefix path samples exactly what the reference path does
-    shared, scratch = res["prover"]
-    assert shared[3] == scratch[3] and shared[2] < scratch[2]  # same rows, fewer tokens encoded
+    assert "| GRPO (outcome) |" in out and "| MRT (progress) |" in out and "| shared prefix, tree attention |" in out
+    assert res["same_answers"] is True  # both shared-prefix paths sample exactly what the reference path does
+    tree, rows, scratch = res["prover"]
+    assert tree[3] == rows[3] == scratch[3] and tree[2] < scratch[2] and rows[2] < scratch[2]  # same answers drawn, fewer tokens encoded
 
 
 def test_rl2_mdp_behaviour_scores_an_oracle_as_always_optimal_and_counts_tried_actions():
