@@ -281,7 +281,7 @@ class MetaProver:
         return answers
 
     def _answer_chunk(self, prompt_ids, completion_ids, queries, generator) -> list[list[str]]:
-        model, K = self.model, self.config.num_samples
+        model = self.model
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # One cache row per query (prefix): its K samples share it until their answers differ.
@@ -290,20 +290,7 @@ class MetaProver:
         if self.config.shared_prefix and supports_tree_attention(model):
             return self._answers_tree(prompt_ids, completion_ids, queries, generator, device, pad)
         if self.config.shared_prefix:
-            # Encode each source sequence once, up to its longest cut; queries index into it.
-            sources = sorted({i for i, _ in queries})
-            where = {i: s for s, i in enumerate(sources)}
-            longest = {i: max(k for j, k in queries if j == i) for i in sources}
-            seqs = [list(prompt_ids[i]) + list(completion_ids[i][: longest[i]]) for i in sources]
-            L = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-            mask = torch.zeros(len(seqs), L, dtype=torch.long)
-            for s, seq in enumerate(seqs):
-                ids[s, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[s, : len(seq)] = 1
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
-            self.stats.encoded_tokens += int(mask.sum())
-            past = output_kv_cache(out)
+            past, where, L = self._encode_sources(prompt_ids, completion_ids, queries, device, pad)
             past.batch_select_indices(torch.tensor([where[i] for i, _ in queries], device=device))
             attn = (torch.arange(L, device=device).unsqueeze(0) < lengths.unsqueeze(1)).long()
             positions = lengths.clone()
@@ -312,7 +299,7 @@ class MetaProver:
         else:
             past, attn, positions = None, torch.zeros(Q, 0, dtype=torch.long, device=device), torch.zeros(Q, dtype=torch.long, device=device)
             blocks = [list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k]) for i, k in queries]
-        return self._sample(past, attn, positions, blocks, K, generator, device, pad)
+        return self._sample(past, attn, positions, blocks, generator, device, pad)
 
     def _forward(self, ids, attn, pos, past, kv, last):
         """Logits (N, V) at column ``last`` (N,) of ``ids`` (N, Lb), and the updated cache."""
@@ -322,6 +309,26 @@ class MetaProver:
             return out.logits[:, -1], output_kv_cache(out)
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True)
         return out.logits[torch.arange(N, device=ids.device), last], output_kv_cache(out)
+
+    def _encode_sources(self, prompt_ids, completion_ids, queries, device, pad):
+        """Encode each source sequence (prompt + completion up to its longest cut) once.
+
+        Returns:
+            (KV cache with one row per source, {source index: row}, padded length L); a row
+            holds its sequence from column 0, padding after it.
+        """
+        sources = sorted({i for i, _ in queries})
+        longest = {i: max(k for j, k in queries if j == i) for i in sources}
+        seqs = [list(prompt_ids[i]) + list(completion_ids[i][: longest[i]]) for i in sources]
+        L = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+        mask = torch.zeros(len(seqs), L, dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[r, : len(seq)] = 1
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
+        self.stats.encoded_tokens += int(mask.sum())
+        return output_kv_cache(out), {i: r for r, i in enumerate(sources)}, L
 
     def _draw(self, logits: Tensor, node: Tensor, running: Tensor, sampled: list[list[int]], generator) -> Tensor:
         """Next token of every sample from its node's logits (N, V): one ``torch.multinomial``
@@ -347,23 +354,11 @@ class MetaProver:
         and its ancestors in the trie, with the position ids it would have on its own. No cache
         row is copied, whatever the number of cuts and samples. Same draws as :meth:`_sample`.
         """
-        model, cfg, K = self.model, self.config, self.config.num_samples
+        model = self.model
         kv = kv_cache_kwarg(model)
-        eos = self.tokenizer.eos_token_id
         neg = torch.finfo(next(model.parameters()).dtype).min
-        sources = sorted({i for i, _ in queries})
-        where = {i: s for s, i in enumerate(sources)}
-        longest = {i: max(k for j, k in queries if j == i) for i in sources}
-        seqs = [list(prompt_ids[i]) + list(completion_ids[i][: longest[i]]) for i in sources]
-        S, L = len(seqs), max(len(x) for x in seqs)
-        ids = torch.full((S, L), pad, dtype=torch.long)
-        mask = torch.zeros(S, L, dtype=torch.long)
-        for r, seq in enumerate(seqs):
-            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[r, : len(seq)] = 1
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
-        self.stats.encoded_tokens += int(mask.sum())
-        past = output_kv_cache(out)
+        past, where, L = self._encode_sources(prompt_ids, completion_ids, queries, device, pad)
+        S = len(where)
 
         def extend(new_ids, pos, allowed, rows, slots):
             """Append (S, m) tokens; returns the logits (N, V) at (rows, slots)."""
@@ -399,20 +394,12 @@ class MetaProver:
         last = torch.tensor([c + len(b) - 1 for c, b in zip(starts, blocks)])
         logits, past = extend(new_ids.to(device), pos.to(device), allowed.to(device), rows_t.to(device), last.to(device))
         node_vis, node_pos, node_row = allowed[rows_t, last], pos[rows_t, last], rows_t  # per trie node
-        Q, R = len(queries), len(queries) * K
-        node = torch.arange(Q, device=device).repeat_interleave(K)
-        running = torch.ones(R, dtype=torch.bool, device=device)
-        sampled: list[list[int]] = [[] for _ in range(R)]
-        for step in range(cfg.max_answer_tokens):
-            tok = self._draw(logits, node, running, sampled, generator)
-            running = running & (tok != eos)
-            if not bool(running.any()) or step + 1 == cfg.max_answer_tokens:
-                break
-            V = logits.shape[-1]
-            keys, child = torch.unique(node[running] * V + tok[running], return_inverse=True)
-            parent, token = keys.cpu() // V, keys.cpu() % V
+
+        def grow(parent: Tensor, token: Tensor) -> Tensor:
+            nonlocal past, node_vis, node_pos, node_row
+            parent, token = parent.cpu(), token.cpu()
             crow = node_row[parent]
-            slots, m = layout(crow.tolist(), [1] * len(keys))
+            slots, m = layout(crow.tolist(), [1] * len(parent))
             slots = torch.tensor(slots)
             C = node_vis.shape[1]
             new_ids = torch.full((S, m), pad, dtype=torch.long)
@@ -424,27 +411,48 @@ class MetaProver:
             pos[crow, slots] = node_pos[parent] + 1
             logits, past = extend(new_ids.to(device), pos.to(device), allowed.to(device), crow.to(device), slots.to(device))
             node_vis, node_pos, node_row = allowed[crow, slots], pos[crow, slots], crow
+            return logits
+
+        return self._decode_trie(logits, len(queries), generator, grow)
+
+    def _decode_trie(self, logits: Tensor, Q: int, generator, grow: Callable[[Tensor, Tensor], Tensor]) -> list[list[str]]:
+        """K answers to each of Q contexts by ancestral sampling on a trie of the drawn tokens.
+
+        ``logits`` (Q, V) are the next-token logits of the Q contexts (the trie's roots). Each
+        step draws all R = Q K samples' next tokens in one ``torch.multinomial`` call on their
+        nodes' (R, V) probabilities, so a seed gives the same answers as decoding each sample on
+        its own; the running samples' distinct (node, token) pairs become the next nodes, whose
+        logits ``grow(parent, token)`` returns (N, V), parent indexing the current nodes.
+        """
+        K, eos = self.config.num_samples, self.tokenizer.eos_token_id
+        R = Q * K
+        node = torch.arange(Q, device=logits.device).repeat_interleave(K)  # (R,) the trie node of each sample
+        running = torch.ones(R, dtype=torch.bool, device=logits.device)
+        sampled: list[list[int]] = [[] for _ in range(R)]
+        for step in range(self.config.max_answer_tokens):
+            tok = self._draw(logits, node, running, sampled, generator)
+            running = running & (tok != eos)
+            if not bool(running.any()) or step + 1 == self.config.max_answer_tokens:
+                break
+            V = logits.shape[-1]
+            keys, child = torch.unique(node[running] * V + tok[running], return_inverse=True)
+            logits = grow(keys // V, keys % V)
             node = torch.zeros_like(node)
             node[running] = child
         self.stats.rows += R
         texts = self.tokenizer.batch_decode(sampled, skip_special_tokens=True)
         return [texts[q * K : (q + 1) * K] for q in range(Q)]
 
-    def _sample(self, past, attn, positions, blocks, K, generator, device, pad) -> list[list[str]]:
-        """K answers per block: ancestral sampling on a trie of the sampled tokens.
+    def _sample(self, past, attn, positions, blocks, generator, device, pad) -> list[list[str]]:
+        """K answers per block (:meth:`_decode_trie`) with one copied cache row per trie node.
 
         Each of the Q blocks (prefix + suffix, or the suffix after a cached prefix) is encoded
         once; its K samples draw their first token from the same logits. From then on the cache
         holds one row per distinct (block, tokens so far) node rather than one per sample, so
-        samples that agree (a confident answer) cost one row. Every step draws all R = Q K
-        samples' next tokens in one ``torch.multinomial`` call on their nodes' (R, V)
-        probabilities, so a seed gives the same answers as decoding each sample on its own.
+        samples that agree (a confident answer) cost one row.
         """
-        cfg = self.config
         kv = kv_cache_kwarg(self.model)
-        eos = self.tokenizer.eos_token_id
         Q = len(blocks)
-        R = Q * K
         n = torch.tensor([len(b) for b in blocks], device=device)
         Lb = int(n.max())
         ids = torch.full((Q, Lb), pad, dtype=torch.long)
@@ -458,29 +466,18 @@ class MetaProver:
         logits, past = self._forward(ids, attn, pos, past, kv, n - 1)
         self.stats.encoded_tokens += int(blk.sum())
         positions = positions + n
-        node = torch.arange(Q, device=device).repeat_interleave(K)  # (R,) the trie node of each sample
-        running = torch.ones(R, dtype=torch.bool, device=device)
-        sampled: list[list[int]] = [[] for _ in range(R)]
-        for step in range(cfg.max_answer_tokens):
-            tok = self._draw(logits, node, running, sampled, generator)
-            running = running & (tok != eos)
-            if not bool(running.any()) or step + 1 == cfg.max_answer_tokens:
-                break
-            # Children: one per distinct (node, token) among the running samples.
-            V = logits.shape[-1]
-            keys, child = torch.unique(node[running] * V + tok[running], return_inverse=True)
-            parent, token = keys // V, keys % V
+
+        def grow(parent: Tensor, token: Tensor) -> Tensor:
+            nonlocal past, attn, positions
             if past is not None:
                 past.batch_select_indices(parent)
-            attn = torch.cat([attn[parent], torch.ones(len(keys), 1, dtype=attn.dtype, device=device)], dim=1)
+            attn = torch.cat([attn[parent], torch.ones(len(parent), 1, dtype=attn.dtype, device=device)], dim=1)
             positions = positions[parent]
-            node = torch.zeros_like(node)
-            node[running] = child
-            logits, past = self._forward(token.unsqueeze(1), attn, positions.unsqueeze(1), past, kv, torch.zeros(len(keys), dtype=torch.long, device=device))
+            logits, past = self._forward(token.unsqueeze(1), attn, positions.unsqueeze(1), past, kv, torch.zeros(len(parent), dtype=torch.long, device=device))
             positions = positions + 1
-        self.stats.rows += R
-        texts = self.tokenizer.batch_decode(sampled, skip_special_tokens=True)
-        return [texts[q * K : (q + 1) * K] for q in range(Q)]
+            return logits
+
+        return self._decode_trie(logits, Q, generator, grow)
 
 
 # ---------------------------------------------------------------------------------------
