@@ -18,13 +18,17 @@ episode, each episode credited with its own progress given the (stale) prefix be
 termination reward ``J(mu | prefix)`` replaces GRPO's group-mean baseline (CMU-AIRe/MRT,
 ``train/rl/README.md``).
 
-Two ways to run the meta-prover on a transformers model, same numbers, different cost
+On a transformers model the K answers of a prefix are drawn by ancestral sampling on a trie
+(samples that agree share their tokens), in one of three ways, same draws, different cost
 (``benchmarks/mrt_overhead.py`` measures them):
 
-* ``shared_prefix=True``: one forward pass over ``prompt + trace`` per completion builds a KV
-  cache; every (prefix, sample) row then reuses the rows of that cache up to its cut (the rest
-  is masked out), so a trace is encoded once however many prefixes and samples it has;
-* ``shared_prefix=False``: every (prefix, sample) row is encoded from scratch (the reference).
+* ``shared_prefix=True`` with "sdpa" or "eager" attention: one forward pass over
+  ``prompt + trace`` per completion builds one KV row; the suffix of every prefix and every
+  trie node's next token are appended to that row, and a 4D mask lets each see only its own
+  prefix and ancestors (tree attention), so nothing is copied or re-encoded;
+* ``shared_prefix=True`` with other attention kernels: each prefix gets a copy of its trace's
+  KV row up to its cut, and each trie node a copy of its parent's;
+* ``shared_prefix=False``: every prefix is encoded from scratch (the reference).
 
 With vLLM (GPU), all prefixes go to one ``llm.generate`` call with ``n=K`` and vLLM's automatic
 prefix caching shares their KV blocks.
@@ -60,7 +64,8 @@ class MetaProverConfig:
         max_answer_tokens: most tokens per sampled answer (the paper's analysis: 4096).
         temperature: sampling temperature of the answers (the paper's analysis: 0.6-0.7).
         top_k: keep the k most likely tokens (0 = all).
-        shared_prefix: encode each trace once and reuse its KV cache for every prefix (HF path).
+        shared_prefix: encode each trace once and reuse its KV cache for every prefix (HF path;
+            tree attention when the model's attention takes 4D masks).
         max_rows: most (prefix, sample) rows decoded at once by the HF path (memory bound).
         separator: inserted (or completed) between a non-empty prefix and the suffix when the
             prefix does not already end with it, so that a cut inside a paragraph (a token
