@@ -280,3 +280,24 @@ def activation_checkpointing_kwargs(args_cls, enabled: bool) -> dict:
 
     names = {f.name for f in dataclasses.fields(args_cls)}
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": bool(enabled)}
+
+
+def attention_implementation(model) -> str | None:
+    """The transformers attention kernel of ``model`` ("sdpa", "eager", "flash_attention_2",
+    ...; None when it has no config). A PEFT wrapper is looked through."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_attn_implementation", None)
+
+
+def takes_4d_attention_mask(model) -> bool:
+    """Whether ``model``'s attention takes a custom 4D mask (transformers' "sdpa" and "eager"
+    kernels do; flash-attention kernels do not)."""
+    return attention_implementation(model) in ("sdpa", "eager")
+
+
+def additive_attention_mask(allowed, dtype):
+    """A 4D-ready additive mask from a bool ``allowed`` (True = may attend): 0 there, the
+    dtype's minimum elsewhere; works with both "sdpa" and "eager" attention."""
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -148,3 +148,12 @@ def test_packed_sft_trains_like_padded_sft(tmp_path, tiny_tok):
     for a, b in zip(params[False], params[True]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
     assert tokens[True] == tokens[False]
+
+
+def test_packed_sft_refuses_an_attention_kernel_without_4d_masks(tmp_path, tiny_tok):
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    cfg = SFTStageConfig(num_trials=4, packed_batches=True)
+    with pytest.raises(ValueError, match="packed_batches needs 'sdpa' or 'eager'.*flash_attention_2"):
+        run_sft(model, tiny_tok, _search_sft_data(tiny_tok, 4), cfg, tmp_path / "sft")

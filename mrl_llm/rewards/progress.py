@@ -43,7 +43,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mrl_llm.models import kv_cache_kwarg, output_kv_cache
+from mrl_llm.models import additive_attention_mask, kv_cache_kwarg, output_kv_cache
+from mrl_llm.models import takes_4d_attention_mask as supports_tree_attention
 from mrl_llm.rewards.math import verify_answer
 
 #: The forced-termination text of the paper's analysis code (CMU-AIRe/MRT,
@@ -137,13 +138,6 @@ def token_cuts(tokenizer, completion_ids: Sequence[int], char_ends: Sequence[int
         cuts.append(lo)
         lo_start = lo
     return cuts
-
-
-def supports_tree_attention(model) -> bool:
-    """Whether ``model`` takes a custom 4D additive attention mask (transformers' "sdpa" and
-    "eager" attention do; flash-attention kernels do not). A PEFT wrapper is looked through."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(getattr(base, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
 
 
 class MetaProver:
@@ -289,11 +283,11 @@ class MetaProver:
         model = self.model
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if self.config.shared_prefix and supports_tree_attention(model):
+            return self._answers_tree(prompt_ids, completion_ids, queries, generator, device, pad)
         # One cache row per query (prefix): its K samples share it until their answers differ.
         lengths = torch.tensor([len(prompt_ids[i]) + k for i, k in queries], device=device)
         Q = len(queries)
-        if self.config.shared_prefix and supports_tree_attention(model):
-            return self._answers_tree(prompt_ids, completion_ids, queries, generator, device, pad)
         if self.config.shared_prefix:
             past, where, L = self._encode_sources(prompt_ids, completion_ids, queries, device, pad)
             past.batch_select_indices(torch.tensor([where[i] for i, _ in queries], device=device))
@@ -361,14 +355,13 @@ class MetaProver:
         """
         model = self.model
         kv = kv_cache_kwarg(model)
-        neg = torch.finfo(next(model.parameters()).dtype).min
+        dtype = next(model.parameters()).dtype
         past, where, L = self._encode_sources(prompt_ids, completion_ids, queries, device, pad)
         S = len(where)
 
         def extend(new_ids, pos, allowed, rows, slots):
             """Append (S, m) tokens; returns the logits (N, V) at (rows, slots)."""
-            m4 = torch.zeros(allowed.shape, dtype=next(model.parameters()).dtype, device=device).masked_fill(~allowed, neg).unsqueeze(1)
-            o = model(input_ids=new_ids, attention_mask=m4, position_ids=pos, **{kv: past}, use_cache=True)
+            o = model(input_ids=new_ids, attention_mask=additive_attention_mask(allowed, dtype).unsqueeze(1), position_ids=pos, **{kv: past}, use_cache=True)
             return o.logits[rows, slots], output_kv_cache(o)
 
         def layout(rows: list[int], widths: list[int]):

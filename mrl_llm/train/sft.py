@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from classic.evaluate import run_trials
-from mrl_llm.models import activation_checkpointing_kwargs
+from mrl_llm.models import activation_checkpointing_kwargs, additive_attention_mask, attention_implementation, takes_4d_attention_mask
 from mrl_llm.rollout.agent import TrialRenderer, Transcript
 
 
@@ -189,10 +189,7 @@ class PackedBatchCollator:
                 pos[r, o : o + n] = torch.arange(n)
                 allowed[r, 0, o : o + n, o : o + n] = torch.ones(n, n, dtype=torch.bool).tril()
                 o += n
-        if self.mask == "bool":
-            mask = allowed
-        else:
-            mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill(~allowed, torch.finfo(self.dtype).min)
+        mask = allowed if self.mask == "bool" else additive_attention_mask(allowed, self.dtype)
         return {"input_ids": out_ids, "labels": out_labels, "position_ids": pos, "attention_mask": mask, "num_real_tokens": torch.tensor(sum(lengths))}
 
 
@@ -224,16 +221,15 @@ def run_sft(model, tokenizer, dataset, cfg: SFTStageConfig, output_dir: str | os
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    if cfg.packed_batches and not takes_4d_attention_mask(model):
+        raise ValueError(f"sft.packed_batches needs 'sdpa' or 'eager' attention (4D masks); the model uses {attention_implementation(model)!r}")
     output_dir = Path(output_dir)
     args = sft_arguments(cfg, output_dir, use_cpu)
     cls = _packed_sft_trainer_class() if cfg.packed_batches else SFTTrainer
     trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
-    if cfg.packed_batches:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        impl = getattr(base.config, "_attn_implementation", None)
-        if impl not in ("sdpa", "eager"):
-            raise ValueError(f"sft.packed_batches needs 'sdpa' or 'eager' attention (4D masks); the model uses {impl!r}")
-        trainer.data_collator = PackedBatchCollator(trainer.data_collator, cfg.pack_width, "bool" if impl == "sdpa" else "additive", next(model.parameters()).dtype)
+    if cfg.packed_batches:  # TRL's collator pads and sets the labels; ours re-lays its batch
+        mask = "bool" if attention_implementation(model) == "sdpa" else "additive"
+        trainer.data_collator = PackedBatchCollator(trainer.data_collator, cfg.pack_width, mask, next(model.parameters()).dtype)
     last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
     trainer.train(resume_from_checkpoint=last)
     return trainer
