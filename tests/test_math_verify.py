@@ -177,6 +177,166 @@ def test_integer_fast_path_agrees_with_math_verify():
     assert _plain_int("1,000") is None and _plain_int("1.5") is None and _plain_int("x=3") is None
 
 
+# ---------------------------------------------------------------- long and adversarial completions (issue 15, #17)
+def _extract_answer_reference(completion):
+    """The previous extract_answer, verbatim: a scan from every box to its close or the end
+    (quadratic on many unclosed boxes). The definition the one-pass version must agree with."""
+    import re
+
+    from mrl_llm.rewards.math import _ANSWER_RE, _BOX_RE, _clean, _first_line, _read_braced
+
+    if not isinstance(completion, str) or not completion:
+        return None
+    for m in reversed(list(_BOX_RE.finditer(completion))):
+        i = m.end()
+        while i < len(completion) and completion[i] in " \t":
+            i += 1
+        if i < len(completion) and completion[i] == "{":
+            content = _read_braced(completion, i)
+        else:
+            content = re.split(r"[$\n]", completion[i:], maxsplit=1)[0]
+            content = content.strip().rstrip(".")
+        if content is not None and content.strip():
+            return content.strip()
+    pos = completion.rfind("####")
+    if pos >= 0:
+        ans = _clean(_first_line(completion[pos + 4 :]))
+        if ans:
+            return ans
+    matches = list(_ANSWER_RE.finditer(completion))
+    if matches:
+        ans = _clean(_first_line(completion[matches[-1].end() :]))
+        if ans:
+            return ans
+    return None
+
+
+_PIECES = ["\\boxed", "\\fbox", "\\boxedx", "\\", "\\\\", "\\{", "\\}", "{", "{", "}", "}", " ", "\t", "\n", "$",
+           ".", "#", "####", "Answer:", "answer is", "*", "1", "x", "\u00a0"]
+
+
+def test_extract_answer_agrees_with_the_quadratic_definition():
+    """Random short strings built from the pieces every rule reacts to: the linear extractor
+    returns exactly what the old one did (same answer, same None)."""
+    import random
+
+    rng = random.Random(17)
+    found = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 14)))
+        expected = _extract_answer_reference(text)
+        assert extract_answer(text) == expected, repr(text)
+        found += expected is not None
+    assert found > 5000  # the random strings do exercise the rules
+
+
+def test_box_closes_equals_read_braced():
+    import random
+
+    from mrl_llm.rewards.math import _box_closes, _read_braced
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice(["{", "}", "\\", "\\{", "a", "\\boxed{", " "]) for _ in range(rng.randint(1, 20)))
+        # every "{" not preceded by a backslash can start a box's group
+        opens = [j for j, c in enumerate(text) if c == "{" and (j == 0 or text[j - 1] != "\\")]
+        closes = _box_closes(text, opens)
+        for j in opens:
+            content = _read_braced(text, j)
+            assert (content is None) == (j not in closes), (text, j)
+            if content is not None:
+                assert text[j + 1 : closes[j]] == content, (text, j)
+
+
+def test_many_unclosed_boxes_are_linear_time():
+    """'\\boxed{' * 10000 took ~47 s (each box scanned to the end); now a few ms. The answers
+    are the old ones: nothing, or the one closed box before / after the unclosed ones."""
+    import time
+
+    junk = "\\boxed{" * 10000  # 70 KB
+    t0 = time.perf_counter()
+    assert verify_answer(junk, "3") is False
+    assert extract_answer(junk) is None
+    assert extract_answer(junk + "\\boxed{3}") == "3"
+    assert extract_answer("\\boxed{3}" + junk) == "3"
+    assert extract_answer("\\boxed{3} " + "\\boxed $" * 12000) == "3"  # brace-less boxes with empty content
+    assert extract_answer("\\boxed{3}" + "\\boxed{ }" * 10000) == "3"
+    assert verify_answer("\\boxed{3}" + junk, "3") is True
+    assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["\\boxed{", "\\boxed ", "\\fbox{\\", "{", "####", "answer:", "answer" + " " * 50, "\\( a+", "\\[ 1 ", "1 ",
+     "$\\frac{", "$$ x ", "final answer to it is "],
+)
+def test_any_100kb_completion_verifies_within_a_second(unit):
+    """100 KB of text that stresses one rule (or math-verify's own extraction, which is
+    quadratic on e.g. '\\( a+' repeated: it took the whole 5 s timeout on 40 KB)."""
+    import time
+
+    text = (unit * (100_000 // len(unit) + 1))[:100_000]
+    t0 = time.perf_counter()
+    verify_answer(text, "3")
+    verify_answer(text, r"\frac{1}{2}")
+    assert time.perf_counter() - t0 < 2.0  # two calls, each well under 1 s
+
+
+def test_fallback_reads_the_end_of_a_long_completion():
+    """math-verify's own extraction (nothing boxed, no ####, no 'answer is') reads the last
+    MATH_VERIFY_TAIL_CHARS characters, from a line start: the final statement still counts."""
+    import time
+
+    junk = "\\( a+" * 20000
+    t0 = time.perf_counter()
+    assert verify_answer(junk + "\nThus $x = \\frac{1}{2}$", "0.5")
+    assert not verify_answer(junk + "\nThus $x = \\frac{1}{3}$", "0.5")
+    assert time.perf_counter() - t0 < 2.0
+
+    from mrl_llm.rewards.math import MATH_VERIFY_TAIL_CHARS, _math_verify_tail
+
+    short = "a\nb $1$"
+    assert _math_verify_tail(short) == short
+    long = "x" * 5000 + "\n" + "$y$ " * 100 + "\n" + "z" * (MATH_VERIFY_TAIL_CHARS - 10)
+    tail = _math_verify_tail(long)
+    assert long.endswith(tail) and tail == "z" * (MATH_VERIFY_TAIL_CHARS - 10)
+    one_line = "w" * 10 * MATH_VERIFY_TAIL_CHARS
+    assert _math_verify_tail(one_line) == "w" * MATH_VERIFY_TAIL_CHARS
+
+
+# ---------------------------------------------------------------- equations (issue 15, #18)
+@pytest.mark.parametrize("boxed", ["4=3", "2+2=5=3", "x=5=3", "4 = 3 = x", "x+1=3", "2x=3", "x^2=3", "1+1=3"])
+def test_false_or_unsolved_equation_is_not_its_right_hand_side(boxed):
+    """math-verify compares a predicted equation with a plain gold by its last right-hand side,
+    even when the equation is false (4=3): that must not earn the reward."""
+    assert verify_answer(f"so $\\boxed{{{boxed}}}$", "3") is False
+
+
+@pytest.mark.parametrize(
+    "boxed", ["x=3", "y = 3", r"\theta=3", "x_1=3", "f(2)=3", "f(x)=3", "a+b=3", "x=1+2=3", "1+2=3", r"x=\frac{6}{2}"]
+)
+def test_assignment_or_true_equation_counts_by_its_value(boxed):
+    assert verify_answer(f"so $\\boxed{{{boxed}}}$", "3") is True
+    assert verify_answer(f"so $\\boxed{{{boxed}}}$", "4") is False
+
+
+def test_equations_in_math_verify_fallback_and_equation_gold():
+    assert verify_answer("so we get $4=3$", "3") is False  # math-verify's own extraction: same rule
+    assert verify_answer("so we get $x=3$", "3") is True
+    assert verify_answer(r"\boxed{y=2x+1}", "y = 2x + 1") is True  # equation vs equation: whole
+    assert verify_answer(r"\boxed{x=3}", "x=3") is True
+    results = {}  # off the main thread (no signal-based time limit) the same verdicts
+
+    def work():
+        results["false"] = verify_answer(r"\boxed{2+2=5=3}", "3")
+        results["chain"] = verify_answer(r"\boxed{x=1+2=3}", "3")
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(timeout=60)
+    assert results == {"false": False, "chain": True}
+
+
 # ---------------------------------------------------------------- reward
 def test_answer_correct_is_registered():
     assert get_reward("answer_correct") is answer_correct

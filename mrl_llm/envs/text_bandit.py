@@ -19,11 +19,51 @@ in the feedback, and the evaluator counts them (``TrialResult.invalid_rate``); n
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 INVALID = -1
-_ARM_RE = re.compile(r"arm\s*(?:number\s*)?[:#=]?\s*(-?\d+)", re.IGNORECASE)
-_INT_RE = re.compile(r"^\s*(-?\d+)\s*\.?\s*$")
+# "Arm: 3", "arm 4", "Arm #1", "arm number 2", "ARM=0" (the last match in a reply counts). The same
+# language and matches as r"arm\s*(?:number\s*)?[:#=]?\s*(-?\d+)", written so that no two "\s*"
+# can share a run of whitespace (there "\s*[:#=]?\s*" split a run in every possible way:
+# quadratic in the whitespace after an "arm"). Here every "\s*" is followed by a character it
+# cannot match, so a failing attempt gives each whitespace character back once: linear time.
+_ARM_RE = re.compile(r"arm\s*(?:number\s*)?(?:[:#=]\s*)?(-?\d+)", re.IGNORECASE)
+
+
+def _arm_number(digits: str, num_arms: int) -> int:
+    """``int(digits)`` if it is an arm index in [0, num_arms), else ``INVALID``.
+
+    ``digits`` is an optional ``-`` and decimal digits (``\\d``: any Unicode decimal digit, as
+    ``int`` reads them), of any length: ``int`` of more than 4300 digits raises ValueError, so
+    leading zeros are dropped and a number with more digits than ``num_arms`` is rejected first.
+    """
+    sign = digits[:1] == "-"
+    body = digits[1:] if sign else digits
+    significant = body.lstrip("0")
+    if len(significant) > len(str(num_arms)):  # maybe other scripts' zeros ("\u0660"): skip them too
+        first = next((i for i, c in enumerate(significant) if unicodedata.decimal(c)), len(significant))
+        significant = significant[first:]
+        if len(significant) > len(str(num_arms)):
+            return INVALID
+    arm = int(significant or "0")
+    arm = -arm if sign else arm
+    return arm if 0 <= arm < num_arms else INVALID
+
+
+def _whole_int(text: str) -> str | None:
+    """The integer of a reply that is only an integer: ``text`` matches
+    ``\\s*(-?\\d+)\\s*\\.?\\s*`` in full (``" 3"``, ``"4\\n"``, ``"2."``, ``"-1 ."``); else None.
+
+    Linear time (the regex form took over 10 s on ``"3" + " " * 50000 + "x"``): strip the
+    whitespace (``str.strip`` and ``\\s`` agree on what whitespace is), one final ``.`` and the
+    whitespace before it; what is left must be ``-?\\d+`` (``str.isdecimal`` is ``\\d``).
+    """
+    body = text.strip()
+    if body.endswith("."):
+        body = body[:-1].rstrip()
+    digits = body[1:] if body.startswith("-") else body
+    return body if digits.isdecimal() else None
 
 
 @dataclass(frozen=True)
@@ -63,21 +103,31 @@ class BanditText:
     def parse_action(self, text: str) -> int:
         """Arm index in [0, num_arms) from the model's reply, or ``INVALID`` (-1).
 
-        Plain: the reply must be exactly an integer. Chat: the last ``Arm: N`` (case-insensitive,
-        ``Arm N``/``arm #N`` accepted), else a reply that is only an integer.
+        Plain: the reply must be exactly an integer (surrounding whitespace and one final ``.``
+        allowed). Chat: the last ``Arm: N`` (case-insensitive, ``Arm N``/``arm #N``/``arm number N``
+        accepted), else a reply that is only an integer.
+
+        Any string is parsed in time linear in its length and nothing raises: an integer of
+        any length out of range (``"1" * 5000``) is ``INVALID``.
+
+        Args:
+            text (str): the model's reply.
+
+        Returns:
+            int: the arm, or ``INVALID``.
         """
         m = None
         if self.chat:
-            found = _ARM_RE.findall(text)
-            if found:
-                m = found[-1]
+            last = None
+            for last in _ARM_RE.finditer(text):
+                pass
+            if last is not None:
+                m = last.group(1)
         if m is None:
-            whole = _INT_RE.match(text)
-            m = whole.group(1) if whole else None
+            m = _whole_int(text)
         if m is None:
             return INVALID
-        arm = int(m)
-        return arm if 0 <= arm < self.num_arms else INVALID
+        return _arm_number(m, self.num_arms)
 
     def format_action(self, arm: int) -> str:
         """The canonical reply for pulling ``arm`` (what a teacher's transcript contains)."""
