@@ -30,13 +30,20 @@ On a transformers model the K answers of a prefix are drawn by ancestral samplin
   KV row up to its cut, and each trie node a copy of its parent's;
 * ``shared_prefix=False``: every prefix is encoded from scratch (the reference).
 
-With vLLM (GPU), all prefixes go to one ``llm.generate`` call with ``n=K`` and vLLM's automatic
-prefix caching shares their KV blocks.
+With vLLM, all prefixes go to one ``llm.generate`` call with ``n=K``, one seed per prefix drawn
+from the caller's generator, and vLLM's automatic prefix caching shares their KV blocks. The
+engine decodes at most its ``max_num_seqs`` sequences at once (TRL's colocated engine: the
+per-device batch size times ``steps_per_generation``): Q prefixes x K samples above that run in
+``ceil(Q K / max_num_seqs)`` serial waves, counted in :attr:`ProverStats.waves`.
+
+The HF sampler draws on the model's device (a CPU generator is turned into one there by
+:func:`mrl_llm.rollout.generation.device_generator`); only the (R,) drawn tokens go to the host.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -46,6 +53,7 @@ from torch import Tensor
 from mrl_llm.models import additive_attention_mask, kv_cache_kwarg, output_kv_cache
 from mrl_llm.models import takes_4d_attention_mask as supports_tree_attention
 from mrl_llm.rewards.math import verify_answer
+from mrl_llm.rollout.generation import device_generator, engine_max_num_seqs, seeded_sampling_params
 
 #: The forced-termination text of the paper's analysis code (CMU-AIRe/MRT,
 #: ``analysis/code/pass_at_k_given_prefix.py``), appended after a prefix that ends a paragraph.
@@ -100,12 +108,15 @@ class MetaProverConfig:
 
 @dataclass
 class ProverStats:
-    """Counters of the meta-prover: rows decoded, tokens encoded and sampled, seconds."""
+    """Counters of the meta-prover: rows decoded, tokens encoded and sampled, seconds, and (vLLM)
+    the serial scheduling waves, ``ceil(sequences / max_num_seqs)`` per ``generate`` call (0 when
+    the engine does not report ``max_num_seqs``)."""
 
     rows: int = 0
     encoded_tokens: int = 0
     sampled_tokens: int = 0
     seconds: float = 0.0
+    waves: int = 0
 
 
 def token_cuts(tokenizer, completion_ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
@@ -168,6 +179,7 @@ class MetaProver:
         self.suffix_ids = tokenizer(self.config.termination_suffix, add_special_tokens=False)["input_ids"]
         self._suffix_cache: dict[str, list[int]] = {"": self.suffix_ids}
         self.stats = ProverStats()
+        self._warned_waves = False
 
     def suffix_for(self, prefix_ids: Sequence[int]) -> list[int]:
         """The suffix token ids to append after a completion prefix: the termination suffix,
@@ -200,7 +212,8 @@ class MetaProver:
             completion_ids: B completions (token ids).
             cuts: per completion, the token prefix lengths to stop at (0 = before any thinking).
             references: B reference answers.
-            generator: RNG of the HF sampler (same seed, same numbers); unused by vLLM.
+            generator: RNG of the sampler (same seed, same numbers); any device. vLLM: one
+                draw seeds the prefixes' requests (:func:`~mrl_llm.rollout.generation.seeded_sampling_params`).
 
         Returns:
             B float tensors, ``J[i]`` of shape ``(len(cuts[i]),)``, values in [0, 1].
@@ -242,10 +255,11 @@ class MetaProver:
         if not queries:
             return out
         start = time.perf_counter()
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
         if self.vllm_llm is not None:
-            answers = self._answers_vllm(prompt_ids, completion_ids, queries)
+            answers = self._answers_vllm(prompt_ids, completion_ids, queries, g)
         else:
-            g = generator if generator is not None else torch.Generator().manual_seed(0)
+            g = device_generator(g, next(self.model.parameters()).device)  # one per call: reproducible
             answers = self._answers_hf(prompt_ids, completion_ids, queries, g)
         self.stats.seconds += time.perf_counter() - start
         for (i, _), a in zip(queries, answers):
@@ -253,15 +267,33 @@ class MetaProver:
         return out
 
     # ---- vLLM: one generate call, prefix caching shares the KV blocks ---------------------
-    def _answers_vllm(self, prompt_ids, completion_ids, queries) -> list[list[str]]:
-        from vllm import SamplingParams
+    def _answers_vllm(self, prompt_ids, completion_ids, queries, generator: torch.Generator) -> list[list[str]]:
         from vllm.inputs import TokensPrompt
 
         cfg = self.config
-        params = SamplingParams(n=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k if cfg.top_k > 0 else -1, max_tokens=cfg.max_answer_tokens)
-        prompts = [TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k])) for i, k in queries]
+        params = seeded_sampling_params(
+            len(queries), generator, n=cfg.num_samples, temperature=cfg.temperature,
+            top_k=cfg.top_k if cfg.top_k > 0 else -1, max_tokens=cfg.max_answer_tokens,
+        )
+        prompts = []
+        for i, k in queries:
+            prefix = list(completion_ids[i][:k])
+            prompts.append(TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + prefix + self.suffix_for(prefix)))
         outs = self.vllm_llm.generate(prompts, params, use_tqdm=False)
-        self.stats.rows += len(prompts) * cfg.num_samples
+        sequences = len(prompts) * cfg.num_samples
+        limit = engine_max_num_seqs(self.vllm_llm)
+        if limit:
+            waves = -(-sequences // limit)
+            self.stats.waves += waves
+            if waves > 1 and not self._warned_waves:
+                self._warned_waves = True
+                warnings.warn(
+                    f"meta-prover: {len(prompts)} prefixes x {cfg.num_samples} samples = {sequences} sequences on "
+                    f"an engine with max_num_seqs={limit}: {waves} serial waves per call (raise the engine's "
+                    "max_num_seqs, e.g. TRL's steps_per_generation, or sample fewer prefixes)",
+                    stacklevel=3,
+                )
+        self.stats.rows += sequences
         answers = []
         for out in outs:
             answers.append([c.text for c in out.outputs])
@@ -331,17 +363,21 @@ class MetaProver:
 
     def _draw(self, logits: Tensor, node: Tensor, running: Tensor, sampled: list[list[int]], generator) -> Tensor:
         """Next token of every sample from its node's logits (N, V): one ``torch.multinomial``
-        over (R, V); appended to ``sampled`` for the running samples. Returns the (R,) tokens."""
+        over (R, V) on the logits' device (``generator`` lives there); appended to ``sampled``
+        for the running samples. Returns the (R,) tokens, on the logits' device; only they
+        and ``running`` (R,) are copied to the host."""
         cfg = self.config
         scaled = logits.float() / cfg.temperature
         if cfg.top_k and cfg.top_k < scaled.shape[-1]:
             kth = torch.topk(scaled, cfg.top_k, dim=-1).values[:, -1:]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
         probs = torch.softmax(scaled, dim=-1)[node]  # (R, V)
-        tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
-        for r in torch.nonzero(running).flatten().tolist():
-            sampled[r].append(int(tok[r]))
-        self.stats.sampled_tokens += int(running.sum())
+        tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        tok_l, run_l = tok.tolist(), running.tolist()
+        for r, (t, on) in enumerate(zip(tok_l, run_l)):
+            if on:
+                sampled[r].append(t)
+        self.stats.sampled_tokens += sum(run_l)
         return tok
 
     def _answers_tree(self, prompt_ids, completion_ids, queries, generator, device, pad) -> list[list[str]]:

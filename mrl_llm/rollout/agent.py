@@ -215,7 +215,7 @@ class LLMAgent:
             self._append_feedback(prev_reward)
         s = self.sampling
         tokens, logps = self.session.sample(
-            s.max_action_tokens, self.renderer.stop_ids, s.temperature, self.generator, s.top_k
+            s.max_action_tokens, self.renderer.stop_ids, s.temperature, self.generator, s.top_k, top_p=s.top_p
         )
         texts = self.tok.batch_decode(tokens, skip_special_tokens=True)
         actions = []
