@@ -27,6 +27,7 @@ from classic.agents.bandit import (
 from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
 from classic.algos.rl2_config import RL2Config
 from classic.config import save_resolved, to_dict
+from classic.distributed import is_main_process
 from classic.envs.bandit import BanditConfig
 from classic.evaluate import TrialResult, run_trials
 from classic.metrics import MetricsLogger
@@ -289,12 +290,16 @@ def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: Me
 # ---- the run ---------------------------------------------------------------------------------
 
 def prepare_run_dir(name: str, out: OutputConfig) -> Path:
+    """``out.root / name``, created; with ``out.overwrite`` an existing one is removed first, by the
+    main process only (:func:`classic.distributed.is_main_process`): the other ranks of a
+    multi-process run must meet it at a barrier before writing there."""
     run_dir = Path(out.root) / name
-    if out.overwrite and run_dir.exists():
-        import shutil
+    if is_main_process():
+        if out.overwrite and run_dir.exists():
+            import shutil
 
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 

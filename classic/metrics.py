@@ -46,19 +46,25 @@ class MetricsLogger:
         run_dir: run folder (created); writes ``metrics.jsonl`` and ``tensorboard/`` in it.
         prefix: prepended to every metric name, e.g. ``"rl2/"``.
         tensorboard: set False to skip TensorBoard entirely.
+        enabled: False makes every call a no-op that writes nothing (the non-main ranks of a
+            multi-process run: the main process keeps the one copy of the metrics).
 
     Example:
         >>> with MetricsLogger("runs/demo", prefix="rl2/") as logger:  # doctest: +SKIP
         ...     logger.log(128, {"charts/episodic_return": 3.5, "losses/policy": 0.12})
     """
 
-    def __init__(self, run_dir: str | Path, prefix: str = "", tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, prefix: str = "", tensorboard: bool = True, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")
+        self.enabled = enabled
         self._writer = None
+        self._file = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -85,6 +91,8 @@ class MetricsLogger:
                 written then).
             ValueError: a prefixed name is "step" or "time".
         """
+        if not self.enabled:
+            return
         if self._file is None:
             raise RuntimeError("MetricsLogger is closed")
         if isinstance(step, bool):

@@ -98,14 +98,24 @@ def sample_traces(model, tokenizer, prompts: Sequence[str], num_samples: int, ma
     """``num_samples`` completions (token ids, EOS included when the model stopped) per prompt.
 
     Sampling uses ``model.generate`` with ``torch.manual_seed`` set from ``seed`` per batch
-    (same seed, same traces), or ``vllm_llm.generate`` with ``n=num_samples`` when given.
+    (same seed, same traces), or ``vllm_llm.generate`` with ``n=num_samples`` when given: one
+    request per prompt, each with its own seed (:func:`~mrl_llm.rollout.generation.seeded_sampling_params`
+    from a generator seeded with ``seed``), so equal prompts do not share their traces and the
+    same ``seed`` gives the same traces. Prompts are tokenized as TRL tokenizes text prompts,
+    ``tokenizer(text)`` with the tokenizer's special tokens, so evaluation starts from the training
+    rollouts' prompt ids.
+
+    Returns:
+        ``traces[p][s]``: the token ids of sample s of prompt p.
     """
     if vllm_llm is not None:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(n=num_samples, temperature=temperature, max_tokens=max_new_tokens, seed=seed)
-        ids = [TokensPrompt(prompt_token_ids=tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        from mrl_llm.rollout.generation import seeded_sampling_params
+
+        params = seeded_sampling_params(len(prompts), torch.Generator().manual_seed(int(seed)), n=num_samples,
+                                        temperature=temperature, max_tokens=max_new_tokens)
+        ids = [TokensPrompt(prompt_token_ids=tokenizer(p)["input_ids"]) for p in prompts]
         out = []
         for o in vllm_llm.generate(ids, params, use_tqdm=False):
             per = []
@@ -125,7 +135,7 @@ def sample_traces(model, tokenizer, prompts: Sequence[str], num_samples: int, ma
     model.eval()
     try:
         for b, lo in enumerate(range(0, len(flat), batch_size)):
-            enc = tokenizer(flat[lo : lo + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tokenizer(flat[lo : lo + batch_size], return_tensors="pt", padding=True).to(device)
             torch.manual_seed(seed * 1_000_003 + b)
             gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -210,7 +220,7 @@ def evaluate_reasoning(model, tokenizer, prompts: Sequence[str], references: Seq
     from dataclasses import replace
 
     prover = MetaProver(model, tokenizer, replace(prover_cfg, num_samples=cfg.forced_answer_samples), vllm_llm=vllm_llm)
-    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    p_ids = [tokenizer(p)["input_ids"] for p in prompts]
     flat_p, flat_c, flat_cuts, flat_ref, index = [], [], [], [], []
     for i, per in enumerate(traces):
         for s, t in enumerate(per):

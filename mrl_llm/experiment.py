@@ -39,10 +39,10 @@ from classic.experiment import (
 from classic.algos.rl2 import RL2Policy
 from classic.metrics import MetricsLogger
 from mrl_llm.envs.text_bandit import BanditText
-from mrl_llm.models import ModelConfig, load_model_and_tokenizer
+from mrl_llm.models import ModelConfig, inference_device, load_model_and_tokenizer
 from mrl_llm.rollout.agent import LLMAgent, TrialRenderer
 from mrl_llm.rollout.generation import SamplingConfig
-from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, grpo_arguments, run_grpo
+from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, gpu_settings, grpo_arguments, run_grpo
 from mrl_llm.train.sft import SFTStageConfig, distillation_dataset, run_sft, sft_arguments, teacher_transcripts
 
 SFT_NAME = "LLM (SFT)"
@@ -97,6 +97,10 @@ class LLMExperiment:
     kv_cache_benchmark: KVCacheBenchmarkConfig = field(default_factory=KVCacheBenchmarkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def __post_init__(self) -> None:
+        if self.model.trust_remote_code:  # TRL's vLLM engine loads the model by name too
+            self.grpo.trust_remote_code = True
+
     def text_env(self) -> BanditText:
         return BanditText(self.task.num_arms, self.task.episodes_per_trial, chat=self.model.chat)
 
@@ -121,32 +125,41 @@ def _final_dir(run_dir: Path, stage: str) -> Path:
 
 
 def _save_final(trainer, tokenizer, path: Path):
-    """Save the trained model (LoRA merged into the weights) and tokenizer; returns the model."""
-    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    """Save the trained model (LoRA merged into the weights) and tokenizer from the main process
+    (``Trainer.save_model`` gathers ZeRO-3 shards); returns the model (merged, on every rank)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+        if trainer.accelerator.is_main_process:
+            path.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(path)
+    else:
+        trainer.save_model(str(path))
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(path)
+    trainer.accelerator.wait_for_everyone()
     return model
 
 
 def evaluate_llm(model, tokenizer, cfg: LLMExperiment, name: str, num_tasks: int | None = None, use_cache: bool | None = None) -> TrialResult:
-    """The LLM agent on the held-out tasks (same tasks and protocol as every other agent)."""
-    s = cfg.sampling
-    sampling = SamplingConfig(s.temperature, s.top_k, s.max_action_tokens, s.use_cache if use_cache is None else use_cache)
-    agent = LLMAgent(model.eval(), tokenizer, cfg.text_env(), sampling, name=name)
+    """The LLM agent on the held-out tasks (same tasks and protocol as every other agent), on the
+    process's GPU when there is one (:func:`~mrl_llm.models.inference_device`)."""
+    import dataclasses
+
+    sampling = cfg.sampling if use_cache is None else dataclasses.replace(cfg.sampling, use_cache=use_cache)
+    agent = LLMAgent(model.to(inference_device()).eval(), tokenizer, cfg.text_env(), sampling, name=name)
     res = run_trials(agent, cfg.task.make(), num_tasks or cfg.eval.num_tasks, cfg.task.episodes_per_trial, seed=cfg.eval.seed, batch_size=cfg.eval.llm_batch_size, progress=True)
     res.extra["invalid_examples"] = agent.invalid_replies[:5]
     return res
 
 
 def sft_stage(cfg: LLMExperiment, run_dir: Path, logger: MetricsLogger):
-    """Distil Thompson sampling into the LM (or load the finished SFT model)."""
+    """Distil Thompson sampling into the LM (or load the finished SFT model); returns the model to
+    train with GRPO (float32 weights) and its tokenizer."""
     final = _final_dir(run_dir, "sft")
     if (final / "config.json").exists():
-        return load_model_and_tokenizer(cfg.model, path=final)
-    model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
+        return load_model_and_tokenizer(cfg.model, path=final, training=True)
+    model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seed, training=True)
     renderer = TrialRenderer(tok, cfg.text_env())
     trs = teacher_transcripts(ThompsonSamplingAgent(cfg.task.num_arms), cfg.task.make(), renderer, cfg.sft.num_trials, cfg.task.episodes_per_trial, cfg.sft.seed)
     trainer = run_sft(model, tok, distillation_dataset(trs), cfg.sft, run_dir / "sft", callbacks=[MetricsCallback(logger, "sft/")], peft_config=cfg.model.lora.to_peft())
@@ -188,29 +201,51 @@ def _start_rl2_process(cfg: LLMExperiment, run_dir: Path):
 
 
 def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
-    """Run the whole chain; returns the run directory (report.md, regret.png, results.json...)."""
+    """Run the whole chain; returns the run directory (report.md, regret.png, results.json...).
+
+    The LLM is trained first (SFT, then GRPO), then every agent is evaluated. Under ``accelerate
+    launch`` every process trains; the main process alone writes the run folder, the config and
+    the metrics, runs the classic agents, evaluates and reports, after the other processes have
+    returned (nobody waits in a collective while one rank evaluates).
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    main = state.is_main_process
     start = time.perf_counter()
     set_threads(cfg.threads)
     run_dir = prepare_run_dir(cfg.name, cfg.output)
-    save_resolved(cfg, run_dir / "config.yaml", kind="llm")
+    state.wait_for_everyone()  # the main process has made (or remade) the folder
+    if main:
+        save_resolved(cfg, run_dir / "config.yaml", kind="llm")
     times: dict[str, float] = {}
     extra: dict = {}
     rl2_job = None
-    if cfg.rl2.enabled and cfg.parallel_rl2:
+    if main and cfg.rl2.enabled and cfg.parallel_rl2:
         rl2_job = _start_rl2_process(cfg, run_dir)
-    with MetricsLogger(run_dir) as logger:
-        results, params, notes = classic_stages(cfg, run_dir, logger, times, progress, rl2=rl2_job is None)
-        extra["baseline_params"] = params
+    with MetricsLogger(run_dir, enabled=main) as logger:
         t = time.perf_counter()
-        model, tok = sft_stage(cfg, run_dir, logger) if cfg.sft.enabled else load_model_and_tokenizer(cfg.model, seed=cfg.seed)
+        model, tok = sft_stage(cfg, run_dir, logger) if cfg.sft.enabled else load_model_and_tokenizer(cfg.model, seed=cfg.seed, training=True)
         times["SFT (distil Thompson sampling)"] = time.perf_counter() - t
-        t = time.perf_counter()
-        results[SFT_NAME] = evaluate_llm(model, tok, cfg, SFT_NAME)
-        times[f"evaluate {SFT_NAME}"] = time.perf_counter() - t
+        sft_model = None
         if cfg.grpo.enabled:
+            sft_model = _final_dir(run_dir, "sft") if cfg.sft.enabled else None
             t = time.perf_counter()
             model, tok = grpo_stage(model, tok, cfg, run_dir, logger)
             times["GRPO (meta-RL over trials)"] = time.perf_counter() - t
+        if not main:
+            return run_dir
+        results, params, notes = classic_stages(cfg, run_dir, logger, times, progress, rl2=rl2_job is None)
+        extra["baseline_params"] = params
+        if cfg.grpo.enabled:  # the SFT model, reloaded: GRPO trained the one in memory
+            sft = load_model_and_tokenizer(cfg.model, path=sft_model, seed=cfg.seed)[0] if sft_model else load_model_and_tokenizer(cfg.model, seed=cfg.seed)[0]
+        else:
+            sft = model
+        t = time.perf_counter()
+        results[SFT_NAME] = evaluate_llm(sft, tok, cfg, SFT_NAME)
+        times[f"evaluate {SFT_NAME}"] = time.perf_counter() - t
+        del sft
+        if cfg.grpo.enabled:
             t = time.perf_counter()
             results[GRPO_NAME] = evaluate_llm(model, tok, cfg, GRPO_NAME)
             times[f"evaluate {GRPO_NAME}"] = time.perf_counter() - t
@@ -285,6 +320,7 @@ def dry_run(cfg: LLMExperiment, out=print) -> dict:
             "use_vllm": cfg.grpo.use_vllm, "vllm_mode": grpo_args.vllm_mode, "bf16": cfg.grpo.bf16, "beta": grpo_args.beta,
             "loss_type": grpo_args.loss_type, "temperature": grpo_args.temperature, "rewards": cfg.grpo.reward_funcs,
         },
+        "gpu": {**gpu_settings(cfg.grpo, grpo_args, cfg.model), "vllm_memory_utilization_sum": cfg.grpo.vllm_gpu_memory_utilization if cfg.grpo.use_vllm else 0.0},
         "prompt": env.prompt(),
         "example_feedback": env.feedback(2, 1.0, 1, 1.0),
         "run_dir": str(run_dir),

@@ -184,7 +184,12 @@ class ModelConfig:
         name_or_path: "tiny" for the local tiny LM, a hub id (e.g. "Qwen/Qwen2.5-0.5B-Instruct")
             or a local directory written by ``save_pretrained``.
         tiny: architecture of the tiny LM (used only when ``name_or_path == "tiny"``).
-        dtype: "float32", "bfloat16", "float16" or "auto".
+        dtype: "float32", "bfloat16", "float16" or "auto": the dtype of models loaded for inference
+            (evaluation, sampling). Models loaded for training always hold float32 weights, whatever
+            this says: AdamW on bf16 weights rounds away every update smaller than half a bf16 step
+            (8 bits of mantissa: at lr 1e-6 almost all of them), and TRL's LoRA merge/unmerge at each
+            vLLM weight sync drifts a bf16 base. Mixed precision comes from the stage's ``bf16`` flag
+            (autocast), or from DeepSpeed, which keeps its own fp32 master weights.
         chat: render trials through the tokenizer's chat template (instruct models); the tiny
             LM uses the compact plain-text rendering.
         attn_implementation: passed to ``from_pretrained`` (e.g. "sdpa", "flash_attention_2").
@@ -209,27 +214,16 @@ def torch_dtype(name: str):
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def load_model_and_tokenizer(cfg: ModelConfig, path: str | os.PathLike | None = None, seed: int = 0):
-    """Load (or, for the tiny LM, build) a causal LM and its tokenizer.
-
-    Args:
-        cfg: the model config.
-        path: a local checkpoint directory that overrides ``cfg.name_or_path`` (e.g. the SFT
-            output that GRPO starts from).
-        seed: initialization seed of the tiny LM.
-
-    Returns:
-        (model, tokenizer); the tokenizer pads on the left and has a pad token.
+def load_tokenizer(cfg: ModelConfig, path: str | os.PathLike | None = None):
+    """The tokenizer of ``cfg`` (or of the checkpoint at ``path``): padding on the left, a pad token
+    (the EOS token when it has none). The tiny tokenizer loads as itself, not as its architecture's.
 
     Raises:
         OSError: from transformers when a hub id cannot be reached or a path does not exist.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = str(path) if path is not None else cfg.name_or_path
     if path is None and cfg.is_tiny:
-        tok = build_tiny_tokenizer()
-        return build_tiny_model(cfg.tiny, tok, seed=seed), tok
+        return build_tiny_tokenizer()
+    source = str(path) if path is not None else cfg.name_or_path
     if cfg.is_tiny:
         # AutoTokenizer would pick the tokenizer class of the model architecture (Qwen2Tokenizer),
         # which re-splits text its own way; the tiny tokenizer must load as itself.
@@ -237,15 +231,68 @@ def load_model_and_tokenizer(cfg: ModelConfig, path: str | os.PathLike | None = 
 
         tok = PreTrainedTokenizerFast.from_pretrained(source)
     else:
+        from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
+    return tok
+
+
+def inference_device() -> torch.device:
+    """The device this process runs models on: its CUDA device when CUDA is available (the local
+    rank's, ``LOCAL_RANK``, under ``accelerate launch`` or ``torchrun``), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def load_dtype(cfg: ModelConfig, training: bool):
+    """The torch dtype (or "auto") weights are loaded in: float32 for training (see
+    :class:`ModelConfig` ``dtype``), ``cfg.dtype`` for inference."""
+    return torch.float32 if training else torch_dtype(cfg.dtype)
+
+
+def load_model_and_tokenizer(
+    cfg: ModelConfig,
+    path: str | os.PathLike | None = None,
+    seed: int = 0,
+    training: bool = False,
+    device: str | torch.device | None = None,
+):
+    """Load (or, for the tiny LM, build) a causal LM and its tokenizer.
+
+    Args:
+        cfg: the model config.
+        path: a local checkpoint directory that overrides ``cfg.name_or_path`` (e.g. the SFT
+            output that GRPO starts from).
+        seed: initialization seed of the tiny LM.
+        training: the model will be trained: float32 weights, left where they load (the trainer
+            places them, DeepSpeed shards them). Otherwise weights are in ``cfg.dtype`` and moved
+            to ``device``.
+        device: where an inference model goes (default :func:`inference_device`: the process's
+            GPU when there is one).
+
+    Returns:
+        (model, tokenizer); the tokenizer pads on the left and has a pad token.
+
+    Raises:
+        OSError: from transformers when a hub id cannot be reached or a path does not exist.
+    """
+    from transformers import AutoModelForCausalLM
+
+    target = None if training else (device if device is not None else inference_device())
+    source = str(path) if path is not None else cfg.name_or_path
+    tok = load_tokenizer(cfg, path)
+    if path is None and cfg.is_tiny:
+        model = build_tiny_model(cfg.tiny, tok, seed=seed)
+        return (model if target is None else model.to(target)), tok
+    kwargs = {"dtype": load_dtype(cfg, training), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    return model, tok
+    return (model if target is None else model.to(target)), tok
 
 
 def kv_cache_kwarg(model) -> str:

@@ -30,17 +30,22 @@ from typing import Literal
 import torch
 
 from classic.config import save_resolved
+from classic.distributed import is_main_process
 from classic.experiment import OutputConfig, prepare_run_dir, set_threads
 from classic.metrics import MetricsLogger
 from mrl_llm.envs.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
 from mrl_llm.evaluate_reasoning import ReasoningEvalConfig, evaluate_reasoning, mean_ci, tokens_to_reach
-from mrl_llm.models import ModelConfig, load_model_and_tokenizer
+from mrl_llm.models import ModelConfig, load_model_and_tokenizer, load_tokenizer
 from mrl_llm.rewards.progress import MetaProverConfig
 from mrl_llm.rollout.episodes import split_episodes
-from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, STaRConfig, build_reasoning_trainer, grpo_arguments, mrt_star_dataset, train
+from mrl_llm.train.grpo import gpu_settings
+from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, STaRConfig, build_reasoning_trainer, grpo_arguments, mrt_star_dataset, prover_requests, train
 from mrl_llm.train.sft import SFTStageConfig, run_sft, sft_arguments
 
 METHODS = ("grpo", "mrt", "mrt_rl", "mrt_star")
+#: Most of a GPU the training and the evaluation vLLM engines may claim together (vLLM refuses to
+#: start when the device's free memory is below its share; CUDA contexts and the allocator need the rest).
+MAX_VLLM_MEMORY_UTILIZATION = 0.95
 # Disjoint problem streams: SFT data, RL prompts, evaluation.
 SFT_SEED, TRAIN_SEED, EVAL_SEED = 1_000, 2_000, 3_000
 
@@ -125,6 +130,22 @@ class MRTExperiment:
             raise ValueError(f"workers and threads must be >= 1, got {self.workers} and {self.threads}")
         if self.task.kind == "math" and self.model.is_tiny:
             raise ValueError("task.kind 'math' needs a real reasoning model (model.name_or_path), not the tiny LM")
+        if self.grpo.use_vllm and self.eval.use_vllm:
+            total = self.grpo.vllm_gpu_memory_utilization + self.eval.vllm_gpu_memory_utilization
+            if total > MAX_VLLM_MEMORY_UTILIZATION:
+                raise ValueError(
+                    f"grpo.vllm_gpu_memory_utilization ({self.grpo.vllm_gpu_memory_utilization}) + "
+                    f"eval.vllm_gpu_memory_utilization ({self.eval.vllm_gpu_memory_utilization}) = {total:.2f} > "
+                    f"{MAX_VLLM_MEMORY_UTILIZATION}: under accelerate launch the main process evaluates while its "
+                    "trainer's colocated vLLM engine may still hold its share of the GPU; lower one of them")
+        if self.model.trust_remote_code:  # TRL's vLLM engine loads the model by name too
+            self.grpo.trust_remote_code = True
+        if self.eval.use_vllm and self.model.is_tiny and not self.sft.enabled:
+            raise ValueError("eval.use_vllm: vLLM loads a model from disk, and the tiny LM without SFT exists only in memory; "
+                             "enable sft or evaluate with transformers")
+        if self.workers > 1 and uses_vllm(self):
+            raise ValueError("workers > 1 trains several runs at once on the CPU cores; with vLLM (grpo.use_vllm or "
+                             "eval.use_vllm) use workers: 1, and several GPUs through accelerate launch")
 
     def prover(self) -> MetaProverConfig:
         """The meta-prover config; the search task brings its own termination suffix."""
@@ -145,10 +166,27 @@ def split_fn_for(cfg: MRTExperiment):
 
 
 def render_math_prompt(cfg: ReasoningTaskConfig, tokenizer, problem: str) -> str:
+    """The text prompt of a math problem: ``cfg.prompt_template``, in the chat template when asked.
+
+    Text prompts are tokenized the way TRL tokenizes them, ``tokenizer(text)`` with the tokenizer's
+    special tokens, in training and in evaluation alike. A chat template that starts with the BOS
+    token (DeepSeek-R1's does) would then give two BOS tokens when the tokenizer adds one too
+    (deepseek-ai/DeepSeek-R1 issue #151), so the template's BOS text is dropped in that case: the
+    prompt tokenizes to exactly one BOS.
+    """
     text = cfg.prompt_template.format(problem=problem)
     if cfg.chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos) and _adds_bos(tokenizer):
+            text = text[len(bos):]
     return text
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` starts with the BOS token by itself."""
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 def train_prompts(cfg: MRTExperiment, tokenizer):
@@ -185,6 +223,19 @@ def _save(model, tokenizer, path: Path):
     return model
 
 
+def _save_trained(trainer, tokenizer, path: Path, lora: bool) -> None:
+    """Write a trained policy once: ``Trainer.save_model`` (gathers ZeRO-3 shards, writes from the main
+    process), or, for LoRA, the adapter merged into the weights by the main process; every rank
+    returns after the files exist."""
+    if not lora:
+        trainer.save_model(str(path))
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(path)
+    elif trainer.accelerator.is_main_process:
+        _save(trainer.accelerator.unwrap_model(trainer.model), tokenizer, path)
+    trainer.accelerator.wait_for_everyone()
+
+
 def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Path | None:
     """The directory of the start policy (SFT warm start), or None for ``model.name_or_path`` as is."""
     if not cfg.sft.enabled:
@@ -196,10 +247,11 @@ def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Pa
         raise ValueError("sft.enabled warm-starts on generated search traces; set sft.enabled: false for task.kind 'math'")
     from mrl_llm.experiment import MetricsCallback
 
-    model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seeds[0])
+    model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seeds[0], training=True)
     data = sft_dataset(cfg.task.search, cfg.sft.num_trials, SFT_SEED + cfg.sft.seed, tok)
     trainer = run_sft(model, tok, data, cfg.sft, run_dir / "sft", callbacks=[MetricsCallback(logger, "sft/")], peft_config=cfg.model.lora.to_peft())
-    _save(trainer.accelerator.unwrap_model(trainer.model), tok, final)
+    _save_trained(trainer, tok, final, cfg.model.lora.to_peft() is not None)
+    release_memory(trainer)
     return final
 
 
@@ -211,21 +263,24 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
     final = out / "final"
     if (final / "config.json").exists():
         return final
-    model, tok = load_model_and_tokenizer(cfg.model, path=start, seed=seed)
+    model, tok = load_model_and_tokenizer(cfg.model, path=start, seed=seed, training=True)
     peft = cfg.model.lora.to_peft()
     split = split_fn_for(cfg)
     cb = [MetricsCallback(logger, f"{method}_s{seed}/")]
     if method == "mrt_star":
         prompts = train_prompts(cfg, tok)
         g = torch.Generator().manual_seed(seed)
-        data, stats = mrt_star_dataset(model, tok, prompts["prompt"], prompts["answer"], cfg.star, cfg.prover(), split, g)
+        from mrl_llm.models import inference_device
+
+        data, stats = mrt_star_dataset(model.to(inference_device()), tok, prompts["prompt"], prompts["answer"], cfg.star, cfg.prover(), split, g)
         (out).mkdir(parents=True, exist_ok=True)
         (out / "star_stats.json").write_text(json.dumps(stats, indent=2))
         if len(data) == 0:  # nothing made progress: the method's policy is the start policy
             import warnings
 
             warnings.warn(f"MRT-STaR kept no trace out of {stats['sampled']}; {method} seed {seed} = the start policy")
-            _save(model, tok, final)
+            if is_main_process():
+                _save(model, tok, final)
             return final
         trainer = run_sft(model, tok, data, dataclasses.replace(cfg.sft, seed=seed), out, callbacks=cb, peft_config=peft)
     else:
@@ -235,33 +290,61 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
             mrt = dataclasses.replace(cfg.mrt, mode="progress" if method == "mrt" else "termination", prover=cfg.prover())
         trainer = build_reasoning_trainer(model, tok, train_prompts(cfg, tok), grpo, out, mrt=mrt, split_fn=split, peft_config=peft, callbacks=cb)
         train(trainer, out)
-    if peft is None:  # Trainer.save_model gathers ZeRO-3 shards and writes from the main process only
-        trainer.save_model(str(final))
-        if trainer.accelerator.is_main_process:
-            tok.save_pretrained(final)
-        trainer.accelerator.wait_for_everyone()
-    else:
-        _save(trainer.accelerator.unwrap_model(trainer.model), tok, final)
+    _save_trained(trainer, tok, final, peft is not None)
+    release_memory(trainer)
     return final
 
 
 def evaluate_policy(cfg: MRTExperiment, path: Path | None, seed_offset: int = 0) -> dict:
     """:func:`~mrl_llm.evaluate_reasoning.evaluate_reasoning` of a saved policy (None: the
-    configured model as is) on the held-out problems; with ``eval.use_vllm`` through a vLLM engine."""
+    configured model as is) on the held-out problems; with ``eval.use_vllm`` through a vLLM engine
+    (call it in a process that holds no other engine: :func:`run_mrt` uses a fresh one), else with
+    transformers on the process's GPU (:func:`~mrl_llm.models.inference_device`)."""
     ev = dataclasses.replace(cfg.eval, seed=cfg.eval.seed + seed_offset)
     if ev.use_vllm:
-        from transformers import AutoTokenizer
         from vllm import LLM
 
         source = str(path) if path is not None else cfg.model.name_or_path
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = load_tokenizer(cfg.model, path)
         llm = LLM(model=source, dtype=cfg.model.dtype if cfg.model.dtype != "float32" else "auto", gpu_memory_utilization=ev.vllm_gpu_memory_utilization,
-                  enable_prefix_caching=True, seed=ev.seed)
+                  enable_prefix_caching=True, seed=ev.seed, trust_remote_code=cfg.model.trust_remote_code)
         prompts, refs = eval_problems(cfg, tok)
         return evaluate_reasoning(None, tok, prompts, refs, ev, cfg.prover(), split_fn_for(cfg), vllm_llm=llm)
     model, tok = load_model_and_tokenizer(cfg.model, path=path, seed=cfg.seeds[0])
     prompts, refs = eval_problems(cfg, tok)
     return evaluate_reasoning(model, tok, prompts, refs, ev, cfg.prover(), split_fn_for(cfg))
+
+
+def uses_vllm(cfg: MRTExperiment) -> bool:
+    """Whether any stage runs a vLLM engine (training rollouts or evaluation)."""
+    return cfg.grpo.use_vllm or cfg.eval.use_vllm
+
+
+def release_memory(trainer=None) -> None:
+    """Drop a finished trainer's model, optimizer and vLLM engine, then collect garbage and empty
+    the CUDA cache, so the next stage of this process starts with the GPU free (best effort: a
+    colocated vLLM engine may keep its share until the process exits, which
+    :data:`MAX_VLLM_MEMORY_UTILIZATION` allows for)."""
+    import gc
+
+    if trainer is not None:
+        trainer.accelerator.free_memory()
+        for name in ("model", "model_wrapped", "optimizer", "lr_scheduler", "ref_model", "vllm_generation", "deepspeed"):
+            if hasattr(trainer, name):
+                setattr(trainer, name, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new (spawned) process; returns its result. The process exits afterwards,
+    which returns every byte of GPU memory it held (a vLLM engine, a trainer)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 # ---- aggregation and report ----------------------------------------------------------------
@@ -432,48 +515,70 @@ def train_and_evaluate(cfg: MRTExperiment, method: str, seed: int, start: Path |
     return {"key": f"{method}_s{seed}", "eval": ev, "train_s": train_s, "eval_s": time.perf_counter() - t}
 
 
+def _start_policy_worker(cfg: MRTExperiment, run_dir: str) -> Path | None:
+    """:func:`start_policy` in a worker process (its own metrics logger)."""
+    set_threads(_threads(cfg)[0])
+    with MetricsLogger(run_dir) as logger:
+        return start_policy(cfg, Path(run_dir), logger)
+
+
+def _train_worker(cfg: MRTExperiment, method: str, seed: int, start: Path | None, run_dir: str) -> Path:
+    """:func:`train_method` in a worker process (its own metrics logger)."""
+    set_threads(_threads(cfg)[0])
+    with MetricsLogger(run_dir) as logger:
+        return train_method(cfg, method, seed, start, Path(run_dir), logger)
+
+
 def run_mrt(cfg: MRTExperiment) -> Path:
     """Run the whole experiment; returns the run directory.
 
-    Under ``accelerate launch`` every process trains; the evaluations and the report are made
-    by the main process while the others wait. In a single process with ``workers`` > 1 the
-    (method, seed) runs go to that many worker processes (spawned), each training and then
-    evaluating its run; ``evals.json`` is written as each finishes, so an interrupted run
-    resumes with what is done.
+    * One process, ``workers`` > 1: the (method, seed) runs go to that many worker processes
+      (spawned), each training and then evaluating its run.
+    * One process with vLLM (``grpo.use_vllm`` or ``eval.use_vllm``): the SFT start, every training
+      run and every evaluation run each in a fresh process, so that each vLLM engine (TRL's
+      colocated one, the evaluation's) starts on a GPU that no earlier stage still holds.
+    * Under ``accelerate launch``: every process trains (SFT start, then each run); the main process
+      alone writes the run folder, the config, the metrics and, once every run is trained, evaluates
+      them (the evaluation's vLLM engine in a fresh process) and writes the report, while the other
+      processes have returned: nobody waits in a collective while one rank evaluates.
+
+    ``evals.json`` is written as each evaluation finishes and finished training runs are reused, so
+    an interrupted run resumes with what is done.
     """
     from accelerate import PartialState
 
     state = PartialState()
+    main, single = state.is_main_process, state.num_processes == 1
+    isolate = single and uses_vllm(cfg)
     start_time = time.perf_counter()
     main_threads, _ = _threads(cfg)
     set_threads(main_threads)
     run_dir = prepare_run_dir(cfg.name, cfg.output)
-    save_resolved(cfg, run_dir / "config.yaml", kind="mrt")
+    state.wait_for_everyone()  # the main process has made (or remade) the folder
+    if main:
+        save_resolved(cfg, run_dir / "config.yaml", kind="mrt")
     times: dict[str, float] = {}
     evals_path = run_dir / "evals.json"
     evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
 
-    def record(key: str, ev: dict) -> None:
-        evals[key] = ev
+    def evaluate(key: str, label: str, path: Path | None) -> None:
+        if key in evals:
+            return
+        t = time.perf_counter()
+        evals[key] = in_fresh_process(evaluate_policy, cfg, path, 0) if cfg.eval.use_vllm else evaluate_policy(cfg, path, 0)
         evals_path.write_text(json.dumps(evals, indent=2))
+        times[f"evaluate {label}"] = time.perf_counter() - t
 
-    with MetricsLogger(run_dir) as logger:
+    runs = [(m, seed) for m in cfg.methods for seed in cfg.seeds]
+    finals: dict[str, Path] = {}
+    with MetricsLogger(run_dir, enabled=main) as logger:
         t = time.perf_counter()
-        start = start_policy(cfg, run_dir, logger)
+        start = in_fresh_process(_start_policy_worker, cfg, str(run_dir)) if isolate else start_policy(cfg, run_dir, logger)
         times["start policy (SFT)"] = time.perf_counter() - t
-
-        def cached_eval(key: str, path: Path | None, offset: int) -> dict:
-            if key not in evals and state.is_main_process:
-                record(key, evaluate_policy(cfg, path, offset))
-            state.wait_for_everyone()
-            return evals.get(key, {})
-
-        t = time.perf_counter()
-        cached_eval("start", start, 0)
-        times["evaluate start"] = time.perf_counter() - t
-        runs = [(m, seed) for m in cfg.methods for seed in cfg.seeds]
+        if single:
+            evaluate("start", "start", start)
         pending = [(m, seed) for m, seed in runs if f"{m}_s{seed}" not in evals]
-        if cfg.workers > 1 and len(pending) > 1 and state.num_processes == 1:
+        if single and cfg.workers > 1 and len(pending) > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -482,21 +587,29 @@ def run_mrt(cfg: MRTExperiment) -> Path:
                 futures = [pool.submit(train_and_evaluate, cfg, m, seed, start, str(run_dir)) for m, seed in pending]
                 for f in as_completed(futures):
                     done = f.result()
-                    record(done["key"], done["eval"])
+                    evals[done["key"]] = done["eval"]
+                    evals_path.write_text(json.dumps(evals, indent=2))
                     method, seed = done["key"].rsplit("_s", 1)
                     times[f"train {method} seed {seed}"] = done["train_s"]
                     times[f"evaluate {method} seed {seed}"] = done["eval_s"]
             times[f"{len(pending)} runs in {min(cfg.workers, len(pending))} workers (wall)"] = time.perf_counter() - t
         else:
             for method, seed in runs:
+                key = f"{method}_s{seed}"
                 t = time.perf_counter()
-                final = train_method(cfg, method, seed, start, run_dir, logger)
+                if isolate:
+                    finals[key] = in_fresh_process(_train_worker, cfg, method, seed, start, str(run_dir))
+                else:
+                    finals[key] = train_method(cfg, method, seed, start, run_dir, logger)
                 times[f"train {method} seed {seed}"] = time.perf_counter() - t
-                t = time.perf_counter()
-                cached_eval(f"{method}_s{seed}", final, 0)
-                times[f"evaluate {method} seed {seed}"] = time.perf_counter() - t
-    if not state.is_main_process:
+                if single:
+                    evaluate(key, f"{method} seed {seed}", finals[key])
+    if not main:
         return run_dir
+    release_memory()
+    evaluate("start", "start", start)
+    for method, seed in runs:
+        evaluate(f"{method}_s{seed}", f"{method} seed {seed}", finals.get(f"{method}_s{seed}"))
     results: dict = {"start": aggregate({0: evals["start"]})}
     for method in cfg.methods:
         results[method] = aggregate({seed: evals[f"{method}_s{seed}"] for seed in cfg.seeds})
@@ -530,6 +643,13 @@ def dry_run(cfg: MRTExperiment, out=print) -> dict:
                  "per_device_train_batch_size": args.per_device_train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
                  "max_completion_length": args.max_completion_length, "temperature": args.temperature, "beta": args.beta,
                  "loss_type": args.loss_type, "use_vllm": cfg.grpo.use_vllm, "vllm_mode": args.vllm_mode, "bf16": cfg.grpo.bf16},
+        "gpu": {**gpu_settings(cfg.grpo, args, cfg.model),
+                "eval_vllm": {"use_vllm": cfg.eval.use_vllm, "gpu_memory_utilization": cfg.eval.vllm_gpu_memory_utilization if cfg.eval.use_vllm else 0.0},
+                "vllm_memory_utilization_sum": (cfg.grpo.vllm_gpu_memory_utilization if cfg.grpo.use_vllm else 0.0)
+                + (cfg.eval.vllm_gpu_memory_utilization if cfg.eval.use_vllm else 0.0),
+                "vllm_memory_utilization_max": MAX_VLLM_MEMORY_UTILIZATION,
+                "meta_prover_sequences_per_generation": (req := prover_requests(args, dataclasses.replace(cfg.mrt, mode="progress"))),
+                "mrt_engine_max_num_seqs": max(args.per_device_train_batch_size * args.vllm_tensor_parallel_size * (args.steps_per_generation or 1), min(req, 1024))},
         "mrt": {"alpha": cfg.mrt.alpha, "credit": cfg.mrt.credit, "max_episodes": cfg.mrt.max_episodes,
                 "prover": dataclasses.asdict(cfg.prover()), "markers": list(cfg.mrt.episodes.markers)},
         "run_dir": str(run_dir),

@@ -1,6 +1,7 @@
 """Distillation data, a tiny SFT run, the GRPO rollout function and a tiny GRPO step."""
 
 import copy
+from types import SimpleNamespace
 from collections import defaultdict
 
 import pytest
@@ -60,15 +61,14 @@ def test_rewards_registry():
 
 
 def test_rollout_func_groups_share_a_task(tiny_model, tiny_tok):
-    class FakeTrainer:
-        model = tiny_model
-        use_vllm = False
-        _metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    from accelerate import Accelerator
 
-        class accelerator:
-            @staticmethod
-            def unwrap_model(m):
-                return m
+    class FakeTrainer:
+        model = model_wrapped = tiny_model
+        use_vllm = False
+        args = SimpleNamespace(ds3_gather_for_generation=True)
+        accelerator = Accelerator(cpu=True)
+        _metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     env = BanditText(5, 6)
     fn = make_rollout_func(BernoulliBandit(5), env, tiny_tok, SamplingConfig(), num_generations=4, episodes_per_trial=6, seed=0)

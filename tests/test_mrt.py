@@ -1,5 +1,6 @@
 """MRT inside trl.GRPOTrainer, MRT-STaR selection, the reasoning evaluation and the experiment."""
 
+import contextlib
 import json
 
 import pytest
@@ -45,7 +46,7 @@ def _trainer(tok, tmp_path, mode, monkeypatch, prover):
     cfg = ReasoningGRPOConfig(max_steps=1, num_generations=4, prompts_per_step=2, max_completion_length=48, learning_rate=1e-3, warmup_ratio=0.0, save_steps=100)
     mrt = MRTConfig(mode=mode, alpha=1.0, prover=PROVER)
     trainer = build_reasoning_trainer(model, tok, data, cfg, tmp_path / mode, mrt=mrt, split_fn=lambda t: [st.Episode(t[:1], 0, 1), st.Episode(t[1:3], 1, 3)] if len(t) >= 3 else [])
-    monkeypatch.setattr(trainer, "_prover", lambda: prover)
+    monkeypatch.setattr(trainer, "_prover", lambda: contextlib.nullcontext(prover))
     return trainer, model
 
 
@@ -73,7 +74,7 @@ def test_mrt_progress_mode_puts_each_episodes_progress_on_its_tokens_and_trains(
     assert any(len(e) for e in ends) and prover.calls[0][2] == cuts
     # a training step with these advantages moves the weights (outcome rewards are ~0 here)
     monkeypatch.undo()
-    monkeypatch.setattr(trainer, "_prover", lambda: prover)
+    monkeypatch.setattr(trainer, "_prover", lambda: contextlib.nullcontext(prover))
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -81,7 +82,7 @@ def test_mrt_progress_mode_puts_each_episodes_progress_on_its_tokens_and_trains(
 def test_mrt_rl_mode_continues_from_a_policy_prefix_with_the_termination_baseline(tok, tmp_path, monkeypatch):
     prover = FixedProver(constant=0.5)
     trainer, model = _trainer(tok, tmp_path, "termination", monkeypatch, prover)
-    monkeypatch.setattr(trainer, "_sample_traces", lambda model, prompts: ["try 1: 1+2 is 3 no\n\nWait try 2: 2+2 is 4 yes\n\nAnswer: 2"] * len(prompts))
+    monkeypatch.setattr(trainer, "_sample_traces", lambda prompts: ["try 1: 1+2 is 3 no\n\nWait try 2: 2+2 is 4 yes\n\nAnswer: 2"] * len(prompts))
     inputs = [dict(trainer.train_dataset[0]) for _ in range(4)] + [dict(trainer.train_dataset[1]) for _ in range(4)]
     new = trainer._with_random_prefixes(inputs)
     for g in range(2):

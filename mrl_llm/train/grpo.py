@@ -14,10 +14,11 @@ logging) is TRL's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -55,11 +56,25 @@ class GRPOCommonConfig:
         max_grad_norm: gradient clipping.
         use_vllm: generate rollouts with vLLM (GPU; colocate mode).
         vllm_gpu_memory_utilization: vLLM's share of GPU memory in colocate mode.
-        bf16: bfloat16 mixed precision (GPU).
+        vllm_importance_sampling_mode: TRL's correction of the mismatch between vLLM's sampling
+            logprobs and the trainer's. Default ``"token_truncate"`` (truncated importance sampling,
+            each token's ratio capped at ``vllm_importance_sampling_clip_max``; Yao et al. 2025,
+            "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"), not TRL's
+            ``"sequence_mask"``: a sequence ratio is the product of every token's, so over a
+            100-turn trial or a 16K-token trace small per-token differences (bf16 engine against
+            the trainer) multiply past the cap and whole sequences are masked out. TRL logs the
+            ratios as ``sampling/importance_sampling_ratio/*`` (in ``metrics.jsonl``).
+        vllm_importance_sampling_clip_max: the cap C of those ratios (TRL's default 3.0).
+        bf16: bfloat16 mixed precision (GPU): autocast over float32 weights (the project loads
+            training weights in float32, :class:`mrl_llm.models.ModelConfig`).
         gradient_checkpointing: trade compute for memory.
         logging_steps: log every k steps.
         save_steps: checkpoint every k steps (the run resumes from the last one).
         seed: trainer seed (and, for trial GRPO, the training task stream).
+        trust_remote_code: forwarded to TRL (its vLLM engine loads the model by name).
+        trl: any other ``trl.GRPOConfig`` argument, by its TRL name (e.g. ``report_to: [wandb]``,
+            ``vllm_enable_sleep_mode: true``); it overrides the fields above. An unknown name is an
+            error naming it when the arguments are built (``--dry-run`` builds them).
 
     Raises:
         ValueError: naming the field, when a value is out of range.
@@ -82,11 +97,17 @@ class GRPOCommonConfig:
     max_grad_norm: float = 1.0
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = 0.3
+    vllm_importance_sampling_mode: Literal[
+        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
+    ] = "token_truncate"
+    vllm_importance_sampling_clip_max: float = 3.0
     bf16: bool = False
     gradient_checkpointing: bool = False
     logging_steps: int = 1
     save_steps: int = 50
     seed: int = 0
+    trust_remote_code: bool = False
+    trl: dict[str, Any] = field(default_factory=dict)
 
     #: name of the subclass's "groups per optimizer step" field (for messages and the batch size)
     _groups_field = ""
@@ -107,6 +128,10 @@ class GRPOCommonConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if not self.vllm_importance_sampling_clip_max >= 1:
+            raise ValueError(f"vllm_importance_sampling_clip_max must be >= 1, got {self.vllm_importance_sampling_clip_max}")
 
     @property
     def per_device_train_batch_size(self) -> int:
@@ -115,6 +140,7 @@ class GRPOCommonConfig:
 
     def trl_arguments(self, output_dir: str | os.PathLike, use_cpu: bool | None = None, **fields):
         """The ``trl.GRPOConfig`` of these settings plus ``fields`` (see :func:`make_grpo_config`)."""
+        fields = {**fields, **self.trl}
         return make_grpo_config(
             output_dir,
             use_cpu,
@@ -137,10 +163,13 @@ class GRPOCommonConfig:
             max_grad_norm=self.max_grad_norm,
             use_vllm=self.use_vllm,
             vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            vllm_importance_sampling_mode=self.vllm_importance_sampling_mode,
+            vllm_importance_sampling_clip_max=self.vllm_importance_sampling_clip_max,
             bf16=self.bf16,
             logging_steps=self.logging_steps,
             save_steps=self.save_steps,
             seed=self.seed,
+            trust_remote_code=self.trust_remote_code,
             **fields,
         )
 
@@ -192,31 +221,37 @@ def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingC
     ``prompt_ids``, ``completion_ids``, ``logprobs`` plus ``env_mask`` (1 = model token) and the
     per-trial fields ``trial_return``, ``trial_regret``, ``invalid_actions`` for reward functions.
 
+    Every process of a multi-process run (``accelerate launch``) plays its own task stream,
+    seeded from ``seed`` and its rank (:func:`rank_seed`).
+
     Raises:
         ValueError: if the number of prompts is not a multiple of ``num_generations``.
     """
-    task_gen = torch.Generator().manual_seed(GRPO_SEED_BASE + seed)
-    calls = [0]
+    state = {"task_gen": None, "calls": 0}
 
     def rollout_func(prompts, trainer) -> dict:
         n = len(prompts)
         if n % num_generations:
             raise ValueError(f"rollout_func got {n} prompts, not a multiple of num_generations={num_generations}")
-        tasks = dist.sample_tasks(n // num_generations, task_gen)
+        rank = int(getattr(trainer.accelerator, "process_index", 0))
+        if state["task_gen"] is None:
+            state["task_gen"] = torch.Generator().manual_seed(rank_seed(GRPO_SEED_BASE + seed, rank))
+        tasks = dist.sample_tasks(n // num_generations, state["task_gen"])
         tasks = type(tasks)(*(t.repeat_interleave(num_generations, dim=0) for t in tasks))
-        model = trainer.accelerator.unwrap_model(trainer.model)
         vllm_llm = None
         if getattr(trainer, "use_vllm", False):
             if getattr(trainer.args, "vllm_mode", "colocate") != "colocate":
                 raise ValueError("multi-turn trials need vllm_mode='colocate' (per-turn generation on the local engine)")
             vllm_llm = trainer.vllm_generation.llm
-        was_training = model.training
-        model.eval()
-        agent = LLMAgent(model, tokenizer, text_env, sampling, record=True, vllm_llm=vllm_llm)
-        calls[0] += 1
-        res = run_trials(agent, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=GRPO_SEED_BASE + 7 * seed + 100_003 * calls[0])
-        trs = agent.finish()
-        model.train(was_training)
+        state["calls"] += 1
+        trial_seed = rank_seed(GRPO_SEED_BASE + 7 * seed + 100_003 * state["calls"], rank)
+        with generation_model(trainer) as model:
+            was_training = model.training
+            model.eval()
+            agent = LLMAgent(model, tokenizer, text_env, sampling, record=True, vllm_llm=vllm_llm)
+            res = run_trials(agent, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=trial_seed)
+            trs = agent.finish()
+            model.train(was_training)
         invalid = (res.actions == -1).sum(dim=1)
         metrics = getattr(trainer, "_metrics", None)
         if metrics is not None:
@@ -239,25 +274,96 @@ def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingC
 
 
 def make_grpo_config(output_dir: str | os.PathLike, use_cpu: bool | None = None, gradient_checkpointing: bool = False, **fields):
-    """``trl.GRPOConfig`` with the project's fixed choices (vLLM in colocate mode, one checkpoint
-    kept, no external loggers, dropout off, completions not logged) plus ``fields``; shared by the
-    trial GRPO here and MRT's reasoning GRPO (:mod:`mrl_llm.train.mrt`)."""
+    """``trl.GRPOConfig`` with the project's defaults (vLLM in colocate mode, one checkpoint kept,
+    no external loggers, dropout off, completions not logged) overridden by ``fields``; shared by
+    the trial GRPO here and MRT's reasoning GRPO (:mod:`mrl_llm.train.mrt`).
+
+    Raises:
+        ValueError: naming a field that ``trl.GRPOConfig`` does not have.
+    """
+    import dataclasses
+
     from trl import GRPOConfig
 
     from mrl_llm.models import activation_checkpointing_kwargs
 
+    known = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown trl.GRPOConfig argument(s) {unknown} (see trl.GRPOConfig for the names)")
     use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
-    return GRPOConfig(
-        output_dir=str(output_dir),
-        vllm_mode="colocate",
-        save_total_limit=1,
-        report_to=[],
-        use_cpu=use_cpu,
-        log_completions=False,
-        disable_dropout=True,
+    args = {
+        "output_dir": str(output_dir),
+        "vllm_mode": "colocate",
+        "save_total_limit": 1,
+        "report_to": [],
+        "use_cpu": use_cpu,
+        "log_completions": False,
+        "disable_dropout": True,
         **activation_checkpointing_kwargs(GRPOConfig, gradient_checkpointing),
-        **fields,
-    )
+    }
+    return GRPOConfig(**{**args, **fields})
+
+
+def gpu_settings(cfg: GRPOCommonConfig, args, model_cfg) -> dict:
+    """The resolved GPU-side settings of a GRPO stage, for ``--dry-run``: weight dtypes, vLLM
+    (engine share, TRL's ``max_num_seqs``, importance sampling), DeepSpeed (as ``accelerate launch``
+    sets it in the environment) and whether the packages these need are installed."""
+    import importlib.util
+
+    return {
+        "weights": {"training": "float32" + (" (bf16 autocast)" if cfg.bf16 else ""), "inference": model_cfg.dtype},
+        "vllm": {
+            "use_vllm": cfg.use_vllm,
+            "mode": args.vllm_mode,
+            "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization if cfg.use_vllm else 0.0,
+            "max_num_seqs": args.per_device_train_batch_size * args.vllm_tensor_parallel_size * (args.steps_per_generation or 1),
+            "importance_sampling": {"correction": args.vllm_importance_sampling_correction, "mode": args.vllm_importance_sampling_mode,
+                                    "clip_max": args.vllm_importance_sampling_clip_max},
+            "installed": importlib.util.find_spec("vllm") is not None,
+        },
+        "deepspeed": {
+            "under_accelerate_launch": os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true",
+            "zero_stage": os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"),
+            "installed": importlib.util.find_spec("deepspeed") is not None,
+        },
+        "trust_remote_code": cfg.trust_remote_code,
+        "trl_overrides": dict(cfg.trl),
+    }
+
+
+@contextlib.contextmanager
+def generation_model(trainer):
+    """The trainer's policy, unwrapped for generation in our own decode loops (HF rollouts, the
+    meta-prover): ``trl.models.unwrap_model_for_generation``, which under DeepSpeed ZeRO-3 gathers
+    the full weights once (``ds3_gather_for_generation``) so that ranks whose loops run different
+    numbers of forward passes do not wait on each other's parameter all-gathers.
+
+    Raises:
+        ValueError: under ZeRO-3 with several processes and ``ds3_gather_for_generation: false``
+            (each forward would all-gather shards: ranks decoding different lengths deadlock).
+    """
+    from trl.distributed import DistributedBackend
+    from trl.models import unwrap_model_for_generation
+
+    acc = trainer.accelerator
+    gather = bool(getattr(trainer.args, "ds3_gather_for_generation", True))
+    if not gather and acc.num_processes > 1 and DistributedBackend(acc).is_zero3:
+        raise ValueError("HF decoding under ZeRO-3 with several processes needs ds3_gather_for_generation: true "
+                         "(or use_vllm: true): ranks decoding different lengths would deadlock in all-gathers")
+    with unwrap_model_for_generation(trainer.model_wrapped, acc, gather_deepspeed3_params=gather) as model:
+        yield model
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s stream derived from ``seed``: ``seed`` itself for rank 0 (a
+    single-process run keeps its numbers), else a ``numpy.random.SeedSequence`` mix of both, so the
+    ranks of ``accelerate launch`` play disjoint task streams."""
+    if rank == 0:
+        return int(seed)
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])  # < 2**32: safe in seed arithmetic
 
 
 def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_completion_length: int, use_cpu: bool | None = None):
@@ -278,7 +384,7 @@ def build_grpo_trainer(model, tokenizer, dist, text_env: BanditText, cfg: GRPOSt
     from trl import GRPOTrainer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    sampling = SamplingConfig(temperature=cfg.temperature, top_k=sampling.top_k, max_action_tokens=sampling.max_action_tokens, use_cache=sampling.use_cache)
+    sampling = SamplingConfig(**{**vars(sampling), "temperature": cfg.temperature, "top_p": cfg.top_p})
     max_len = episodes_per_trial * (sampling.max_action_tokens + 64) + 8
     args = grpo_arguments(cfg, output_dir, max_len)
     rollout = make_rollout_func(dist, text_env, tokenizer, sampling, cfg.num_generations, episodes_per_trial, cfg.seed)

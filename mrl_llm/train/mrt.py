@@ -25,6 +25,7 @@ applied when the dataset is built), so a prefix can be appended to a prompt as t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from mrl_llm.rewards import get_reward
-from mrl_llm.train.grpo import GRPOCommonConfig
+from mrl_llm.train.grpo import GRPOCommonConfig, generation_model
 from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, mrt_token_advantages, progress_rewards, termination_advantages, token_cuts
 from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
 
@@ -116,6 +117,41 @@ def _unpad(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
 
+def prover_requests(args, mrt: MRTConfig) -> int:
+    """Sequences the meta-prover sends to the vLLM engine per generation batch of one process:
+    every completion x (at most ``max_episodes`` + 1 cuts) x K answers ("progress"), or one cut x K
+    per group ("termination"). TRL sizes its colocated engine's ``max_num_seqs`` for the rollouts
+    only (``per_device_train_batch_size x steps_per_generation``), so the prover's requests would
+    run in that many serial waves."""
+    completions = args.per_device_train_batch_size * args.vllm_tensor_parallel_size * (args.steps_per_generation or 1)
+    K = mrt.prover.num_samples
+    if mrt.mode == "progress":
+        return completions * (mrt.max_episodes + 1) * K
+    return max(1, completions // args.num_generations) * K
+
+
+@contextlib.contextmanager
+def engine_max_num_seqs(at_least: int, at_most: int = 1024):
+    """Within the block, TRL's colocated vLLM engine (``trl.trainer.grpo_trainer.VLLMGeneration``) is
+    built with ``max_num_seqs >= min(at_least, at_most)``: vLLM then decodes the meta-prover's
+    requests in one wave (its KV-cache share still bounds what runs at once). TRL has no argument
+    for it; this wraps the class TRL's trainer constructs, and restores it on exit."""
+    import trl.trainer.grpo_trainer as grpo_module
+
+    original = grpo_module.VLLMGeneration
+    wanted = min(int(at_least), int(at_most))
+
+    def build(*args, **kwargs):
+        kwargs["max_num_seqs"] = max(int(kwargs.get("max_num_seqs") or 0), wanted)
+        return original(*args, **kwargs)
+
+    grpo_module.VLLMGeneration = build
+    try:
+        yield
+    finally:
+        grpo_module.VLLMGeneration = original
+
+
 class MRTGRPOTrainer:  # the real base class is bound lazily (trl is imported on first use)
     """Factory: ``MRTGRPOTrainer(..., mrt=MRTConfig, split_fn=..., reference_key="answer")``
     returns an instance of :func:`mrt_trainer_class` (a ``trl.GRPOTrainer`` subclass)."""
@@ -144,7 +180,8 @@ def mrt_trainer_class():
         """
 
         def __init__(self, *args, mrt: MRTConfig, split_fn: SplitFn | None = None, reference_key: str = "answer", **kwargs):
-            super().__init__(*args, **kwargs)
+            with engine_max_num_seqs(prover_requests(kwargs["args"], mrt)):
+                super().__init__(*args, **kwargs)
             self.mrt = mrt
             self.split_fn = split_fn or default_split_fn(mrt.episodes)
             self.reference_key = reference_key
@@ -152,11 +189,28 @@ def mrt_trainer_class():
             self._prefix_gen = torch.Generator().manual_seed(20_011 * (self.args.seed + 1))
 
         # -- the meta-prover on the current weights ------------------------------------
-        def _prover(self) -> MetaProver:
+        def _engine(self):
+            """TRL's colocated vLLM engine, or None (HF decoding)."""
+            return self.vllm_generation.llm if self.use_vllm and hasattr(self.vllm_generation, "llm") else None
+
+        def _sync_engine_weights(self) -> None:
+            """Push this step's weights to the vLLM engine now if TRL has not yet (TRL does it at the
+            start of its own generation, the same way: once per global step)."""
+            if self.use_vllm and self.state.global_step != self._last_loaded_step:
+                self.vllm_generation.sync_weights()
+                self._last_loaded_step = self.state.global_step
+
+        @contextlib.contextmanager
+        def _prover(self):
+            """The meta-prover on the current weights: TRL's vLLM engine, or the policy unwrapped for
+            generation (:func:`~mrl_llm.train.grpo.generation_model`: ZeRO-3 weights gathered once)."""
             tok = self.processing_class
-            llm = self.vllm_generation.llm if self.use_vllm and hasattr(self.vllm_generation, "llm") else None
-            model = self.accelerator.unwrap_model(self.model)
-            return MetaProver(model, tok, self.mrt.prover, vllm_llm=llm)
+            llm = self._engine()
+            if llm is not None:
+                yield MetaProver(None, tok, self.mrt.prover, vllm_llm=llm)
+                return
+            with generation_model(self) as model:
+                yield MetaProver(model, tok, self.mrt.prover)
 
         def _episode_cuts(self, completion_ids: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
             """Per completion: token ends of its (at most ``max_episodes``) episodes, and the
@@ -174,10 +228,10 @@ def mrt_trainer_class():
         # -- MRT-RL: replace prompts by prompt + a random episode prefix of a policy trace --
         def _with_random_prefixes(self, inputs: list[dict]) -> list[dict]:
             G = self.num_generations
-            model = self.accelerator.unwrap_model(self.model)
             groups = [inputs[i] for i in range(0, len(inputs), G)]
             prompts = [g["prompt"] for g in groups]
-            traces = self._sample_traces(model, prompts)
+            self._sync_engine_weights()  # the prefixes come from this step's policy
+            traces = self._sample_traces(prompts)
             new_prompts = []
             for text in traces:
                 episodes = list(self.split_fn(text))[: self.mrt.max_episodes]
@@ -196,22 +250,29 @@ def mrt_trainer_class():
             return [ids[: max(self.max_completion_length - used[p], 0)] for ids, p in zip(completion_ids, prefixes)]
 
         @torch.no_grad()
-        def _sample_traces(self, model, prompts: list[str]) -> list[str]:
+        def _sample_traces(self, prompts: list[str]) -> list[str]:
+            """One trace of the current policy per prompt (text), seeded from ``_prefix_gen``. Prompts
+            are tokenized as TRL tokenizes text prompts (special tokens added by the tokenizer)."""
             tok = self.processing_class
-            if self.use_vllm and hasattr(self.vllm_generation, "llm"):
-                from vllm import SamplingParams
-
-                params = SamplingParams(temperature=self.temperature, max_tokens=self.max_completion_length)
-                outs = self.vllm_generation.llm.generate(prompts, params, use_tqdm=False)
-                return [o.outputs[0].text for o in outs]
-            was_training = model.training
-            model.eval()
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._prefix_gen))
-            torch.manual_seed(seed)
-            gen = model.generate(**enc, do_sample=True, temperature=self.temperature, max_new_tokens=self.max_completion_length,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            model.train(was_training)
+            llm = self._engine()
+            if llm is not None:
+                from vllm import SamplingParams
+                from vllm.inputs import TokensPrompt
+
+                params = [SamplingParams(temperature=self.temperature, top_p=self.args.top_p, max_tokens=self.max_completion_length, seed=seed + i)
+                          for i in range(len(prompts))]
+                ids = [TokensPrompt(prompt_token_ids=tok(p)["input_ids"]) for p in prompts]
+                outs = llm.generate(ids, params, use_tqdm=False)
+                return [tok.decode(o.outputs[0].token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) for o in outs]
+            with generation_model(self) as model:
+                was_training = model.training
+                model.eval()
+                enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
+                torch.manual_seed(seed)
+                gen = model.generate(**enc, do_sample=True, temperature=self.temperature, top_p=self.args.top_p, top_k=0,
+                                     max_new_tokens=self.max_completion_length, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                model.train(was_training)
             return tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
         def _generate_and_score_completions(self, inputs):
@@ -224,31 +285,31 @@ def mrt_trainer_class():
             refs = [str(x[self.reference_key]) for x in inputs]
             prompt_ids = _unpad(out["prompt_ids"], out["prompt_mask"])
             completion_ids = _unpad(out["completion_ids"], out["completion_mask"])
-            prover = self._prover()
             metrics = self._metrics[mode]
-            if self.mrt.mode == "progress":
-                ends, cuts = self._episode_cuts(completion_ids)
-                J = prover.success_rates(prompt_ids, completion_ids, cuts, refs, generator=self._prover_gen)
-                progress = [progress_rewards(j) for j in J]
-                out["advantages"] = mrt_token_advantages(out["advantages"], progress, ends, out["completion_ids"].shape[1], self.mrt.alpha, self.mrt.credit).to(out["advantages"].device)
-                flat = torch.cat(progress) if progress else torch.zeros(0)
-                metrics["mrt/episodes"].append(sum(len(e) for e in ends) / max(len(ends), 1))
-                metrics["mrt/progress_mean"].append(float(flat.mean()) if flat.numel() else 0.0)
-                metrics["mrt/J_empty"].append(float(torch.stack([j[0] for j in J]).mean()))
-            else:
-                G = self.num_generations
-                firsts = list(range(0, len(prompt_ids), G))
-                J = prover.success_rates([prompt_ids[i] for i in firsts], [[] for _ in firsts], [[0] for _ in firsts], [refs[i] for i in firsts], generator=self._prover_gen)
-                term = torch.stack([j[0] for j in J]).repeat_interleave(G)
-                reward_fn = get_reward("answer_correct")
-                if self.mrt.prefix_counts_against_budget:
-                    completion_ids = self._within_budget(completion_ids, [x.get("mrt_prefix", "") for x in inputs])
-                texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-                rewards = torch.tensor(reward_fn(None, texts, answer=refs), dtype=torch.float32)
-                out["advantages"] = termination_advantages(rewards, term, G, self.mrt.termination_scale).to(out["advantages"].device)
-                metrics["mrt/termination_reward"].append(float(term.mean()))
-                metrics["mrt/prefix_chars"].append(sum(len(x.get("mrt_prefix", "")) for x in inputs) / len(inputs))
-            metrics["mrt/prover_seconds"].append(prover.stats.seconds)
+            with self._prover() as prover:
+                if self.mrt.mode == "progress":
+                    ends, cuts = self._episode_cuts(completion_ids)
+                    J = prover.success_rates(prompt_ids, completion_ids, cuts, refs, generator=self._prover_gen)
+                    progress = [progress_rewards(j) for j in J]
+                    out["advantages"] = mrt_token_advantages(out["advantages"], progress, ends, out["completion_ids"].shape[1], self.mrt.alpha, self.mrt.credit).to(out["advantages"].device)
+                    flat = torch.cat(progress) if progress else torch.zeros(0)
+                    metrics["mrt/episodes"].append(sum(len(e) for e in ends) / max(len(ends), 1))
+                    metrics["mrt/progress_mean"].append(float(flat.mean()) if flat.numel() else 0.0)
+                    metrics["mrt/J_empty"].append(float(torch.stack([j[0] for j in J]).mean()))
+                else:
+                    G = self.num_generations
+                    firsts = list(range(0, len(prompt_ids), G))
+                    J = prover.success_rates([prompt_ids[i] for i in firsts], [[] for _ in firsts], [[0] for _ in firsts], [refs[i] for i in firsts], generator=self._prover_gen)
+                    term = torch.stack([j[0] for j in J]).repeat_interleave(G)
+                    reward_fn = get_reward("answer_correct")
+                    if self.mrt.prefix_counts_against_budget:
+                        completion_ids = self._within_budget(completion_ids, [x.get("mrt_prefix", "") for x in inputs])
+                    texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+                    rewards = torch.tensor(reward_fn(None, texts, answer=refs), dtype=torch.float32)
+                    out["advantages"] = termination_advantages(rewards, term, G, self.mrt.termination_scale).to(out["advantages"].device)
+                    metrics["mrt/termination_reward"].append(float(term.mean()))
+                    metrics["mrt/prefix_chars"].append(sum(len(x.get("mrt_prefix", "")) for x in inputs) / len(inputs))
+                metrics["mrt/prover_seconds"].append(prover.stats.seconds)
             return out
 
     _TRAINER_CLASS = _MRTGRPOTrainer
@@ -329,7 +390,7 @@ def mrt_star_dataset(model, tokenizer, prompts: Sequence[str], answers: Sequence
     traces = sample_traces(model, tokenizer, prompts, star.samples_per_prompt, star.max_new_tokens, star.temperature, seed)  # batched
     flat_p, flat_c, flat_cuts, texts, episodes, owner = [], [], [], [], [], []
     for i, (prompt, per) in enumerate(zip(prompts, traces)):
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        p_ids = tokenizer(prompt)["input_ids"]  # as TRL tokenizes a text prompt
         for t in per:
             body = t[:-1] if t and t[-1] == eos else t
             text = tokenizer.decode(body, skip_special_tokens=True, clean_up_tokenization_spaces=False)
