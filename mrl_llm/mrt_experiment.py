@@ -337,13 +337,30 @@ def release_memory(trainer=None) -> None:
         torch.cuda.empty_cache()
 
 
+#: What ``accelerate launch`` / ``torchrun`` set for a rank; a fresh process runs on its own.
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def _standalone_process() -> None:
+    """Initializer of a fresh process: a single process on its parent rank's GPU, with the launcher's
+    rank variables removed so that neither accelerate nor vLLM joins the launch's process group."""
+    local = os.environ.get("LOCAL_RANK")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    for name in _LAUNCH_VARIABLES:
+        os.environ.pop(name, None)
+    if local not in (None, "0"):
+        devices = visible.split(",") if visible else [str(i) for i in range(int(local) + 1)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(local)]
+
+
 def in_fresh_process(fn, *args):
-    """``fn(*args)`` in a new (spawned) process; returns its result. The process exits afterwards,
-    which returns every byte of GPU memory it held (a vLLM engine, a trainer)."""
+    """``fn(*args)`` in a new (spawned) process on this rank's GPU; returns its result. The process
+    exits afterwards, which returns every byte of GPU memory it held (a vLLM engine, a trainer)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_standalone_process) as pool:
         return pool.submit(fn, *args).result()
 
 

@@ -530,3 +530,23 @@ def test_mrt_evaluates_with_vllm_in_a_fresh_process_beside_the_trainers_engine(t
     assert set(evals) == {"start", "grpo_s0"} and 0 <= evals["grpo_s0"]["accuracy"]["mean"] <= 1
     with pytest.raises(ValueError, match="less than desired GPU memory utilization"):
         fake_vllm.LLM(model=str(run_dir / "grpo_s0" / "final"), gpu_memory_utilization=0.8)  # the old evaluation's engine
+
+
+def test_a_fresh_process_leaves_the_launch_and_keeps_its_ranks_gpu(monkeypatch):
+    """The evaluation's fresh process must not join the launch's process group (vLLM or accelerate
+    would read RANK / WORLD_SIZE) and must stay on its parent rank's GPU."""
+    import os
+
+    import mrl_llm.mrt_experiment as mx
+
+    for name, value in {"RANK": "2", "WORLD_SIZE": "8", "LOCAL_RANK": "2", "MASTER_PORT": "29500", "CUDA_VISIBLE_DEVICES": "4,5,6,7"}.items():
+        monkeypatch.setenv(name, value)
+    env = mx.in_fresh_process(_environment)
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"} & set(env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "6"
+
+
+def _environment() -> dict:
+    import os
+
+    return dict(os.environ)
