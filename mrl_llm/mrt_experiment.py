@@ -486,8 +486,8 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
 
 
 def _train_stats(run_dir: Path, runs: set[str] | None = None) -> dict:
-    """Means of the MRT/reward metrics each method logged while training (from metrics.jsonl),
-    keyed by ``<method>_s<seed>``; only the ``runs`` given, if any (a run folder reused with other
+    """Means of the MRT, reward and vLLM-sampling (TRL's importance ratios) metrics each method logged
+    while training (from metrics.jsonl), keyed by ``<method>_s<seed>``; only the ``runs`` given, if any (a run folder reused with other
     methods or seeds keeps the earlier runs' lines)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -501,7 +501,7 @@ def _train_stats(run_dir: Path, runs: set[str] | None = None) -> dict:
             run, metric = k.split("/", 1)
             if runs is not None and run not in runs:
                 continue
-            if metric.startswith("mrt/") or metric in ("reward", "completions/mean_length"):
+            if metric.startswith(("mrt/", "sampling/")) or metric in ("reward", "completions/mean_length"):
                 s = sums.setdefault(run, {}).setdefault(metric, [0.0, 0])
                 s[0] += v
                 s[1] += 1

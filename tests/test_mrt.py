@@ -266,8 +266,10 @@ def test_training_statistics_are_means_per_run_and_only_of_this_runs_methods_and
     from mrl_llm.mrt_experiment import _train_stats
 
     lines = [{"step": 1, "grpo_s0/reward": 0.2, "grpo_s0/loss": 9.0, "mrt_rl_s0/reward": 0.9},
-             {"step": 2, "grpo_s0/reward": 0.4, "grpo_s0/mrt/progress_mean": 0.1, "note": "text"}]
+             {"step": 2, "grpo_s0/reward": 0.4, "grpo_s0/mrt/progress_mean": 0.1, "note": "text",
+              "grpo_s0/sampling/importance_sampling_ratio/min": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     stats = _train_stats(tmp_path, {"grpo_s0", "mrt_s0"})
-    assert stats == {"grpo_s0": {"reward": pytest.approx(0.3), "mrt/progress_mean": pytest.approx(0.1)}}
+    assert stats == {"grpo_s0": {"reward": pytest.approx(0.3), "mrt/progress_mean": pytest.approx(0.1),
+                                 "sampling/importance_sampling_ratio/min": pytest.approx(0.5)}}
     assert set(_train_stats(tmp_path)) == {"grpo_s0", "mrt_rl_s0"}
