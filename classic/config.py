@@ -51,6 +51,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from classic.files import write_atomic
+
 __all__ = [
     "DEFAULT_KIND",
     "RecipeError",
@@ -611,8 +613,5 @@ def save_resolved(obj: Any, path: str | Path, kind: str | None = None) -> Path:
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else _plain(dict(obj), "")
     if kind is not None:
         data = {"kind": kind, **{k: v for k, v in data.items() if k != "kind"}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_atomic(path, text)

@@ -28,6 +28,7 @@ from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
 from classic.algos.rl2_config import RL2Config
 from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
+from classic.files import run_folder, write_atomic
 from classic.envs.bandit import BanditConfig
 from classic.evaluate import TrialResult, run_trials
 from classic.metrics import MetricsLogger
@@ -292,8 +293,14 @@ def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: Me
 def prepare_run_dir(name: str, out: OutputConfig) -> Path:
     """``out.root / name``, created; with ``out.overwrite`` an existing one is removed first, by the
     main process only (:func:`classic.distributed.is_main_process`): the other ranks of a
-    multi-process run must meet it at a barrier before writing there."""
-    run_dir = Path(out.root) / name
+    multi-process run must meet it at a barrier before writing there.
+
+    Raises:
+        ValueError: when ``name`` is not one plain folder name inside ``out.root``
+            (:func:`classic.files.run_folder`): nothing outside the run's own folder is removed
+            or written.
+    """
+    run_dir = run_folder(out.root, name)
     if is_main_process():
         if out.overwrite and run_dir.exists():
             import shutil
@@ -318,7 +325,7 @@ def write_report(run_dir: Path, title: str, task, results: dict, times: dict, no
     lines += ["## Wall time per stage", "", stage_times_table(times, wall_time, parallel), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    (run_dir / "report.md").write_text("\n".join(lines))
+    write_atomic(run_dir / "report.md", "\n".join(lines))
     write_results_json(run_dir / "results.json", to_dict(task), results, extra={"stage_times_s": times, "wall_time_s": wall_time, **extra_json})
 
 

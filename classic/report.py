@@ -25,6 +25,7 @@ from typing import Any, Union
 import torch
 
 from classic.evaluate import TrialResult
+from classic.files import save_figure, write_atomic
 
 __all__ = [
     "comparison_table",
@@ -320,10 +321,7 @@ def plot_regret(results: Mapping[str, Result], path: str | Path, title: str | No
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
     else:
         ax.legend(loc="upper left", fontsize="small", framealpha=0.9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path
+    return save_figure(fig, path, format="png", bbox_inches="tight")
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,12 +363,7 @@ def write_results_json(
         "agents": {name: _jsonable(summarize(r)) for name, r in results.items()},
         **{k: _jsonable(v) for k, v in extra.items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def load_results_json(path: str | Path) -> dict:

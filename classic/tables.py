@@ -37,6 +37,7 @@ import torch
 
 from classic.algos.rl2 import RL2Agent, RL2Policy
 from classic.config import save_resolved, to_dict
+from classic.files import write_atomic
 from classic.envs.bandit import BanditConfig
 from classic.envs.tabular_mdp import TabularMDPConfig
 from classic.evaluate import run_trials, sample_eval_tasks
@@ -379,7 +380,7 @@ def run_setting(cfg: TablesExperiment, setting: Setting, settings_root: str) -> 
         run_classic(sub, progress=False)
     else:
         run_mdp_setting(cfg, setting, run_dir)
-    marker.write_text(json.dumps(fingerprint, indent=1) + "\n")
+    write_atomic(marker, json.dumps(fingerprint, indent=1) + "\n")
     return {"name": setting.name, "reused": False, "wall_time_s": time.perf_counter() - start}
 
 
@@ -626,10 +627,8 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
     lines += [f"| horizon study (evaluation only) | {horizon_time / 60:.1f} | |", f"| **total (wall clock, this run)** | **{wall / 60:.1f}** | |", ""]
     out["settings"] = times
     out["wall_time_s"] = wall
-    (run_dir / "report.md").write_text("\n".join(lines))
-    tmp = run_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n")
-    tmp.replace(run_dir / "results.json")
+    write_atomic(run_dir / "report.md", "\n".join(lines))
+    write_atomic(run_dir / "results.json", json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n")
 
 
 def protocol_differences(cfg: TablesExperiment) -> list[str]:

@@ -15,6 +15,7 @@ import os
 import sys
 
 from classic.config import RecipeError, load_recipe, peek_kind, to_dict
+from classic.files import check_run_name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_experiment(path: str, overrides=()):
     """(kind, config) for a recipe file; raises RecipeError naming the key and the file."""
+    kind, cfg = _load_experiment(path, overrides)
+    try:
+        check_run_name(cfg.name)
+    except ValueError as err:
+        raise RecipeError(f"{path}: {err}") from None
+    return kind, cfg
+
+
+def _load_experiment(path: str, overrides=()):
     kind = peek_kind(path)
     if kind == "classic":
         from classic.experiment import ClassicExperiment

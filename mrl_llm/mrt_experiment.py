@@ -31,6 +31,7 @@ import torch
 
 from classic.config import save_resolved
 from classic.distributed import is_main_process
+from classic.files import save_figure, write_atomic
 from classic.experiment import OutputConfig, prepare_run_dir, set_threads
 from classic.metrics import MetricsLogger
 from mrl_llm.envs.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
@@ -274,7 +275,7 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
 
         data, stats = mrt_star_dataset(model.to(inference_device()), tok, prompts["prompt"], prompts["answer"], cfg.star, cfg.prover(), split, g)
         (out).mkdir(parents=True, exist_ok=True)
-        (out / "star_stats.json").write_text(json.dumps(stats, indent=2))
+        write_atomic(out / "star_stats.json", json.dumps(stats, indent=2))
         if len(data) == 0:  # nothing made progress: the method's policy is the start policy
             import warnings
 
@@ -430,7 +431,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -482,7 +483,7 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
               + (f"{cfg.workers} worker processes x {worker_threads} thread(s), so their times overlap." if cfg.workers > 1 else f"one after another, {main_threads} thread(s)."), ""]
     lines += [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
     lines.append(f"- total: {wall / 60:.1f} min")
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def _train_stats(run_dir: Path, runs: set[str] | None = None) -> dict:
@@ -583,7 +584,7 @@ def run_mrt(cfg: MRTExperiment) -> Path:
             return
         t = time.perf_counter()
         evals[key] = in_fresh_process(evaluate_policy, cfg, path, 0) if cfg.eval.use_vllm else evaluate_policy(cfg, path, 0)
-        evals_path.write_text(json.dumps(evals, indent=2))
+        write_atomic(evals_path, json.dumps(evals, indent=2))
         times[f"evaluate {label}"] = time.perf_counter() - t
 
     runs = [(m, seed) for m in cfg.methods for seed in cfg.seeds]
@@ -605,7 +606,7 @@ def run_mrt(cfg: MRTExperiment) -> Path:
                 for f in as_completed(futures):
                     done = f.result()
                     evals[done["key"]] = done["eval"]
-                    evals_path.write_text(json.dumps(evals, indent=2))
+                    write_atomic(evals_path, json.dumps(evals, indent=2))
                     method, seed = done["key"].rsplit("_s", 1)
                     times[f"train {method} seed {seed}"] = done["train_s"]
                     times[f"evaluate {method} seed {seed}"] = done["eval_s"]
@@ -635,7 +636,7 @@ def run_mrt(cfg: MRTExperiment) -> Path:
     wall = time.perf_counter() - start_time
     train_stats = _train_stats(run_dir, {f"{m}_s{seed}" for m in cfg.methods for seed in cfg.seeds})
     write_report(cfg, run_dir, results, efficiency, train_stats, times, wall)
-    (run_dir / "results.json").write_text(json.dumps({**results, "token_efficiency": efficiency, "training": train_stats,
+    write_atomic(run_dir / "results.json", json.dumps({**results, "token_efficiency": efficiency, "training": train_stats,
                                                       "times_s": times, "wall_s": wall}, indent=2, default=str))
     return run_dir
 

@@ -535,7 +535,6 @@ def test_mrt_evaluates_with_vllm_in_a_fresh_process_beside_the_trainers_engine(t
 def test_a_fresh_process_leaves_the_launch_and_keeps_its_ranks_gpu(monkeypatch):
     """The evaluation's fresh process must not join the launch's process group (vLLM or accelerate
     would read RANK / WORLD_SIZE) and must stay on its parent rank's GPU."""
-    import os
 
     import mrl_llm.mrt_experiment as mx
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -402,9 +401,8 @@ def build_grpo_trainer(model, tokenizer, dist, text_env: BanditText, cfg: GRPOSt
 
 
 def run_grpo(trainer, output_dir) -> None:
-    """Train, resuming from the last checkpoint in ``output_dir`` if there is one."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """Train, resuming from the last complete checkpoint in ``output_dir`` if there is one
+    (:func:`~mrl_llm.train.checkpoints.last_complete_checkpoint`: a half-written one is skipped)."""
+    from mrl_llm.train.checkpoints import last_complete_checkpoint
 
-    output_dir = Path(output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -334,12 +333,11 @@ def build_reasoning_trainer(model, tokenizer, dataset, cfg: ReasoningGRPOConfig,
 
 
 def train(trainer, output_dir) -> None:
-    """``trainer.train()``, resuming from the last checkpoint in ``output_dir`` if there is one."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """``trainer.train()``, resuming from the last complete checkpoint in ``output_dir`` if there is
+    one (:func:`~mrl_llm.train.grpo.run_grpo`)."""
+    from mrl_llm.train.grpo import run_grpo
 
-    output_dir = Path(output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
-    trainer.train(resume_from_checkpoint=last)
+    run_grpo(trainer, output_dir)
 
 
 # ---------------------------------------------------------------------------------------

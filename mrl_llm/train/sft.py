@@ -218,8 +218,9 @@ def run_sft(model, tokenizer, dataset, cfg: SFTStageConfig, output_dir: str | os
     Raises:
         ValueError: ``cfg.packed_batches`` with a model whose attention takes no 4D mask.
     """
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
+
+    from mrl_llm.train.checkpoints import last_complete_checkpoint
 
     if cfg.packed_batches and not takes_4d_attention_mask(model):
         raise ValueError(f"sft.packed_batches needs 'sdpa' or 'eager' attention (4D masks); the model uses {attention_implementation(model)!r}")
@@ -230,6 +231,5 @@ def run_sft(model, tokenizer, dataset, cfg: SFTStageConfig, output_dir: str | os
     if cfg.packed_batches:  # TRL's collator pads and sets the labels; ours re-lays its batch
         mask = "bool" if attention_implementation(model) == "sdpa" else "additive"
         trainer.data_collator = PackedBatchCollator(trainer.data_collator, cfg.pack_width, mask, next(model.parameters()).dtype)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))
     return trainer

@@ -1,0 +1,147 @@
+"""The run kit loses nothing (issue 16): run names cannot reach outside the output root, files are
+replaced whole or not at all, and a half-written checkpoint is never resumed from."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from classic.experiment import OutputConfig, prepare_run_dir
+from classic.files import check_run_name, run_folder, save_figure, write_atomic
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/tmp/x", " x", "x ", "a\\b"])
+def test_a_run_name_that_leaves_its_folder_is_refused_and_nothing_is_removed(tmp_path, name):
+    """With ``output.overwrite``, ``name: ''`` or ``'.'`` removed the whole output root (every other
+    run), ``'..'`` its parent; ``'../x'`` and absolute names wrote outside it."""
+    root = tmp_path / "runs"
+    (root / "other_run").mkdir(parents=True)
+    (root / "other_run" / "report.md").write_text("keep me")
+    (tmp_path / "sibling.txt").write_text("keep me too")
+    with pytest.raises(ValueError, match="run name"):
+        prepare_run_dir(name, OutputConfig(root=str(root), overwrite=True))
+    assert (root / "other_run" / "report.md").read_text() == "keep me"
+    assert (tmp_path / "sibling.txt").exists()
+
+
+def test_a_plain_name_is_made_and_overwritten_inside_the_root(tmp_path):
+    root = tmp_path / "runs"
+    run = prepare_run_dir("exp_1", OutputConfig(root=str(root)))
+    (run / "old.txt").write_text("x")
+    assert prepare_run_dir("exp_1", OutputConfig(root=str(root), overwrite=True)) == run and not (run / "old.txt").exists()
+    assert check_run_name("a.b-c_d") == "a.b-c_d"
+
+
+def test_a_run_folder_that_is_a_link_out_of_the_root_is_refused(tmp_path):
+    root, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep")
+    os.symlink(elsewhere, root / "linked")
+    with pytest.raises(ValueError, match="outside output.root"):
+        run_folder(root, "linked")
+    with pytest.raises(ValueError, match="outside output.root"):
+        prepare_run_dir("linked", OutputConfig(root=str(root), overwrite=True))
+    assert (elsewhere / "precious.txt").exists()
+
+
+def test_recipes_name_the_bad_run_name(tmp_path):
+    from classic.config import RecipeError
+    from mrl_llm.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("kind: classic\nname: ..\n")
+    assert main(["run", str(recipe), "--set", f"output.root={tmp_path / 'runs'}", "--set", "output.overwrite=true"]) == 2
+    assert tmp_path.exists() and recipe.exists()
+    with pytest.raises(RecipeError):
+        from mrl_llm.cli import load_experiment
+
+        load_experiment(str(recipe))
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    """``evals.json`` written half (a kill, a full disk) made every rerun crash; now the old
+    content stays until the new one is complete."""
+    path = tmp_path / "evals.json"
+    write_atomic(path, json.dumps({"start": 1}))
+
+    def full_disk(self, text, encoding=None):
+        with open(self, "w", encoding=encoding) as f:
+            f.write(text[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(path), "write_text", full_disk)
+    with pytest.raises(OSError):
+        write_atomic(path, json.dumps({"start": 1, "grpo_s0": 2}))
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"start": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["evals.json"]  # no temporary left behind
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "regret.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    fig.savefig = killed
+    with pytest.raises(Killed):
+        save_figure(fig, tmp_path / "regret.png")
+    plt.close(fig)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path):
+    """A checkpoint folder without a valid ``trainer_state.json`` (written last by transformers) is
+    not resumed from; transformers' ``get_last_checkpoint`` would take it."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from mrl_llm.train.checkpoints import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for step, state in ((10, "{}"), (20, "{}"), (30, None), (40, '{"trunc')):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"")
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+    assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-40")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+
+
+def test_a_grpo_run_resumes_past_a_half_written_checkpoint(tmp_path, tiny_model, tiny_tok):
+    """Train 2 steps with a checkpoint each, break the last one as a kill would, train on to 3:
+    the run resumes from checkpoint-1 instead of crashing on checkpoint-2."""
+    import copy
+
+    from classic.envs import BernoulliBandit
+    from mrl_llm.envs.text_bandit import BanditText
+    from mrl_llm.rollout.generation import SamplingConfig
+    from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, run_grpo
+
+    out = tmp_path / "grpo"
+
+    def trainer(steps):
+        cfg = GRPOStageConfig(max_steps=steps, num_generations=2, tasks_per_step=2, learning_rate=1e-2, save_steps=1,
+                              trl={"save_total_limit": 3})
+        return build_grpo_trainer(copy.deepcopy(tiny_model).train(), tiny_tok, BernoulliBandit(3), BanditText(3, 4), cfg, SamplingConfig(), 4, out)
+
+    run_grpo(trainer(2), out)
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
+    resumed = trainer(3)
+    run_grpo(resumed, out)
+    assert resumed.state.global_step == 3
+    assert (out / "checkpoint-3" / "trainer_state.json").exists()
