@@ -157,11 +157,16 @@ def load_yaml(path: str | Path) -> dict:
 
     Raises:
         FileNotFoundError: no such file.
-        RecipeError: YAML syntax error or duplicate key (message names the file, line and
-            column), or a top level that is not a mapping.
+        RecipeError: a directory, a file that is not UTF-8, a YAML syntax error or duplicate key
+            (message names the file, line and column), or a top level that is not a mapping.
     """
     source = str(path)
-    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).is_dir():
+        raise RecipeError(f"{source}: is a directory, not a recipe file")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{source}: not UTF-8 text (byte {err.start}): a recipe is a YAML text file") from None
     try:
         data = yaml.load(text, Loader=_RecipeLoader)
     except yaml.YAMLError as err:

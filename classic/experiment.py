@@ -28,7 +28,7 @@ from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
 from classic.algos.rl2_config import RL2Config
 from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
-from classic.files import run_folder, write_atomic
+from classic.files import RunFolderError, lock_run, run_folder, write_atomic
 from classic.envs.bandit import BanditConfig
 from classic.evaluate import TrialResult, run_trials
 from classic.metrics import MetricsLogger
@@ -299,14 +299,20 @@ def prepare_run_dir(name: str, out: OutputConfig) -> Path:
         ValueError: when ``name`` is not one plain folder name inside ``out.root``
             (:func:`classic.files.run_folder`): nothing outside the run's own folder is removed
             or written.
+        RunFolderError: another process runs into the same folder (:func:`classic.files.lock_run`),
+            or the folder cannot be made.
     """
     run_dir = run_folder(out.root, name)
     if is_main_process():
-        if out.overwrite and run_dir.exists():
-            import shutil
+        lock_run(out.root, name)  # before removing anything: a running run's folder is never removed
+        try:
+            if out.overwrite and run_dir.exists():
+                import shutil
 
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"output.root {out.root}: cannot make the run folder {run_dir} ({err.strerror or err})") from None
     return run_dir
 
 

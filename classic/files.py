@@ -4,6 +4,8 @@ root, and every file replaced whole or not at all.
 * :func:`check_run_name`: a run name is one plain folder name (``name: ''`` or ``'.'`` with
   ``output.overwrite`` would otherwise remove the whole output root, ``'..'`` its parent, and
   ``'../x'`` or an absolute name would write outside it).
+* :func:`lock_run`: one process at a time per run folder (two runs into one folder would interleave
+  their files; an ``overwrite`` would remove a running run's folder).
 * :func:`write_atomic` / :func:`save_figure`: write to a temporary file beside the target, then
   ``os.replace`` it (atomic on POSIX within one file system), so a kill or a full disk leaves the
   previous file, never a truncated one.
@@ -13,6 +15,43 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used: held by another process, or not writable. The CLI prints
+    the message as one line and exits with 2."""
+
+
+_HELD_LOCKS: dict[str, int] = {}  # lock file -> open descriptor, held until this process exits
+
+
+def lock_run(root: str | os.PathLike, name: str) -> Path:
+    """Hold an exclusive lock on run ``name`` under ``root`` for the rest of this process (the lock
+    file ``root/.<name>.lock`` sits beside the run folder, so removing the folder keeps it). Taking
+    a lock this process already holds is a no-op.
+
+    Raises:
+        RunFolderError: another process holds it, or ``root`` cannot be written.
+    """
+    import fcntl
+
+    path = Path(root) / f".{check_run_name(name)}.lock"
+    key = os.path.abspath(path)
+    if key in _HELD_LOCKS:
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunFolderError(f"output.root {root}: cannot write there ({err.strerror or err})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderError(f"run {name!r} in {root} is in use by another process (lock {path}): wait for it "
+                             "or choose another name") from None
+    _HELD_LOCKS[key] = fd
+    return path
 
 
 def check_run_name(name: str) -> str:

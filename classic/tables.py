@@ -28,7 +28,6 @@ import json
 import math
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import torch
 from classic.algos.rl2 import RL2Agent, RL2Policy
 from classic.config import save_resolved, to_dict
 from classic.files import write_atomic
+from classic.workers import worker_pool
 from classic.envs.bandit import BanditConfig
 from classic.envs.tabular_mdp import TabularMDPConfig
 from classic.evaluate import run_trials, sample_eval_tasks
@@ -475,9 +475,7 @@ def run_tables(cfg: TablesExperiment, progress: bool = True) -> Path:
 
     waves = [[s for s in settings if depth(s) == d] for d in range(max(map(depth, settings), default=0) + 1)]
     if cfg.workers > 1 and len(settings) > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(settings)), mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(min(cfg.workers, len(settings))) as pool:
             for wave in waves:
                 futures = [pool.submit(run_setting, cfg, s, str(root)) for s in wave]
                 for f in futures:

@@ -14,8 +14,8 @@ import json
 import os
 import sys
 
-from classic.config import RecipeError, load_recipe, peek_kind, to_dict
-from classic.files import check_run_name
+from classic.config import RecipeError, load_recipe, load_yaml, peek_kind, to_dict
+from classic.files import RunFolderError, check_run_name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, FileNotFoundError) as err:
         print(f"mrl: error: {err}", file=sys.stderr)
         return 2
+    if not load_yaml(args.recipe):
+        print(f"mrl: error: {args.recipe}: the recipe is empty (a run needs at least its kind: and name:)", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(f"# {args.recipe} (kind: {kind}) resolves to:")
         print(json.dumps(to_dict(cfg), indent=2, default=str))
@@ -77,28 +80,31 @@ def main(argv: list[str] | None = None) -> int:
             print("# trainer arguments (no weights loaded):")
             (mrt_dry_run if kind == "mrt" else dry_run)(cfg)
         return 0
+    try:
+        print(_run(kind, cfg))
+    except RunFolderError as err:
+        print(f"mrl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(kind: str, cfg) -> str:
+    """Run the experiment; returns the line saying what it wrote."""
     if kind == "classic":
         from classic.experiment import run_classic
 
-        run_dir = run_classic(cfg)
-    elif kind == "mrt":
+        return f"wrote {run_classic(cfg)}/report.md, regret.png, results.json"
+    if kind == "mrt":
         from mrl_llm.mrt_experiment import run_mrt
 
-        run_dir = run_mrt(cfg)
-        print(f"wrote {run_dir}/report.md, accuracy_vs_tokens.png, results.json")
-        return 0
-    elif kind == "tables":
+        return f"wrote {run_mrt(cfg)}/report.md, accuracy_vs_tokens.png, results.json"
+    if kind == "tables":
         from classic.tables import run_tables
 
-        run_dir = run_tables(cfg)
-        print(f"wrote {run_dir}/report.md, results.json and settings/*/ (report.md, regret.png, results.json each)")
-        return 0
-    else:
-        from mrl_llm.experiment import run_llm
+        return f"wrote {run_tables(cfg)}/report.md, results.json and settings/*/ (report.md, regret.png, results.json each)"
+    from mrl_llm.experiment import run_llm
 
-        run_dir = run_llm(cfg)
-    print(f"wrote {run_dir}/report.md, regret.png, results.json")
-    return 0
+    return f"wrote {run_llm(cfg)}/report.md, regret.png, results.json"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Stages (each writes under ``runs/<name>/`` and is reused or resumed when the run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from classic.experiment import (
 )
 from classic.algos.rl2 import RL2Policy
 from classic.metrics import MetricsLogger
+from classic.workers import worker_pool
 from mrl_llm.envs.text_bandit import BanditText
 from mrl_llm.models import ModelConfig, inference_device, load_model_and_tokenizer
 from mrl_llm.rollout.agent import LLMAgent, TrialRenderer
@@ -191,13 +193,11 @@ def kv_cache_benchmark(model, tok, cfg: LLMExperiment) -> dict:
     return out
 
 
-def _start_rl2_process(cfg: LLMExperiment, run_dir: Path):
-    """Train RL² in a spawned worker process; returns (pool, future of its training seconds)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    return pool, pool.submit(train_rl2_in_process, cfg.task, cfg.rl2, str(run_dir), 1)
+def _start_rl2_process(cfg: LLMExperiment, run_dir: Path, stack: contextlib.ExitStack):
+    """Train RL² in a spawned worker (:func:`classic.workers.worker_pool`: it dies with this process,
+    and a failure here terminates it); returns the future of its training seconds."""
+    pool = stack.enter_context(worker_pool(1))
+    return pool.submit(train_rl2_in_process, cfg.task, cfg.rl2, str(run_dir), 1)
 
 
 def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
@@ -221,9 +221,9 @@ def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
     times: dict[str, float] = {}
     extra: dict = {}
     rl2_job = None
-    if main and cfg.rl2.enabled and cfg.parallel_rl2:
-        rl2_job = _start_rl2_process(cfg, run_dir)
-    with MetricsLogger(run_dir, enabled=main) as logger:
+    with contextlib.ExitStack() as stack, MetricsLogger(run_dir, enabled=main) as logger:
+        if main and cfg.rl2.enabled and cfg.parallel_rl2:
+            rl2_job = _start_rl2_process(cfg, run_dir, stack)
         t = time.perf_counter()
         model, tok = sft_stage(cfg, run_dir, logger) if cfg.sft.enabled else load_model_and_tokenizer(cfg.model, seed=cfg.seed, training=True)
         times["SFT (distil Thompson sampling)"] = time.perf_counter() - t
@@ -254,9 +254,7 @@ def run_llm(cfg: LLMExperiment, progress: bool = True) -> Path:
             extra["kv_cache"] = kv_cache_benchmark(model, tok, cfg)
             times["KV-cache benchmark"] = time.perf_counter() - t
         if rl2_job is not None:
-            pool, future = rl2_job
-            times["train RL²"] = future.result()
-            pool.shutdown()
+            times["train RL²"] = rl2_job.result()
             evaluate_rl2(cfg, RL2Policy.load(run_dir / "rl2" / "policy.pt"), results, times)
         for name, res in results.items():
             logger.log(0, {f"eval/{name}/total_reward": float(res.total_reward.mean()), f"eval/{name}/regret": float(res.final_regret.mean())})

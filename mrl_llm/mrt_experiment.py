@@ -32,6 +32,7 @@ import torch
 from classic.config import save_resolved
 from classic.distributed import is_main_process
 from classic.files import save_figure, write_atomic
+from classic.workers import worker_pool
 from classic.experiment import OutputConfig, prepare_run_dir, set_threads
 from classic.metrics import MetricsLogger
 from mrl_llm.envs.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
@@ -358,10 +359,7 @@ def _standalone_process() -> None:
 def in_fresh_process(fn, *args):
     """``fn(*args)`` in a new (spawned) process on this rank's GPU; returns its result. The process
     exits afterwards, which returns every byte of GPU memory it held (a vLLM engine, a trainer)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_standalone_process) as pool:
+    with worker_pool(1, initializer=_standalone_process) as pool:
         return pool.submit(fn, *args).result()
 
 
@@ -597,11 +595,10 @@ def run_mrt(cfg: MRTExperiment) -> Path:
             evaluate("start", "start", start)
         pending = [(m, seed) for m, seed in runs if f"{m}_s{seed}" not in evals]
         if single and cfg.workers > 1 and len(pending) > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
             t = time.perf_counter()
-            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+            with worker_pool(min(cfg.workers, len(pending))) as pool:
                 futures = [pool.submit(train_and_evaluate, cfg, m, seed, start, str(run_dir)) for m, seed in pending]
                 for f in as_completed(futures):
                     done = f.result()

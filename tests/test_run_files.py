@@ -145,3 +145,58 @@ def test_a_grpo_run_resumes_past_a_half_written_checkpoint(tmp_path, tiny_model,
     run_grpo(resumed, out)
     assert resumed.state.global_step == 3
     assert (out / "checkpoint-3" / "trainer_state.json").exists()
+
+
+HOLDER = """
+import sys, time
+from classic.files import lock_run
+
+lock_run(sys.argv[1], sys.argv[2])
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_run_into_a_running_runs_folder_is_refused_and_removes_nothing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from classic.files import RunFolderError
+
+    root = tmp_path / "runs"
+    (root / "busy").mkdir(parents=True)
+    (root / "busy" / "metrics.jsonl").write_text("{}\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), "busy"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match="in use by another process"):
+            prepare_run_dir("busy", OutputConfig(root=str(root), overwrite=True))
+        assert (root / "busy" / "metrics.jsonl").exists()
+        prepare_run_dir("free", OutputConfig(root=str(root)))  # other names are not affected
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prepare_run_dir("busy", OutputConfig(root=str(root), overwrite=True)).exists()  # released with its process
+
+
+@pytest.mark.parametrize("case", ["directory", "not_utf8", "empty", "root_is_a_file"])
+def test_bad_recipe_files_and_roots_are_one_line_errors(tmp_path, capsys, case):
+    from mrl_llm.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("kind: classic\nname: x\nbaselines: {tune: false}\nrl2: {enabled: false}\n")
+    args = ["run", str(recipe), "--set", f"output.root={tmp_path / 'runs'}"]
+    if case == "directory":
+        args[1] = str(tmp_path)
+    elif case == "not_utf8":
+        recipe.write_bytes(b"kind: classic\nname: \xff\xfe\n")
+    elif case == "empty":
+        recipe.write_text("")
+        args = args[:2]
+    else:
+        (tmp_path / "runs").write_text("a file, not a folder")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mrl: error:") and "\n" not in err and "Traceback" not in err, err

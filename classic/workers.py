@@ -1,0 +1,73 @@
+"""Worker processes that die with their run: the spawned pools of a run (RL² training beside the
+LLM, table cells, MRT runs, fresh processes for vLLM) end when the main process ends, however it
+ends, and a failure in one worker stops the others at once instead of waiting for them.
+
+* Each worker watches its parent: on Linux the kernel sends it SIGTERM when the parent dies
+  (``prctl(PR_SET_PDEATHSIG)``), and everywhere a daemon thread exits it once it has been
+  re-parented (the parent was killed, even with SIGKILL).
+* :func:`worker_pool` is a spawn-context ``ProcessPoolExecutor`` whose exit, on an exception
+  (including KeyboardInterrupt / SIGTERM turned into one), terminates its workers before
+  re-raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(poll_s)
+
+
+def die_with_parent(parent: int, initializer=None, *initargs, poll_s: float = 0.5) -> None:
+    """Worker initializer: end this process when process ``parent`` ends, then run ``initializer``."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before this line
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent, poll_s), daemon=True, name="die-with-parent").start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: pending work cancelled, running workers terminated (SIGTERM)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    stop = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if stop is not None:
+        stop()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # the pool's worker processes
+        if process.is_alive():
+            process.terminate()
+
+
+@contextlib.contextmanager
+def worker_pool(max_workers: int, initializer=None, initargs: tuple = ()):
+    """A spawn-context ``ProcessPoolExecutor`` of workers that die with this process; leaving the
+    block with an exception terminates the workers instead of waiting for them."""
+    import multiprocessing as mp
+
+    pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(), initializer, *initargs))
+    try:
+        yield pool
+    except BaseException:
+        terminate_workers(pool)
+        raise
+    else:
+        pool.shutdown(wait=True)
