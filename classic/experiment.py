@@ -28,7 +28,7 @@ from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
 from classic.algos.rl2_config import RL2Config
 from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
-from classic.files import RunFolderError, lock_run, run_folder, write_atomic
+from classic.files import RunFolderError, lock_run, open_stage, run_folder, write_atomic
 from classic.envs.bandit import BanditConfig
 from classic.evaluate import TrialResult, run_trials
 from classic.metrics import MetricsLogger
@@ -264,12 +264,20 @@ def evaluate_baselines(task: BanditConfig, cfg: BaselinesConfig, ev: EvalConfig,
 
 # ---- RL² --------------------------------------------------------------------------------------
 
+def rl2_fingerprint(task, cfg: RL2StageConfig) -> dict:
+    """What a trained RL² policy depends on: the task, the algorithm's settings, the start policy."""
+    return {"task": to_dict(task), "algo": to_dict(cfg.algo), "init_from": cfg.init_from}
+
+
 def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: MetricsLogger | None, progress: bool = True) -> RL2Policy:
-    """Train RL² (or load the finished policy from ``run_dir/rl2/policy.pt``).
+    """Train RL² (or load the finished policy from ``run_dir/rl2/policy.pt``, or resume its
+    training) when ``run_dir/rl2`` was made with the same task and settings
+    (:func:`classic.files.open_stage`; otherwise it is redone).
 
     Raises:
         FileNotFoundError: ``cfg.init_from`` names a missing file.
     """
+    open_stage(run_dir / "rl2", rl2_fingerprint(task, cfg))
     path = run_dir / "rl2" / "policy.pt"
     if path.exists():
         return RL2Policy.load(path)

@@ -6,6 +6,8 @@ root, and every file replaced whole or not at all.
   ``'../x'`` or an absolute name would write outside it).
 * :func:`lock_run`: one process at a time per run folder (two runs into one folder would interleave
   their files; an ``overwrite`` would remove a running run's folder).
+* :func:`open_stage`: a finished or half-done stage is reused or resumed only when it was made with
+  the same settings (its fingerprint), else redone.
 * :func:`write_atomic` / :func:`save_figure`: write to a temporary file beside the target, then
   ``os.replace`` it (atomic on POSIX within one file system), so a kill or a full disk leaves the
   previous file, never a truncated one.
@@ -13,7 +15,9 @@ root, and every file replaced whole or not at all.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 
@@ -110,3 +114,63 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+#: Fields that change how often a stage logs or saves, not what it computes.
+_COSMETIC = frozenset({"logging_steps", "save_steps", "progress"})
+
+
+def canonical(value):
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])) if k not in _COSMETIC}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def open_stage(stage_dir: str | os.PathLike, fingerprint: dict, main: bool = True, barrier=None) -> Path:
+    """Make ``stage_dir`` belong to ``fingerprint`` (what the stage computes from: its config, the
+    task, the model, the upstream stages' fingerprints), before anything in it is reused or resumed.
+
+    A stage folder made with another fingerprint, or before fingerprints were written (no
+    ``stage.json``), is removed: its finished output and its checkpoints belong to other settings
+    (a rerun with ``--set task.num_arms=3`` would otherwise evaluate the 5-action policy). Then
+    ``stage.json`` is written. Logging and checkpoint frequencies are not part of a fingerprint.
+
+    Args:
+        stage_dir: the stage's folder (e.g. ``run/rl2``, ``run/grpo``).
+        fingerprint: a JSON-able mapping.
+        main: whether this process owns the run's files (the others only wait).
+        barrier: called after the main process has settled the folder, so that no rank checks
+            for a finished output before a stale one is gone (e.g. accelerate's
+            ``PartialState().wait_for_everyone``).
+
+    Returns:
+        ``stage_dir`` as a Path.
+    """
+    stage_dir = Path(stage_dir)
+    want = canonical(dict(fingerprint))
+    if main:
+        marker = stage_dir / "stage.json"
+        if stage_dir.exists():
+            try:
+                have = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                have = None
+            if have != want:
+                shutil.rmtree(stage_dir)
+        write_atomic(marker, json.dumps(want, indent=1) + "\n")
+    if barrier is not None:
+        barrier()
+    return stage_dir
+
+
+def adopt_stage(stage_dir: str | os.PathLike, fingerprint: dict) -> None:
+    """Mark a stage folder written before fingerprints existed as made with ``fingerprint``, for
+    callers that have checked that themselves (the RL² tables keep their own per-setting
+    fingerprints); a folder that already has a ``stage.json`` is left as it is."""
+    stage_dir = Path(stage_dir)
+    if stage_dir.is_dir() and not (stage_dir / "stage.json").exists():
+        write_atomic(stage_dir / "stage.json", json.dumps(canonical(dict(fingerprint)), indent=1) + "\n")

@@ -36,7 +36,7 @@ import torch
 
 from classic.algos.rl2 import RL2Agent, RL2Policy
 from classic.config import save_resolved, to_dict
-from classic.files import write_atomic
+from classic.files import adopt_stage, write_atomic
 from classic.workers import worker_pool
 from classic.envs.bandit import BanditConfig
 from classic.envs.tabular_mdp import TabularMDPConfig
@@ -51,6 +51,7 @@ from classic.experiment import (
     paper_reference,
     prior_count_note,
     prepare_run_dir,
+    rl2_fingerprint,
     rl2_stage,
     run_classic,
     set_threads,
@@ -370,6 +371,8 @@ def run_setting(cfg: TablesExperiment, setting: Setting, settings_root: str) -> 
                 path.unlink()
     elif marker.exists():
         marker.unlink()
+    if setting.rl2.enabled:  # this function decided above whether the RL² folder still fits
+        adopt_stage(run_dir / "rl2", rl2_fingerprint(setting.task, setting.rl2))
     start = time.perf_counter()
     if setting.kind == "bandit":
         sub = ClassicExperiment(

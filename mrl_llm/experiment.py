@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from classic.agents.bandit import ThompsonSamplingAgent
-from classic.config import save_resolved
+from classic.config import save_resolved, to_dict
 from classic.envs.bandit import BanditConfig
 from classic.evaluate import TrialResult, run_trials
 from classic.experiment import (
@@ -38,6 +38,7 @@ from classic.experiment import (
     write_report,
 )
 from classic.algos.rl2 import RL2Policy
+from classic.files import open_stage
 from classic.metrics import MetricsLogger
 from classic.workers import worker_pool
 from mrl_llm.envs.text_bandit import BanditText
@@ -155,9 +156,29 @@ def evaluate_llm(model, tokenizer, cfg: LLMExperiment, name: str, num_tasks: int
     return res
 
 
+def sft_fingerprint(cfg: LLMExperiment) -> dict:
+    """What the SFT model depends on (its stage folder is redone when this changes)."""
+    return {"task": to_dict(cfg.task), "model": to_dict(cfg.model), "sft": to_dict(cfg.sft), "seed": cfg.seed, "teacher": "Thompson sampling"}
+
+
+def grpo_fingerprint(cfg: LLMExperiment) -> dict:
+    """What the GRPO model depends on: its settings, the rollouts' sampling and the start model's."""
+    start = sft_fingerprint(cfg) if cfg.sft.enabled else {"model": to_dict(cfg.model), "seed": cfg.seed}
+    return {"task": to_dict(cfg.task), "grpo": to_dict(cfg.grpo), "sampling": to_dict(cfg.sampling), "start": start}
+
+
+def _open_stage(run_dir: Path, stage: str, fingerprint: dict) -> None:
+    from accelerate import PartialState
+
+    state = PartialState()
+    open_stage(run_dir / stage, fingerprint, main=state.is_main_process, barrier=state.wait_for_everyone)
+
+
 def sft_stage(cfg: LLMExperiment, run_dir: Path, logger: MetricsLogger):
-    """Distil Thompson sampling into the LM (or load the finished SFT model); returns the model to
-    train with GRPO (float32 weights) and its tokenizer."""
+    """Distil Thompson sampling into the LM (or load the finished SFT model, or resume its training,
+    when ``run_dir/sft`` was made with the same settings: :func:`classic.files.open_stage`); returns
+    the model to train with GRPO (float32 weights) and its tokenizer."""
+    _open_stage(run_dir, "sft", sft_fingerprint(cfg))
     final = _final_dir(run_dir, "sft")
     if (final / "config.json").exists():
         return load_model_and_tokenizer(cfg.model, path=final, training=True)
@@ -169,7 +190,9 @@ def sft_stage(cfg: LLMExperiment, run_dir: Path, logger: MetricsLogger):
 
 
 def grpo_stage(model, tok, cfg: LLMExperiment, run_dir: Path, logger: MetricsLogger):
-    """Meta-RL finetune over trials with GRPO (or load the finished model)."""
+    """Meta-RL finetune over trials with GRPO (or load the finished model, or resume, when
+    ``run_dir/grpo`` was made with the same settings and start model)."""
+    _open_stage(run_dir, "grpo", grpo_fingerprint(cfg))
     final = _final_dir(run_dir, "grpo")
     if (final / "config.json").exists():
         return load_model_and_tokenizer(cfg.model, path=final)

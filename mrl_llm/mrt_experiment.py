@@ -29,9 +29,9 @@ from typing import Literal
 
 import torch
 
-from classic.config import save_resolved
+from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
-from classic.files import save_figure, write_atomic
+from classic.files import canonical, open_stage, save_figure, write_atomic
 from classic.workers import worker_pool
 from classic.experiment import OutputConfig, prepare_run_dir, set_threads
 from classic.metrics import MetricsLogger
@@ -238,10 +238,50 @@ def _save_trained(trainer, tokenizer, path: Path, lora: bool) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
+def start_fingerprint(cfg: MRTExperiment) -> dict:
+    """What the start policy depends on."""
+    out = {"model": to_dict(cfg.model), "seed": cfg.seeds[0]}
+    if cfg.sft.enabled:
+        out.update(task=to_dict(cfg.task), sft=to_dict(cfg.sft))
+    return out
+
+
+def run_fingerprint(cfg: MRTExperiment, method: str, seed: int) -> dict:
+    """What the trained policy of one (method, seed) run depends on."""
+    out = {"method": method, "seed": seed, "task": to_dict(cfg.task), "start": start_fingerprint(cfg), "prover": to_dict(cfg.prover())}
+    if method == "mrt_star":
+        out.update(star=to_dict(cfg.star), sft=to_dict(cfg.sft))
+    else:
+        out["grpo"] = to_dict(cfg.grpo)
+        if method != "grpo":
+            out["mrt"] = to_dict(cfg.mrt)
+    return out
+
+
+def eval_fingerprint(cfg: MRTExperiment, key: str) -> dict:
+    """What an entry of ``evals.json`` depends on: the protocol and the policy evaluated."""
+    policy = start_fingerprint(cfg) if key == "start" else run_fingerprint(cfg, *_method_seed(key))
+    return canonical({"eval": to_dict(cfg.eval), "prover": to_dict(cfg.prover()), "task": to_dict(cfg.task), "policy": policy})
+
+
+def _method_seed(key: str) -> tuple[str, int]:
+    method, seed = key.rsplit("_s", 1)
+    return method, int(seed)
+
+
+def _open_stage(path: Path, fingerprint: dict) -> None:
+    from accelerate import PartialState
+
+    state = PartialState()
+    open_stage(path, fingerprint, main=state.is_main_process, barrier=state.wait_for_everyone)
+
+
 def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Path | None:
-    """The directory of the start policy (SFT warm start), or None for ``model.name_or_path`` as is."""
+    """The directory of the start policy (SFT warm start; reused or resumed only when made with the
+    same settings), or None for ``model.name_or_path`` as is."""
     if not cfg.sft.enabled:
         return None
+    _open_stage(run_dir / "sft", start_fingerprint(cfg))
     final = run_dir / "sft" / "final"
     if (final / "config.json").exists():
         return final
@@ -262,6 +302,7 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
     from mrl_llm.experiment import MetricsCallback
 
     out = run_dir / f"{method}_s{seed}"
+    _open_stage(out, run_fingerprint(cfg, method, seed))
     final = out / "final"
     if (final / "config.json").exists():
         return final
@@ -531,6 +572,20 @@ def train_and_evaluate(cfg: MRTExperiment, method: str, seed: int, start: Path |
     return {"key": f"{method}_s{seed}", "eval": ev, "train_s": train_s, "eval_s": time.perf_counter() - t}
 
 
+def load_evals(cfg: MRTExperiment, run_dir: Path) -> tuple[dict, dict]:
+    """The finished evaluations of ``run_dir/evals.json`` that were made with this config's protocol
+    and policies (their fingerprints, ``evals.fingerprints.json``, match), and those fingerprints;
+    the others are dropped, to be redone."""
+    evals_path, prints_path = run_dir / "evals.json", run_dir / "evals.fingerprints.json"
+    try:
+        evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
+        prints = json.loads(prints_path.read_text()) if prints_path.exists() else {}
+    except ValueError:  # not written by write_atomic (an older version): redo them all
+        return {}, {}
+    keep = {k for k in evals if k in prints and prints[k] == eval_fingerprint(cfg, k)}
+    return {k: evals[k] for k in keep}, {k: prints[k] for k in keep}
+
+
 def _start_policy_worker(cfg: MRTExperiment, run_dir: str) -> Path | None:
     """:func:`start_policy` in a worker process (its own metrics logger)."""
     set_threads(_threads(cfg)[0])
@@ -574,15 +629,19 @@ def run_mrt(cfg: MRTExperiment) -> Path:
     if main:
         save_resolved(cfg, run_dir / "config.yaml", kind="mrt")
     times: dict[str, float] = {}
-    evals_path = run_dir / "evals.json"
-    evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
+    evals_path, prints_path = run_dir / "evals.json", run_dir / "evals.fingerprints.json"
+    evals, prints = load_evals(cfg, run_dir)
+
+    def record(key: str, ev: dict) -> None:
+        evals[key], prints[key] = ev, eval_fingerprint(cfg, key)
+        write_atomic(evals_path, json.dumps(evals, indent=2))
+        write_atomic(prints_path, json.dumps(prints, indent=1))
 
     def evaluate(key: str, label: str, path: Path | None) -> None:
         if key in evals:
             return
         t = time.perf_counter()
-        evals[key] = in_fresh_process(evaluate_policy, cfg, path, 0) if cfg.eval.use_vllm else evaluate_policy(cfg, path, 0)
-        write_atomic(evals_path, json.dumps(evals, indent=2))
+        record(key, in_fresh_process(evaluate_policy, cfg, path, 0) if cfg.eval.use_vllm else evaluate_policy(cfg, path, 0))
         times[f"evaluate {label}"] = time.perf_counter() - t
 
     runs = [(m, seed) for m in cfg.methods for seed in cfg.seeds]
@@ -602,8 +661,7 @@ def run_mrt(cfg: MRTExperiment) -> Path:
                 futures = [pool.submit(train_and_evaluate, cfg, m, seed, start, str(run_dir)) for m, seed in pending]
                 for f in as_completed(futures):
                     done = f.result()
-                    evals[done["key"]] = done["eval"]
-                    write_atomic(evals_path, json.dumps(evals, indent=2))
+                    record(done["key"], done["eval"])
                     method, seed = done["key"].rsplit("_s", 1)
                     times[f"train {method} seed {seed}"] = done["train_s"]
                     times[f"evaluate {method} seed {seed}"] = done["eval_s"]

@@ -200,3 +200,51 @@ def test_bad_recipe_files_and_roots_are_one_line_errors(tmp_path, capsys, case):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mrl: error:") and "\n" not in err and "Traceback" not in err, err
+
+
+def test_a_rerun_with_other_settings_redoes_the_stages_they_change(tmp_path):
+    """``--set task.num_arms=2`` into a finished 3-arm run evaluated the old 3-action RL² policy and
+    the old LLM; each stage is now reused only when its fingerprint matches, and a stage that
+    depends on a redone one is redone too."""
+    import torch
+
+    from mrl_llm.cli import main
+    from test_cli import ROOT, TINY
+
+    args = ["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", f"output.root={tmp_path}", "--set", "name=stale"]
+    for o in TINY:
+        args += ["--set", o]
+    assert main(args) == 0
+    run = tmp_path / "stale"
+    first = {stage: (run / stage / "stage.json").read_text() for stage in ("rl2", "sft", "grpo")}
+    sft_weights = (run / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(args + ["--set", "grpo.learning_rate=0.002"]) == 0  # only GRPO changes
+    assert (run / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == sft_weights
+    assert (run / "rl2" / "stage.json").read_text() == first["rl2"] and (run / "grpo" / "stage.json").read_text() != first["grpo"]
+    assert main(args + ["--set", "task.num_arms=2"]) == 0
+    spec = torch.load(run / "rl2" / "policy.pt", weights_only=True)["spec"]
+    assert spec["num_actions"] == 2, spec
+    for stage in ("rl2", "sft", "grpo"):
+        assert json.loads((run / stage / "stage.json").read_text())["task"]["num_arms"] == 2
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"]["num_arms"] == 2 and results["agents"]["RL²"]["invalid_rate"] == 0.0
+
+
+def test_mrt_evaluations_are_redone_when_their_protocol_changes(tmp_path):
+    import mrl_llm.mrt_experiment as mx
+    from classic.config import from_dict
+
+    cfg = from_dict(mx.MRTExperiment, {"name": "m", "methods": ["grpo"], "output": {"root": str(tmp_path)}})
+    run = tmp_path / "m"
+    run.mkdir()
+    prints = {"start": mx.eval_fingerprint(cfg, "start"), "grpo_s0": mx.eval_fingerprint(cfg, "grpo_s0")}
+    (run / "evals.json").write_text(json.dumps({"start": {"a": 1}, "grpo_s0": {"a": 2}}))
+    (run / "evals.fingerprints.json").write_text(json.dumps(prints))
+    assert set(mx.load_evals(cfg, run)[0]) == {"start", "grpo_s0"}
+    cfg.eval.num_problems = 7
+    assert mx.load_evals(cfg, run) == ({}, {})
+    cfg.eval.num_problems = 200
+    cfg.grpo.learning_rate = 3e-5  # the trained policy changes, the start does not
+    assert set(mx.load_evals(cfg, run)[0]) == {"start"}
+    (run / "evals.json").write_text('{"start": {"a"')  # truncated by an older, non-atomic version
+    assert mx.load_evals(cfg, run) == ({}, {})
