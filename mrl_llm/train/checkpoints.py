@@ -31,3 +31,35 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
             continue
         return str(path)
     return None
+
+
+def generator_state_callback(get_state, set_state):
+    """A ``transformers.TrainerCallback`` that saves the project's own random streams with every
+    checkpoint and restores them when training resumes from one, so a resumed run samples what
+    the uninterrupted run would have (the trial GRPO's training-task stream and call counter, the
+    meta-prover's and MRT-RL's prefix generators; the Trainer restores torch's global RNG itself).
+
+    Args:
+        get_state: ``() -> dict`` of tensors / ints to save (``torch.Generator.get_state()``...).
+        set_state: ``dict -> None``, restoring them.
+
+    Each process writes its own file, ``checkpoint-N/mrl_streams_rank<k>.pt``.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    class _GeneratorState(TrainerCallback):
+        def _path(self, args, step: int) -> Path:
+            return Path(args.output_dir) / f"checkpoint-{step}" / f"mrl_streams_rank{args.process_index}.pt"
+
+        def on_save(self, args, state, control, **kwargs):
+            path = self._path(args, state.global_step)
+            if path.parent.is_dir():
+                torch.save(get_state(), path)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            path = self._path(args, state.global_step)
+            if state.global_step > 0 and path.is_file():
+                set_state(torch.load(path, weights_only=True))
+
+    return _GeneratorState()

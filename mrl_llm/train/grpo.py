@@ -226,7 +226,7 @@ def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingC
     Raises:
         ValueError: if the number of prompts is not a multiple of ``num_generations``.
     """
-    state = {"task_gen": None, "calls": 0}
+    state = {"task_gen": None, "calls": 0, "restored": None}
 
     def rollout_func(prompts, trainer) -> dict:
         n = len(prompts)
@@ -235,6 +235,8 @@ def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingC
         rank = int(getattr(trainer.accelerator, "process_index", 0))
         if state["task_gen"] is None:
             state["task_gen"] = torch.Generator().manual_seed(rank_seed(GRPO_SEED_BASE + seed, rank))
+            if state["restored"] is not None:  # resumed from a checkpoint: continue its stream
+                state["task_gen"].set_state(state["restored"])
         tasks = dist.sample_tasks(n // num_generations, state["task_gen"])
         tasks = type(tasks)(*(t.repeat_interleave(num_generations, dim=0) for t in tasks))
         vllm_llm = None
@@ -269,6 +271,16 @@ def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingC
             "invalid_actions": invalid.tolist(),
         }
 
+    def get_state() -> dict:
+        gen = state["task_gen"]
+        return {"calls": state["calls"], "task_gen": gen.get_state() if gen is not None else state["restored"]}
+
+    def set_state(saved: dict) -> None:
+        state["calls"], state["restored"] = int(saved["calls"]), saved["task_gen"]
+        if state["task_gen"] is not None and saved["task_gen"] is not None:
+            state["task_gen"].set_state(saved["task_gen"])
+
+    rollout_func.get_state, rollout_func.set_state = get_state, set_state  # saved with checkpoints
     return rollout_func
 
 
@@ -382,6 +394,8 @@ def build_grpo_trainer(model, tokenizer, dist, text_env: BanditText, cfg: GRPOSt
     """A ``trl.GRPOTrainer`` whose rollouts are whole trials (see :func:`make_rollout_func`)."""
     from trl import GRPOTrainer
 
+    from mrl_llm.train.checkpoints import generator_state_callback
+
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     sampling = SamplingConfig(**{**vars(sampling), "temperature": cfg.temperature, "top_p": cfg.top_p})
     max_len = episodes_per_trial * (sampling.max_action_tokens + 64) + 8
@@ -396,7 +410,7 @@ def build_grpo_trainer(model, tokenizer, dist, text_env: BanditText, cfg: GRPOSt
         processing_class=tokenizer,
         peft_config=peft_config,
         rollout_func=rollout,
-        callbacks=list(callbacks),
+        callbacks=[generator_state_callback(rollout.get_state, rollout.set_state), *callbacks],
     )
 
 

@@ -33,6 +33,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from mrl_llm.rewards import get_reward
+from mrl_llm.train.checkpoints import generator_state_callback
 from mrl_llm.train.grpo import GRPOCommonConfig, generation_model
 from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, mrt_token_advantages, progress_rewards, termination_advantages, token_cuts
 from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
@@ -179,13 +180,23 @@ def mrt_trainer_class():
         """
 
         def __init__(self, *args, mrt: MRTConfig, split_fn: SplitFn | None = None, reference_key: str = "answer", **kwargs):
+            seed = kwargs["args"].seed
+            self._prover_gen = torch.Generator().manual_seed(10_007 * (seed + 1))
+            self._prefix_gen = torch.Generator().manual_seed(20_011 * (seed + 1))
+            streams = generator_state_callback(self._stream_state, self._set_stream_state)  # first: saved before any other callback runs
+            kwargs["callbacks"] = [streams, *(kwargs.get("callbacks") or [])]
             with engine_max_num_seqs(prover_requests(kwargs["args"], mrt)):
                 super().__init__(*args, **kwargs)
             self.mrt = mrt
             self.split_fn = split_fn or default_split_fn(mrt.episodes)
             self.reference_key = reference_key
-            self._prover_gen = torch.Generator().manual_seed(10_007 * (self.args.seed + 1))
-            self._prefix_gen = torch.Generator().manual_seed(20_011 * (self.args.seed + 1))
+
+        def _stream_state(self) -> dict:
+            return {"prover": self._prover_gen.get_state(), "prefix": self._prefix_gen.get_state()}
+
+        def _set_stream_state(self, saved: dict) -> None:
+            self._prover_gen.set_state(saved["prover"])
+            self._prefix_gen.set_state(saved["prefix"])
 
         # -- the meta-prover on the current weights ------------------------------------
         def _engine(self):
