@@ -86,6 +86,8 @@ class BaselinesConfig:
     prior_count: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.agents:
+            raise ValueError(f"agents must name at least one baseline; known: {list(BASELINES)}")
         unknown = [a for a in self.agents if a not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
@@ -142,6 +144,8 @@ class EvalConfig:
             raise ValueError(f"num_tasks must be >= 2 (for a CI), got {self.num_tasks}")
         if self.llm_batch_size < 1:
             raise ValueError(f"llm_batch_size must be >= 1, got {self.llm_batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (or null: all tasks at once), got {self.batch_size}")
 
 
 @dataclass

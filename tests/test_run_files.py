@@ -331,3 +331,27 @@ def test_an_interrupted_mrt_run_resumes_its_meta_prover_stream(tmp_path, tiny_to
     assert torch.equal(resumed._prover_gen.get_state(), straight._prover_gen.get_state())
     for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("override, key", [
+    ("grpo.loss_type=bogus", "grpo.loss_type"),
+    ("sft.learning_rate=.nan", "learning_rate"),
+    ("sft.num_train_epochs=.inf", "num_train_epochs"),
+    ("sft.lr_scheduler_type=bogus", "lr_scheduler_type"),
+    ("grpo.lr_scheduler_type=bogus", "lr_scheduler_type"),
+    ("grpo.warmup_ratio=-0.5", "warmup_ratio"),
+    ("grpo.learning_rate=.inf", "learning_rate"),
+    ("eval.batch_size=-1", "batch_size"),
+    ("eval.batch_size=0", "batch_size"),
+    ("baselines.agents=[]", "agents"),
+])
+def test_values_that_would_crash_later_are_refused_when_the_recipe_is_read(override, key, capsys):
+    """These passed ``--dry-run`` (or gave a traceback) and failed after minutes of training."""
+    from pathlib import Path
+
+    from mrl_llm.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/llm/icrl_bandit_tiny.yaml"
+    assert main(["run", str(recipe), "--dry-run", "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert key in err and str(recipe) in err and "\n" not in err, err

@@ -1,1 +1,33 @@
 """Thin layers over TRL trainers: SFT (algorithm distillation) and GRPO (meta-RL finetuning)."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_optimizer_fields(cfg) -> None:
+    """Validate, when the recipe is read, the optimizer fields TRL / transformers would otherwise
+    reject only after minutes of work (or never: a NaN learning rate trains NaNs).
+
+    Checks ``learning_rate`` (finite, > 0), ``warmup_ratio`` (in [0, 1)), ``weight_decay``
+    (finite, >= 0), ``lr_scheduler_type`` (a ``transformers.SchedulerType``) and, where the config
+    has them, ``num_train_epochs`` (finite, > 0) and ``max_grad_norm`` (finite, > 0).
+
+    Raises:
+        ValueError: naming the field and the accepted values.
+    """
+    from transformers.trainer_utils import SchedulerType
+
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {cfg.learning_rate}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay}")
+    for name in ("num_train_epochs", "max_grad_norm"):
+        value = getattr(cfg, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    known = [s.value for s in SchedulerType]
+    if cfg.lr_scheduler_type not in known:
+        raise ValueError(f"lr_scheduler_type {cfg.lr_scheduler_type!r} is not a transformers scheduler; known: {known}")

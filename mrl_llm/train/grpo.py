@@ -15,6 +15,7 @@ logging) is TRL's.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from mrl_llm.envs.text_bandit import BanditText
 from mrl_llm.rewards import get_reward
 from mrl_llm.rollout.agent import LLMAgent
 from mrl_llm.rollout.generation import SamplingConfig
+from mrl_llm.train import check_optimizer_fields
 
 GRPO_SEED_BASE = 40_000  # training task streams; evaluation uses classic.evaluate.EVAL_SEED_OFFSET
 
@@ -86,7 +88,7 @@ class GRPOCommonConfig:
     num_iterations: int = 1
     beta: float = 0.0
     epsilon: float = 0.2
-    loss_type: str = "dapo"
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     temperature: float = 1.0
     top_p: float = 1.0
@@ -122,9 +124,12 @@ class GRPOCommonConfig:
             raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
         if (getattr(self, groups) * self.num_generations) % self.gradient_accumulation_steps:
             raise ValueError(f"{groups} * num_generations must be divisible by gradient_accumulation_steps")
-        for name in ("learning_rate", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        check_optimizer_fields(self)
+        for name in ("temperature", "epsilon"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:

@@ -18,6 +18,7 @@ import torch
 from classic.evaluate import run_trials
 from mrl_llm.models import activation_checkpointing_kwargs, additive_attention_mask, attention_implementation, takes_4d_attention_mask
 from mrl_llm.rollout.agent import TrialRenderer, Transcript
+from mrl_llm.train import check_optimizer_fields
 
 
 @dataclass
@@ -68,8 +69,7 @@ class SFTStageConfig:
         for name in ("num_trials", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps", "pack_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.num_train_epochs <= 0:
-            raise ValueError("learning_rate and num_train_epochs must be > 0")
+        check_optimizer_fields(self)
 
 
 # Training streams are seeded below EVAL_SEED_OFFSET (classic.evaluate), so their tasks are disjoint.
