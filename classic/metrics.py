@@ -120,6 +120,22 @@ class MetricsLogger:
                 _warn_tensorboard(err)
                 self._close_writer()
 
+    def last_step(self, prefix: str) -> int:
+        """The largest step of a line in ``metrics.jsonl`` with a metric starting with ``prefix``
+        (0 when there is none, or when this logger is disabled)."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        last = 0
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut by a kill
+                    continue
+                if any(k.startswith(prefix) for k in record if k not in ("step", "time")):
+                    last = max(last, int(record.get("step", 0)))
+        return last
+
     def flush(self) -> None:
         """Flush both outputs (the jsonl file is already flushed after every call)."""
         if self._file is not None:

@@ -109,15 +109,26 @@ class LLMExperiment:
 
 
 class MetricsCallback:
-    """A ``transformers.TrainerCallback`` forwarding TRL's logs to :class:`MetricsLogger`."""
+    """A ``transformers.TrainerCallback`` forwarding TRL's logs to :class:`MetricsLogger`.
+
+    A stage resumed from checkpoint N replays steps N+1.. that were logged before the interruption;
+    resuming is exact, so those lines are already in ``metrics.jsonl`` and are not written twice
+    (the steps up to the last one logged under ``prefix`` are skipped).
+    """
 
     def __new__(cls, logger: MetricsLogger, prefix: str):
         from transformers import TrainerCallback
 
         class _CB(TrainerCallback):
+            logged_up_to = 0
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                if state.global_step > 0:
+                    self.logged_up_to = logger.last_step(prefix)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 scalars = {f"{prefix}{k}": float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                if scalars:
+                if scalars and int(state.global_step) > self.logged_up_to:
                     logger.log(int(state.global_step), scalars)
 
         return _CB()

@@ -355,3 +355,30 @@ def test_values_that_would_crash_later_are_refused_when_the_recipe_is_read(overr
     assert main(["run", str(recipe), "--dry-run", "--set", override]) == 2
     err = capsys.readouterr().err.strip()
     assert key in err and str(recipe) in err and "\n" not in err, err
+
+
+def test_a_resumed_stage_does_not_log_its_replayed_steps_twice(tmp_path, tiny_model, tiny_tok):
+    import copy
+
+    from classic.envs import BernoulliBandit
+    from classic.metrics import MetricsLogger
+    from mrl_llm.envs.text_bandit import BanditText
+    from mrl_llm.experiment import MetricsCallback
+    from mrl_llm.rollout.generation import SamplingConfig
+    from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, run_grpo
+
+    cfg = GRPOStageConfig(max_steps=3, num_generations=2, tasks_per_step=2, save_steps=1, warmup_ratio=0.0, trl={"save_total_limit": 4})
+    out = tmp_path / "grpo"
+
+    def trainer(logger, extra=()):
+        return build_grpo_trainer(copy.deepcopy(tiny_model).train(), tiny_tok, BernoulliBandit(3), BanditText(3, 4), cfg, SamplingConfig(), 4, out,
+                                  callbacks=[MetricsCallback(logger, "grpo/"), *extra])
+
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        with pytest.raises(_Interrupted):
+            run_grpo(trainer(logger, [_interrupt_after_saving(2)]), out)
+        (out / "checkpoint-2" / "trainer_state.json").unlink()  # killed while saving step 2: resume from 1
+        assert logger.last_step("grpo/") == 2
+        run_grpo(trainer(logger), out)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "grpo/rollout/trial_regret" in r] == [1, 2, 3]  # step 2 once, not replayed
