@@ -43,6 +43,7 @@ import enum
 import functools
 import pathlib
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -540,10 +541,20 @@ def _describe(value: Any) -> str:
     """``str 'five'``, ``int 3``, ``None``: the type and a short repr of an offending value."""
     if value is None:
         return "None"
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)  # bounded: a YAML alias bomb shares its lists, repr() would expand them all
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 60, 60
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 6
+    return r
+
+
+_SHORT_REPR = _short_repr()
 
 
 # --------------------------------------------------------------------------------------------

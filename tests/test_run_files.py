@@ -382,3 +382,23 @@ def test_a_resumed_stage_does_not_log_its_replayed_steps_twice(tmp_path, tiny_mo
         run_grpo(trainer(logger), out)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "grpo/rollout/trial_regret" in r] == [1, 2, 3]  # step 2 once, not replayed
+
+
+@pytest.mark.parametrize("where", ["unknown_key", "task.num_arms", "baselines.agents"])
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path, capsys, where):
+    """Nine levels of aliases stand for 10^9 strings; the error used to render them whole."""
+    import time
+
+    from mrl_llm.cli import main
+
+    levels = ['&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = "[" + ", ".join(levels) + "]"  # anchors defined inside the value itself
+    head, _, leaf = where.partition(".")
+    body = f"{head}: {bomb}" if not leaf else f"{head}:\n  {leaf}: {bomb}"
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text("kind: classic\nname: bomb\n" + body + "\n")
+    start = time.monotonic()
+    assert main(["run", str(recipe), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - start < 10 and "\n" not in err and len(err) < 400, err[:500]
