@@ -46,14 +46,17 @@ def die_with_parent(parent: int, initializer=None, *initargs, poll_s: float = 0.
 
 def terminate_workers(pool: ProcessPoolExecutor) -> None:
     """Stop a pool now: pending work cancelled, running workers terminated (SIGTERM)."""
-    pool.shutdown(wait=False, cancel_futures=True)
     stop = getattr(pool, "terminate_workers", None)  # Python >= 3.14
     if stop is not None:
         stop()
         return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):  # the pool's worker processes
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
         if process.is_alive():
             process.terminate()
+    for process in processes:
+        process.join(timeout=10)
 
 
 @contextlib.contextmanager

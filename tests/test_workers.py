@@ -67,8 +67,10 @@ def test_a_failure_stops_the_other_workers_at_once():
     with pytest.raises(RuntimeError, match="this run failed"):
         with worker_pool(2) as pool:
             pool.submit(time.sleep, 120)
+            workers = list(pool._processes)  # their pids (the pool starts them on submit)
             pool.submit(_fail).result()
     assert time.monotonic() - start < 60  # not the 120 s of the other worker
+    assert workers and not any(_alive(pid) for pid in workers)  # terminated, not left to finish
 
 
 def test_a_pool_that_ends_normally_returns_its_results():
