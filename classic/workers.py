@@ -5,6 +5,8 @@ ends, and a failure in one worker stops the others at once instead of waiting fo
 * Each worker watches its parent: on Linux the kernel sends it SIGTERM when the parent dies
   (``prctl(PR_SET_PDEATHSIG)``), and everywhere a daemon thread exits it once it has been
   re-parented (the parent was killed, even with SIGKILL).
+* :func:`in_fresh_process` runs one function in a new process that leaves the launch (rank
+  variables removed) and keeps its rank's GPU; its exit returns all the GPU memory it held.
 * :func:`worker_pool` is a spawn-context ``ProcessPoolExecutor`` whose exit, on an exception
   (including KeyboardInterrupt / SIGTERM turned into one), terminates its workers before
   re-raising.
@@ -35,7 +37,7 @@ def die_with_parent(parent: int, initializer=None, *initargs, poll_s: float = 0.
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
+        except (OSError, AttributeError):  # no prctl here: the watchdog below does the job
             pass
     if os.getppid() != parent:  # the parent died before this line
         os._exit(1)
@@ -74,3 +76,27 @@ def worker_pool(max_workers: int, initializer=None, initargs: tuple = ()):
         raise
     else:
         pool.shutdown(wait=True)
+
+
+#: What ``accelerate launch`` / ``torchrun`` set for a rank; a fresh process runs on its own.
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def _standalone_process() -> None:
+    """Initializer of a fresh process: a single process on its parent rank's GPU, with the launcher's
+    rank variables removed so that neither accelerate nor vLLM joins the launch's process group."""
+    local = os.environ.get("LOCAL_RANK")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    for name in _LAUNCH_VARIABLES:
+        os.environ.pop(name, None)
+    if local not in (None, "0"):
+        devices = visible.split(",") if visible else [str(i) for i in range(int(local) + 1)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(local)]
+
+
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new (spawned) process on this rank's GPU; returns its result. The process
+    exits afterwards, which returns every byte of GPU memory it held (a vLLM engine, a trainer)."""
+    with worker_pool(1, initializer=_standalone_process) as pool:
+        return pool.submit(fn, *args).result()

@@ -38,13 +38,13 @@ from classic.experiment import (
     write_report,
 )
 from classic.algos.rl2 import RL2Policy
-from classic.files import open_stage
 from classic.metrics import MetricsLogger
 from classic.workers import worker_pool
 from mrl_llm.envs.text_bandit import BanditText
 from mrl_llm.models import ModelConfig, inference_device, load_model_and_tokenizer
 from mrl_llm.rollout.agent import LLMAgent, TrialRenderer
 from mrl_llm.rollout.generation import SamplingConfig
+from mrl_llm.train.checkpoints import open_stage_on_every_rank
 from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, gpu_settings, grpo_arguments, run_grpo
 from mrl_llm.train.sft import SFTStageConfig, distillation_dataset, run_sft, sft_arguments, teacher_transcripts
 
@@ -178,18 +178,11 @@ def grpo_fingerprint(cfg: LLMExperiment) -> dict:
     return {"task": to_dict(cfg.task), "grpo": to_dict(cfg.grpo), "sampling": to_dict(cfg.sampling), "start": start}
 
 
-def _open_stage(run_dir: Path, stage: str, fingerprint: dict) -> None:
-    from accelerate import PartialState
-
-    state = PartialState()
-    open_stage(run_dir / stage, fingerprint, main=state.is_main_process, barrier=state.wait_for_everyone)
-
-
 def sft_stage(cfg: LLMExperiment, run_dir: Path, logger: MetricsLogger):
     """Distil Thompson sampling into the LM (or load the finished SFT model, or resume its training,
     when ``run_dir/sft`` was made with the same settings: :func:`classic.files.open_stage`); returns
     the model to train with GRPO (float32 weights) and its tokenizer."""
-    _open_stage(run_dir, "sft", sft_fingerprint(cfg))
+    open_stage_on_every_rank(run_dir / "sft", sft_fingerprint(cfg))
     final = _final_dir(run_dir, "sft")
     if (final / "config.json").exists():
         return load_model_and_tokenizer(cfg.model, path=final, training=True)
@@ -203,7 +196,7 @@ def sft_stage(cfg: LLMExperiment, run_dir: Path, logger: MetricsLogger):
 def grpo_stage(model, tok, cfg: LLMExperiment, run_dir: Path, logger: MetricsLogger):
     """Meta-RL finetune over trials with GRPO (or load the finished model, or resume, when
     ``run_dir/grpo`` was made with the same settings and start model)."""
-    _open_stage(run_dir, "grpo", grpo_fingerprint(cfg))
+    open_stage_on_every_rank(run_dir / "grpo", grpo_fingerprint(cfg))
     final = _final_dir(run_dir, "grpo")
     if (final / "config.json").exists():
         return load_model_and_tokenizer(cfg.model, path=final)

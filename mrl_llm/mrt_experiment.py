@@ -31,8 +31,8 @@ import torch
 
 from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
-from classic.files import canonical, open_stage, save_figure, write_atomic
-from classic.workers import worker_pool
+from classic.files import canonical, save_figure, write_atomic
+from classic.workers import in_fresh_process, worker_pool
 from classic.experiment import OutputConfig, prepare_run_dir, set_threads
 from classic.metrics import MetricsLogger
 from mrl_llm.envs.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
@@ -40,8 +40,18 @@ from mrl_llm.evaluate_reasoning import ReasoningEvalConfig, evaluate_reasoning, 
 from mrl_llm.models import ModelConfig, load_model_and_tokenizer, load_tokenizer
 from mrl_llm.rewards.progress import MetaProverConfig
 from mrl_llm.rollout.episodes import split_episodes
-from mrl_llm.train.grpo import gpu_settings
-from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, STaRConfig, build_reasoning_trainer, grpo_arguments, mrt_star_dataset, prover_requests, train
+from mrl_llm.train.checkpoints import open_stage_on_every_rank
+from mrl_llm.train.grpo import gpu_settings, run_grpo, trl_engine_max_num_seqs
+from mrl_llm.train.mrt import (
+    MAX_ENGINE_SEQS,
+    MRTConfig,
+    ReasoningGRPOConfig,
+    STaRConfig,
+    build_reasoning_trainer,
+    grpo_arguments,
+    mrt_star_dataset,
+    prover_requests,
+)
 from mrl_llm.train.sft import SFTStageConfig, run_sft, sft_arguments
 
 METHODS = ("grpo", "mrt", "mrt_rl", "mrt_star")
@@ -269,19 +279,12 @@ def _method_seed(key: str) -> tuple[str, int]:
     return method, int(seed)
 
 
-def _open_stage(path: Path, fingerprint: dict) -> None:
-    from accelerate import PartialState
-
-    state = PartialState()
-    open_stage(path, fingerprint, main=state.is_main_process, barrier=state.wait_for_everyone)
-
-
 def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Path | None:
     """The directory of the start policy (SFT warm start; reused or resumed only when made with the
     same settings), or None for ``model.name_or_path`` as is."""
     if not cfg.sft.enabled:
         return None
-    _open_stage(run_dir / "sft", start_fingerprint(cfg))
+    open_stage_on_every_rank(run_dir / "sft", start_fingerprint(cfg))
     final = run_dir / "sft" / "final"
     if (final / "config.json").exists():
         return final
@@ -302,7 +305,7 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
     from mrl_llm.experiment import MetricsCallback
 
     out = run_dir / f"{method}_s{seed}"
-    _open_stage(out, run_fingerprint(cfg, method, seed))
+    open_stage_on_every_rank(out, run_fingerprint(cfg, method, seed))
     final = out / "final"
     if (final / "config.json").exists():
         return final
@@ -332,7 +335,7 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
         if method != "grpo":
             mrt = dataclasses.replace(cfg.mrt, mode="progress" if method == "mrt" else "termination", prover=cfg.prover())
         trainer = build_reasoning_trainer(model, tok, train_prompts(cfg, tok), grpo, out, mrt=mrt, split_fn=split, peft_config=peft, callbacks=cb)
-        train(trainer, out)
+        run_grpo(trainer, out)
     _save_trained(trainer, tok, final, peft is not None)
     release_memory(trainer)
     return final
@@ -380,28 +383,6 @@ def release_memory(trainer=None) -> None:
         torch.cuda.empty_cache()
 
 
-#: What ``accelerate launch`` / ``torchrun`` set for a rank; a fresh process runs on its own.
-_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
-                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-
-
-def _standalone_process() -> None:
-    """Initializer of a fresh process: a single process on its parent rank's GPU, with the launcher's
-    rank variables removed so that neither accelerate nor vLLM joins the launch's process group."""
-    local = os.environ.get("LOCAL_RANK")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    for name in _LAUNCH_VARIABLES:
-        os.environ.pop(name, None)
-    if local not in (None, "0"):
-        devices = visible.split(",") if visible else [str(i) for i in range(int(local) + 1)]
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(local)]
-
-
-def in_fresh_process(fn, *args):
-    """``fn(*args)`` in a new (spawned) process on this rank's GPU; returns its result. The process
-    exits afterwards, which returns every byte of GPU memory it held (a vLLM engine, a trainer)."""
-    with worker_pool(1, initializer=_standalone_process) as pool:
-        return pool.submit(fn, *args).result()
 
 
 # ---- aggregation and report ----------------------------------------------------------------
@@ -722,7 +703,7 @@ def dry_run(cfg: MRTExperiment, out=print) -> dict:
                 + (cfg.eval.vllm_gpu_memory_utilization if cfg.eval.use_vllm else 0.0),
                 "vllm_memory_utilization_max": MAX_VLLM_MEMORY_UTILIZATION,
                 "meta_prover_sequences_per_generation": (req := prover_requests(args, dataclasses.replace(cfg.mrt, mode="progress"))),
-                "mrt_engine_max_num_seqs": max(args.per_device_train_batch_size * args.vllm_tensor_parallel_size * (args.steps_per_generation or 1), min(req, 1024))},
+                "mrt_engine_max_num_seqs": max(trl_engine_max_num_seqs(args), min(req, MAX_ENGINE_SEQS))},
         "mrt": {"alpha": cfg.mrt.alpha, "credit": cfg.mrt.credit, "max_episodes": cfg.mrt.max_episodes,
                 "prover": dataclasses.asdict(cfg.prover()), "markers": list(cfg.mrt.episodes.markers)},
         "run_dir": str(run_dir),

@@ -32,8 +32,9 @@ On a transformers model the K answers of a prefix are drawn by ancestral samplin
 
 With vLLM, all prefixes go to one ``llm.generate`` call with ``n=K``, one seed per prefix drawn
 from the caller's generator, and vLLM's automatic prefix caching shares their KV blocks. The
-engine decodes at most its ``max_num_seqs`` sequences at once (TRL's colocated engine: the
-per-device batch size times ``steps_per_generation``): Q prefixes x K samples above that run in
+engine decodes at most its ``max_num_seqs`` sequences at once (TRL sizes its colocated engine for
+the rollouts only; the MRT trainer builds it large enough for the meta-prover,
+:func:`mrl_llm.train.mrt.trl_engine_sized_for`): Q prefixes x K samples above that run in
 ``ceil(Q K / max_num_seqs)`` serial waves, counted in :attr:`ProverStats.waves`.
 
 The HF sampler draws on the model's device (a CPU generator is turned into one there by
@@ -289,8 +290,8 @@ class MetaProver:
                 self._warned_waves = True
                 warnings.warn(
                     f"meta-prover: {len(prompts)} prefixes x {cfg.num_samples} samples = {sequences} sequences on "
-                    f"an engine with max_num_seqs={limit}: {waves} serial waves per call (raise the engine's "
-                    "max_num_seqs, e.g. TRL's steps_per_generation, or sample fewer prefixes)",
+                    f"an engine with max_num_seqs={limit}: {waves} serial waves per call (build the engine with a larger "
+                    "max_num_seqs, as the MRT trainer does, or sample fewer prefixes)",
                     stacklevel=3,
                 )
         self.stats.rows += sequences

@@ -63,3 +63,14 @@ def generator_state_callback(get_state, set_state):
                 set_state(torch.load(path, weights_only=True))
 
     return _GeneratorState()
+
+
+def open_stage_on_every_rank(stage_dir: str | os.PathLike, fingerprint: dict) -> Path:
+    """:func:`classic.files.open_stage` in a (possibly multi-process) accelerate run: the main process
+    settles the folder, every rank waits for it before looking for a finished output there."""
+    from accelerate import PartialState
+
+    from classic.files import open_stage
+
+    state = PartialState()
+    return open_stage(stage_dir, fingerprint, main=state.is_main_process, barrier=state.wait_for_everyone)

@@ -321,6 +321,13 @@ def make_grpo_config(output_dir: str | os.PathLike, use_cpu: bool | None = None,
     return GRPOConfig(**{**args, **fields})
 
 
+def trl_engine_max_num_seqs(args) -> int:
+    """The ``max_num_seqs`` TRL 1.16 gives its colocated vLLM engine: the rollouts of one generation
+    batch of a process (``per_device_train_batch_size x vllm_tensor_parallel_size x
+    steps_per_generation``, ``trl/trainer/grpo_trainer.py``)."""
+    return args.per_device_train_batch_size * args.vllm_tensor_parallel_size * (args.steps_per_generation or 1)
+
+
 def gpu_settings(cfg: GRPOCommonConfig, args, model_cfg) -> dict:
     """The resolved GPU-side settings of a GRPO stage, for ``--dry-run``: weight dtypes, vLLM
     (engine share, TRL's ``max_num_seqs``, importance sampling), DeepSpeed (as ``accelerate launch``
@@ -333,7 +340,7 @@ def gpu_settings(cfg: GRPOCommonConfig, args, model_cfg) -> dict:
             "use_vllm": cfg.use_vllm,
             "mode": args.vllm_mode,
             "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization if cfg.use_vllm else 0.0,
-            "max_num_seqs": args.per_device_train_batch_size * args.vllm_tensor_parallel_size * (args.steps_per_generation or 1),
+            "max_num_seqs": trl_engine_max_num_seqs(args),
             "importance_sampling": {"correction": args.vllm_importance_sampling_correction, "mode": args.vllm_importance_sampling_mode,
                                     "clip_max": args.vllm_importance_sampling_clip_max},
             "installed": importlib.util.find_spec("vllm") is not None,

@@ -34,7 +34,7 @@ import torch
 
 from mrl_llm.rewards import get_reward
 from mrl_llm.train.checkpoints import generator_state_callback
-from mrl_llm.train.grpo import GRPOCommonConfig, generation_model
+from mrl_llm.train.grpo import GRPOCommonConfig, generation_model, trl_engine_max_num_seqs
 from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, mrt_token_advantages, progress_rewards, termination_advantages, token_cuts
 from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
 
@@ -117,13 +117,17 @@ def _unpad(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
 
+#: Most sequences the MRT trainer asks TRL's engine to run at once (its KV-cache share bounds them anyway).
+MAX_ENGINE_SEQS = 1024
+
+
 def prover_requests(args, mrt: MRTConfig) -> int:
     """Sequences the meta-prover sends to the vLLM engine per generation batch of one process:
     every completion x (at most ``max_episodes`` + 1 cuts) x K answers ("progress"), or one cut x K
     per group ("termination"). TRL sizes its colocated engine's ``max_num_seqs`` for the rollouts
     only (``per_device_train_batch_size x steps_per_generation``), so the prover's requests would
     run in that many serial waves."""
-    completions = args.per_device_train_batch_size * args.vllm_tensor_parallel_size * (args.steps_per_generation or 1)
+    completions = trl_engine_max_num_seqs(args)
     K = mrt.prover.num_samples
     if mrt.mode == "progress":
         return completions * (mrt.max_episodes + 1) * K
@@ -131,7 +135,7 @@ def prover_requests(args, mrt: MRTConfig) -> int:
 
 
 @contextlib.contextmanager
-def engine_max_num_seqs(at_least: int, at_most: int = 1024):
+def trl_engine_sized_for(at_least: int, at_most: int = MAX_ENGINE_SEQS):
     """Within the block, TRL's colocated vLLM engine (``trl.trainer.grpo_trainer.VLLMGeneration``) is
     built with ``max_num_seqs >= min(at_least, at_most)``: vLLM then decodes the meta-prover's
     requests in one wave (its KV-cache share still bounds what runs at once). TRL has no argument
@@ -185,7 +189,7 @@ def mrt_trainer_class():
             self._prefix_gen = torch.Generator().manual_seed(20_011 * (seed + 1))
             streams = generator_state_callback(self._stream_state, self._set_stream_state)  # first: saved before any other callback runs
             kwargs["callbacks"] = [streams, *(kwargs.get("callbacks") or [])]
-            with engine_max_num_seqs(prover_requests(kwargs["args"], mrt)):
+            with trl_engine_sized_for(prover_requests(kwargs["args"], mrt)):
                 super().__init__(*args, **kwargs)
             self.mrt = mrt
             self.split_fn = split_fn or default_split_fn(mrt.episodes)
@@ -341,14 +345,6 @@ def build_reasoning_trainer(model, tokenizer, dataset, cfg: ReasoningGRPOConfig,
     if mrt is None:
         return GRPOTrainer(**kwargs)
     return MRTGRPOTrainer(**kwargs, mrt=mrt, split_fn=split_fn)
-
-
-def train(trainer, output_dir) -> None:
-    """``trainer.train()``, resuming from the last complete checkpoint in ``output_dir`` if there is
-    one (:func:`~mrl_llm.train.grpo.run_grpo`)."""
-    from mrl_llm.train.grpo import run_grpo
-
-    run_grpo(trainer, output_dir)
 
 
 # ---------------------------------------------------------------------------------------
