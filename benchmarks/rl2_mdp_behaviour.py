@@ -56,9 +56,9 @@ class _RecordStates:
         self.states = []
         self.agent.reset(num_tasks, generator)
 
-    def act(self, obs, prev_action, prev_reward, done):
+    def act(self, obs, prev_action, prev_reward, terminated, truncated):
         self.states.append(obs.argmax(-1))
-        return self.agent.act(obs, prev_action, prev_reward, done)
+        return self.agent.act(obs, prev_action, prev_reward, terminated, truncated)
 
     def __getattr__(self, key):
         return getattr(self.agent, key)

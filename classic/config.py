@@ -53,6 +53,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from classic.files import write_atomic
+from classic.registry import RegistryError, RegistryRef
 
 __all__ = [
     "DEFAULT_KIND",
@@ -407,6 +408,17 @@ def _convert(value: Any, tp: Any, key: str, ctx: _Ctx, shown: str | None = None)
         raise wrong()
     if _is_dataclass_type(tp):
         return _build(tp, {} if value is None else value, key, ctx)
+    if isinstance(tp, type) and issubclass(tp, RegistryRef):  # a tagged union: "name" picks the config class
+        registry = tp.registry
+        if not isinstance(value, Mapping) or "name" not in value:
+            known = ", ".join(registry.names())
+            raise ctx.error(key, f"'{key}' must be a mapping with a 'name' key naming a {registry.what} "
+                                 f"(known: {known}), got {_describe(value)}")
+        try:
+            cls = registry.get(value["name"])
+        except RegistryError as err:
+            raise ctx.error(_join(key, "name"), f"'{_join(key, 'name')}': {err}") from None
+        return _build(cls, value, key, ctx)
     if origin in (list, tuple, set, frozenset) or tp in (list, tuple, set, frozenset):
         container = origin or tp
         if not isinstance(value, (list, tuple)):
@@ -485,6 +497,12 @@ def _check_override_path(cls: type, parts: list[str], text: str, ctx: _Ctx) -> N
     for i, part in enumerate(parts):
         parent = ".".join(parts[:i])
         inner, _ = _unwrap_optional(tp)
+        if isinstance(inner, type) and issubclass(inner, RegistryRef):
+            return  # the keys under it depend on its 'name': checked when the config is built
+        if get_origin(inner) is list:  # an item, by its label, name or index
+            args = get_args(inner)
+            tp = args[0] if args else Any
+            continue
         if _is_dataclass_type(inner):
             fields = _init_fields(inner)
             if part not in fields:
@@ -506,15 +524,30 @@ def _apply_override(data: Any, parts: list[str], value: Any, text: str, ctx: _Ct
         raise RecipeError(f"{ctx.source}: override '{text}': the recipe is not a mapping")
     node = data
     for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, text, ctx, ".".join(parts[:i]))
+            continue
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        elif not isinstance(child, dict):
+        elif not isinstance(child, (dict, list)):
             dotted = ".".join(parts[: i + 1])
             raise RecipeError(f"{ctx.source}: override '{text}': '{dotted}' is {_describe(child)}, not a mapping")
         node = child
+    if isinstance(node, list):
+        raise RecipeError(f"{ctx.source}: override '{text}': name a key inside the list item, not the item")
     node[parts[-1]] = value
 
+
+def _list_item(items: list, part: str, text: str, ctx: _Ctx, where: str) -> dict:
+    """The mapping in ``items`` whose ``label`` or ``name`` is ``part`` (or the item at index ``part``)."""
+    for item in items:
+        if isinstance(item, dict) and part in (item.get("label"), item.get("name")):
+            return item
+    if part.isdigit() and int(part) < len(items) and isinstance(items[int(part)], dict):
+        return items[int(part)]
+    names = [str(i.get("label") or i.get("name")) for i in items if isinstance(i, dict)]
+    raise RecipeError(f"{ctx.source}: override '{text}': '{where}' has no item {part!r} (items: {', '.join(names)})")
 
 def _type_name(tp: Any) -> str:
     """Human-readable annotation: ``int``, ``list[float]``, ``int or None``, ``one of 'a', 'b'``."""

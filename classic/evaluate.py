@@ -1,4 +1,4 @@
-"""The meta-test protocol shared by every agent, classic or LLM.
+"""The meta-test protocol shared by every agent, classic or LLM: the evaluator.
 
 ``run_trials`` plays ``num_tasks`` held-out tasks for one trial each (``episodes_per_trial``
 episodes, memory carried across episodes) and returns a :class:`TrialResult`.
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from classic.agents.base import Agent
+from classic import seeding
+from classic.core import Agent, TaskDistribution
+from classic.rollout import Trajectory, num_tasks_of, rollout, slice_tasks
 
-# Evaluation streams are seeded from this offset so they never coincide with training streams
-# (training code seeds its generators with small integers).
-EVAL_SEED_OFFSET = 1_000_003
+# Evaluation streams start at this offset (:mod:`classic.seeding`, streams eval_tasks and eval_play).
+EVAL_SEED_OFFSET = seeding.STREAMS["eval_tasks"][0]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrialResult:
         regret: (num_tasks, E) float cumulative regret after each episode.
         wall_time: seconds spent in ``run_trials`` (agent + env).
         extra: free-form per-agent statistics (e.g. LLM tokens/s).
+        trajectories: the time-major trajectories of each batch, when ``run_trials`` kept them.
     """
 
     agent: str
@@ -45,6 +47,7 @@ class TrialResult:
     regret: Tensor
     wall_time: float
     extra: dict = field(default_factory=dict)
+    trajectories: list[Trajectory] = field(default_factory=list)
 
     @property
     def num_tasks(self) -> int:
@@ -63,7 +66,14 @@ class TrialResult:
     @property
     def invalid_rate(self) -> float:
         """Fraction of steps whose action was invalid (-1; -2 marks steps after an episode ended early)."""
+        if self.actions.dtype != torch.long:
+            return 0.0
         return float((self.actions == -1).float().mean())
+
+    @property
+    def adaptation_curve(self) -> Tensor:
+        """(E,) mean return of each episode index of the trial over tasks (the in-context learning curve)."""
+        return self.episode_returns.mean(dim=0)
 
     def summary(self) -> dict:
         """Means and 95% CIs (normal approximation, 1.96 * std / sqrt(N))."""
@@ -85,97 +95,84 @@ def mean_ci(x: Tensor) -> dict:
 
 
 def sample_eval_tasks(dist, num_tasks: int, seed: int):
-    """Held-out tasks: the same ``seed`` always gives the same tasks, disjoint from training streams."""
-    g = torch.Generator().manual_seed(EVAL_SEED_OFFSET + int(seed))
-    return dist.sample_tasks(num_tasks, g)
+    """Held-out tasks: the same ``seed`` always gives the same tasks, disjoint from training streams
+    (:mod:`classic.seeding` stream ``eval_tasks``)."""
+    return dist.sample_tasks(num_tasks, seeding.generator("eval_tasks", seed))
 
 
 def run_trials(
     agent: Agent,
-    dist,
+    dist: TaskDistribution,
     num_tasks: int = 1000,
     episodes_per_trial: int = 100,
     seed: int = 0,
     batch_size: int | None = None,
     tasks=None,
     progress: bool = False,
+    keep_trajectories: bool = False,
 ) -> TrialResult:
-    """Run one trial per task and record rewards, actions, returns and regret.
+    """Run one trial per task (:func:`classic.rollout.rollout`) and record rewards, actions,
+    returns and regret.
 
     Args:
-        agent: any :class:`~classic.agents.base.Agent`.
+        agent: any :class:`~classic.core.Agent`.
         dist: a task distribution (``classic.envs``).
         num_tasks: number of held-out tasks.
-        episodes_per_trial: n, episodes per trial.
+        episodes_per_trial: E, episodes per trial.
         seed: evaluation seed; tasks come from :func:`sample_eval_tasks` unless ``tasks`` is given.
         batch_size: tasks run at once (default: all); results depend on it only through RNG order.
         tasks: explicit tasks (overrides ``num_tasks``/``seed`` for task sampling).
-        progress: show a tqdm bar over episodes.
+        progress: show a tqdm bar over steps.
+        keep_trajectories: keep each batch's :class:`~classic.rollout.Trajectory` in
+            ``TrialResult.trajectories`` (observations, actions, rewards per step).
 
     Returns:
-        TrialResult with rewards/actions (num_tasks, E*H), episode_returns/regret (num_tasks, E).
+        TrialResult with rewards/actions (num_tasks, E*H), episode_returns/regret (num_tasks, E);
+        regret is NaN when the distribution has no ``optimal_episode_return``.
     """
     if tasks is None:
         tasks = sample_eval_tasks(dist, num_tasks, seed)
-    num_tasks = _leading_dim(tasks)
+    num_tasks = num_tasks_of(tasks)
     batch_size = batch_size or num_tasks
-    g = torch.Generator().manual_seed(EVAL_SEED_OFFSET + 7919 * (int(seed) + 1))
+    g = seeding.generator("eval_play", seed)
     start = time.perf_counter()
-    chunks = []
+    chunks, trajectories = [], []
     for lo in range(0, num_tasks, batch_size):
-        sub = type(tasks)(*(t[lo : lo + batch_size] for t in tasks))
-        chunks.append(_run_chunk(agent, dist, sub, episodes_per_trial, g, progress))
+        sub = slice_tasks(tasks, lo, lo + batch_size)
+        traj = rollout(agent, dist, sub, episodes_per_trial, g, progress=progress)
+        chunks.append(_per_task(traj, episodes_per_trial, dist.episode_length))
+        if keep_trajectories:
+            trajectories.append(traj)
     wall = time.perf_counter() - start
-    cat = [torch.cat(parts, dim=0) for parts in zip(*chunks)]
-    rewards, actions, ep_returns, ep_expected = cat
-    optimal = dist.optimal_episode_return(tasks).unsqueeze(1)
-    regret = torch.cumsum(optimal - ep_expected, dim=1)
+    rewards, actions, ep_returns, ep_expected = (torch.cat(parts, dim=0) for parts in zip(*chunks))
+    optimal = dist.optimal_episode_return(tasks)
+    if optimal is None:
+        regret = torch.full_like(ep_expected, float("nan"))
+    else:
+        regret = torch.cumsum(optimal.unsqueeze(1) - ep_expected, dim=1)
     name = getattr(agent, "name", type(agent).__name__)
     extra = dict(getattr(agent, "stats", lambda: {})()) if callable(getattr(agent, "stats", None)) else {}
-    return TrialResult(name, rewards, actions, ep_returns, regret, wall, extra)
+    return TrialResult(name, rewards, actions, ep_returns, regret, wall, extra, trajectories)
 
 
-def _leading_dim(tasks) -> int:
-    return int(next(iter(tasks)).shape[0])
-
-
-def _run_chunk(agent, dist, tasks, episodes_per_trial: int, g: torch.Generator, progress: bool):
-    n = _leading_dim(tasks)
-    H = dist.episode_length
-    agent.reset(n, g)
-    prev_action = torch.full((n,), -1, dtype=torch.long)
-    prev_reward = torch.zeros(n)
-    done = torch.ones(n, dtype=torch.bool)
-    rewards = torch.zeros(n, episodes_per_trial * H)
-    actions = torch.zeros(n, episodes_per_trial * H, dtype=torch.long)
-    ep_returns = torch.zeros(n, episodes_per_trial)
-    ep_expected = torch.zeros(n, episodes_per_trial)
-    has_mean = hasattr(dist, "mean_reward")
-    episodes = range(episodes_per_trial)
-    if progress:
-        from tqdm.auto import tqdm
-
-        episodes = tqdm(episodes, desc=getattr(agent, "name", "agent"), leave=False)
-    with torch.no_grad():
-        for e in episodes:
-            state, obs = dist.reset(tasks, g)
-            alive = torch.ones(n, dtype=torch.bool)
-            for h in range(H):
-                action = agent.act(obs, prev_action, prev_reward, done).long()
-                expected = dist.mean_reward(tasks, state, action) if has_mean else None
-                step = dist.step(tasks, state, action, g)
-                r = step.reward * alive
-                t = e * H + h
-                rewards[:, t] = r
-                actions[:, t] = torch.where(alive, action, torch.full_like(action, -2))
-                ep_returns[:, e] += r
-                ep_expected[:, e] += (expected * alive) if expected is not None else r
-                done = step.terminated | step.truncated
-                prev_action = torch.where(dist.valid(action), action, torch.full_like(action, -1)) if hasattr(dist, "valid") else action
-                prev_reward = step.reward
-                obs, state = step.obs, step.state
-                alive = alive & ~done
-                if not bool(alive.any()):
-                    break
-            done = torch.ones(n, dtype=torch.bool)
+def _per_task(traj: Trajectory, episodes_per_trial: int, episode_length: int):
+    """(rewards (B, E*H), actions (B, E*H[, *shape]), episode returns (B, E), expected (B, E)) from a
+    time-major trajectory; slot e * H + h holds step h of episode e (actions -2 / NaN in slots no
+    step filled: after an early episode end)."""
+    E, H = episodes_per_trial, episode_length
+    B = traj.num_tasks
+    slot = (traj.episode.clamp(max=E - 1) * H + traj.step).T  # (B, T)
+    keep = traj.valid.T
+    rows = torch.arange(B).unsqueeze(1).expand_as(slot)
+    rewards = torch.zeros(B, E * H)
+    rewards[rows[keep], slot[keep]] = traj.rewards.T[keep].float()
+    act = traj.actions.transpose(0, 1)  # (B, T, ...)
+    if act.dtype == torch.long:
+        actions = torch.full((B, E * H), -2, dtype=torch.long)
+    else:
+        actions = torch.full((B, E * H, *act.shape[2:]), float("nan"))
+    actions[rows[keep], slot[keep]] = act[keep]
+    ep = traj.episode.T.clamp(max=E - 1)
+    ep_returns = torch.zeros(B, E).scatter_add_(1, ep, traj.rewards.T.float() * keep)
+    ep_expected = torch.zeros(B, E).scatter_add_(1, ep, traj.expected_rewards.T.float() * keep)
     return rewards, actions, ep_returns, ep_expected

@@ -8,7 +8,6 @@ shared protocol on the same held-out tasks, reported as a table, a regret plot a
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,8 @@ from classic.agents.bandit import (
 from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
 from classic.algos.rl2_config import RL2Config
 from classic.config import save_resolved, to_dict
-from classic.distributed import is_main_process
-from classic.files import RunFolderError, lock_run, open_stage, run_folder, write_atomic
+from classic.files import OutputConfig, open_stage, prepare_run_dir, write_atomic
+from classic.workers import set_threads
 from classic.envs.bandit import BanditConfig
 from classic.evaluate import TrialResult, run_trials
 from classic.metrics import MetricsLogger
@@ -146,20 +145,6 @@ class EvalConfig:
             raise ValueError(f"llm_batch_size must be >= 1, got {self.llm_batch_size}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (or null: all tasks at once), got {self.batch_size}")
-
-
-@dataclass
-class OutputConfig:
-    """Where a run writes: ``<root>/<name>/``.
-
-    Attributes:
-        root: parent directory of runs.
-        overwrite: start from scratch even if the run directory holds finished stages
-            (by default finished stages are reused and interrupted trainings resume).
-    """
-
-    root: str = "runs"
-    overwrite: bool = False
 
 
 @dataclass
@@ -301,39 +286,6 @@ def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: Me
 
 
 # ---- the run ---------------------------------------------------------------------------------
-
-def prepare_run_dir(name: str, out: OutputConfig) -> Path:
-    """``out.root / name``, created; with ``out.overwrite`` an existing one is removed first, by the
-    main process only (:func:`classic.distributed.is_main_process`): the other ranks of a
-    multi-process run must meet it at a barrier before writing there.
-
-    Raises:
-        ValueError: when ``name`` is not one plain folder name inside ``out.root``
-            (:func:`classic.files.run_folder`): nothing outside the run's own folder is removed
-            or written.
-        RunFolderError: another process runs into the same folder (:func:`classic.files.lock_run`),
-            or the folder cannot be made.
-    """
-    run_dir = run_folder(out.root, name)
-    if is_main_process():
-        lock_run(out.root, name)  # before removing anything: a running run's folder is never removed
-        try:
-            if out.overwrite and run_dir.exists():
-                import shutil
-
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RunFolderError(f"output.root {out.root}: cannot make the run folder {run_dir} ({err.strerror or err})") from None
-    return run_dir
-
-
-def set_threads(threads: int | None) -> None:
-    """Use ``threads`` torch CPU threads (default: the cores this process may run on)."""
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, int(threads)))
-
 
 def write_report(run_dir: Path, title: str, task, results: dict, times: dict, notes: list[str], extra_json: dict, reference: dict | None = None, wall_time: float | None = None, parallel: tuple[str, ...] = ()) -> None:
     """report.md, regret.png and results.json in ``run_dir``."""

@@ -18,7 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+from classic.distributed import is_main_process
 
 
 class RunFolderError(RuntimeError):
@@ -174,3 +177,41 @@ def adopt_stage(stage_dir: str | os.PathLike, fingerprint: dict) -> None:
     stage_dir = Path(stage_dir)
     if stage_dir.is_dir() and not (stage_dir / "stage.json").exists():
         write_atomic(stage_dir / "stage.json", json.dumps(canonical(dict(fingerprint)), indent=1) + "\n")
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes: ``<root>/<name>/``.
+
+    Attributes:
+        root: parent directory of runs.
+        overwrite: start from scratch even if the run directory holds finished stages
+            (by default finished stages are reused and interrupted trainings resume).
+    """
+
+    root: str = "runs"
+    overwrite: bool = False
+
+
+def prepare_run_dir(name: str, out: OutputConfig) -> Path:
+    """``out.root / name``, created; with ``out.overwrite`` an existing one is removed first, by the
+    main process only (:func:`classic.distributed.is_main_process`): the other ranks of a
+    multi-process run must meet it at a barrier before writing there.
+
+    Raises:
+        ValueError: when ``name`` is not one plain folder name inside ``out.root``
+            (:func:`classic.files.run_folder`): nothing outside the run's own folder is removed
+            or written.
+        RunFolderError: another process runs into the same folder (:func:`classic.files.lock_run`),
+            or the folder cannot be made.
+    """
+    run_dir = run_folder(out.root, name)
+    if is_main_process():
+        lock_run(out.root, name)  # before removing anything: a running run's folder is never removed
+        try:
+            if out.overwrite and run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"output.root {out.root}: cannot make the run folder {run_dir} ({err.strerror or err})") from None
+    return run_dir

@@ -28,7 +28,10 @@ from classic.evaluate import TrialResult
 from classic.files import save_figure, write_atomic
 
 __all__ = [
+    "adaptation_curve",
+    "adaptation_table",
     "comparison_table",
+    "plot_adaptation",
     "load_results_json",
     "plot_regret",
     "regret_curve",
@@ -62,6 +65,16 @@ def regret_curve(result: TrialResult) -> dict[str, list[float]]:
     return {"mean": mean.tolist(), "ci95": ci.tolist()}
 
 
+def adaptation_curve(result: TrialResult) -> dict[str, list[float]]:
+    """Mean return of each episode index of the trial and its 95% CI half-width over tasks (the
+    adaptation, or in-context learning, curve): ``{"mean": [E], "ci95": [E]}``."""
+    returns = result.episode_returns.double()  # (N, E)
+    n = returns.shape[0]
+    mean = returns.mean(dim=0)
+    std = returns.std(dim=0, unbiased=True) if n > 1 else torch.zeros_like(mean)
+    return {"mean": mean.tolist(), "ci95": (1.96 * std / math.sqrt(max(n, 1))).tolist()}
+
+
 def summarize(result: Result, curve: bool = True) -> dict:
     """The JSON-safe summary of one result (a dict passes through, copied).
 
@@ -77,6 +90,7 @@ def summarize(result: Result, curve: bool = True) -> dict:
         out = result.summary()
         if curve:
             out["regret_curve"] = regret_curve(result)
+            out["episode_returns"] = adaptation_curve(result)
         if result.extra:
             out["extra"] = _jsonable(result.extra)
         return out
@@ -322,6 +336,78 @@ def plot_regret(results: Mapping[str, Result], path: str | Path, title: str | No
     else:
         ax.legend(loc="upper left", fontsize="small", framealpha=0.9)
     return save_figure(fig, path, format="png", bbox_inches="tight")
+
+
+def plot_adaptation(
+    results: Mapping[str, Result], path: str | Path, bounds: Mapping[str, list[float]] | None = None,
+    title: str | None = None,
+) -> Path:
+    """PNG of the mean return per episode index of the trial (the adaptation curve), one line per
+    agent with its 95% CI band, and each of ``bounds`` (e.g. the oracle, Bayes-optimal) dashed.
+
+    Raises:
+        ValueError: ``results`` empty, or a summary dict without ``episode_returns``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not results:
+        raise ValueError("plot_adaptation: no results to plot")
+    fig = Figure(figsize=(7.0, 4.5), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, r in results.items():
+        curve = adaptation_curve(r) if isinstance(r, TrialResult) else dict(r).get("episode_returns")
+        if not curve:
+            raise ValueError(f"plot_adaptation: result for {name!r} has no episode returns")
+        mean, ci = [float(m) for m in curve["mean"]], [float(c) for c in curve["ci95"]]
+        x = list(range(1, len(mean) + 1))
+        (line,) = ax.plot(x, mean, label=name, lw=1.8, marker="o" if len(mean) <= 12 else None, ms=3)
+        ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                        color=line.get_color(), alpha=0.2, lw=0)
+    for name, values in (bounds or {}).items():
+        ax.plot(range(1, len(values) + 1), values, ls="--", lw=1.2, color="black" if "oracle" in name else "gray",
+                label=name)
+    ax.set_xlabel("episode of the trial")
+    ax.set_ylabel("mean episode return")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    return save_figure(fig, path, format="png", bbox_inches="tight")
+
+
+def adaptation_table(results: Mapping[str, Result], bounds: Mapping[str, list[float]] | None = None,
+                     max_columns: int = 8) -> str:
+    """Markdown table of the mean return per episode index (± 95% CI), one row per agent, then
+    one row per bound; a last column gives the trial return's gap to the first bound (oracle or
+    Bayes-optimal) in return units. With more than ``max_columns`` episodes, evenly spaced
+    ones are shown (always the first and the last)."""
+    curves = {name: (adaptation_curve(r) if isinstance(r, TrialResult) else dict(r).get("episode_returns") or {})
+              for name, r in results.items()}
+    E = max((len(c.get("mean", [])) for c in curves.values()), default=0)
+    cols = list(range(E)) if E <= max_columns else sorted({round(i * (E - 1) / (max_columns - 1)) for i in range(max_columns)})
+    bounds = dict(bounds or {})
+    ref_name, ref = next(iter(bounds.items()), (None, None))
+    header = ["agent"] + [f"ep. {c + 1}" for c in cols] + ["trial return"]
+    if ref is not None:
+        header.append(f"gap to {ref_name}")  # in return units: ref trial return - agent's
+    lines = [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
+
+    def row(name, mean, ci):
+        total = sum(mean)
+        cells = [_cell(name)] + [_fmt_mean_ci({"mean": mean[c], "ci95": ci[c]}) if ci else _fmt_number(mean[c])
+                                 for c in cols] + [_fmt_number(total)]
+        if ref is not None:
+            cells.append(_fmt_number(sum(ref) - total))
+        lines.append(_row(cells))
+
+    for name, c in curves.items():
+        if c.get("mean"):
+            row(name, [float(m) for m in c["mean"]], [float(x) for x in c["ci95"]])
+    for name, values in bounds.items():
+        row(name, [float(v) for v in values], None)
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------

@@ -317,7 +317,7 @@ def _fingerprint(cfg: TablesExperiment, setting: Setting) -> dict:
     fingerprint, so that retraining the source reruns the settings that start from it."""
     part = cfg.bandit.baselines if setting.kind == "bandit" else replace(cfg.mdp, episodes_per_trial=[], rl2_overrides={}, warm_start={})
     out = json.loads(json.dumps({
-        "kind": setting.kind, "task": to_dict(setting.task), "agents": setting.agents, "rl2": to_dict(setting.rl2),
+        "kind": setting.kind, "task": _without_name(to_dict(setting.task)), "agents": setting.agents, "rl2": to_dict(setting.rl2),
         "baselines": to_dict(part), "eval": to_dict(cfg.eval), "seed": cfg.seed,
     }, default=str))
     if setting.after is not None:
@@ -325,6 +325,12 @@ def _fingerprint(cfg: TablesExperiment, setting: Setting) -> dict:
         if source is not None:
             out["warm_start_source"] = _fingerprint(cfg, source)
     return out
+
+
+def _without_name(task: dict) -> dict:
+    """The task's settings without its registry name (fingerprints written before tasks had one
+    stay valid)."""
+    return {k: v for k, v in task.items() if k != "name"}
 
 
 RL2_OUTPUTS = ("rl2", "metrics.jsonl", "tensorboard")  # what a setting keeps when only its evaluation changed

@@ -100,3 +100,12 @@ def in_fresh_process(fn, *args):
     exits afterwards, which returns every byte of GPU memory it held (a vLLM engine, a trainer)."""
     with worker_pool(1, initializer=_standalone_process) as pool:
         return pool.submit(fn, *args).result()
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` torch CPU threads (default: the cores this process may run on)."""
+    import torch
+
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, int(threads)))

@@ -1,7 +1,8 @@
 """``mrl`` command line: ``mrl run RECIPE [--set key.sub=value ...] [--dry-run]``.
 
-A recipe's top-level ``kind`` picks the experiment: ``classic`` (baselines + RL² on one
-setting, :class:`classic.experiment.ClassicExperiment`), ``tables`` (RL² Tables 1 and 2 in
+A recipe's top-level ``kind`` picks the experiment: ``compare`` (any task distribution, baselines
+and learners by registry name, :class:`classic.experiments.compare.CompareExperiment`),
+``classic`` (the former bandit experiment, :class:`classic.experiment.ClassicExperiment`), ``tables`` (RL² Tables 1 and 2 in
 full, :class:`classic.tables.TablesExperiment`), ``mrt`` (outcome-GRPO vs MRT on reasoning
 problems, :class:`mrl_llm.mrt_experiment.MRTExperiment`) or ``llm`` (the default; classic
 agents plus the LLM agent, :class:`mrl_llm.experiment.LLMExperiment`).
@@ -40,6 +41,10 @@ def load_experiment(path: str, overrides=()):
 
 def _load_experiment(path: str, overrides=()):
     kind = peek_kind(path)
+    if kind == "compare":
+        from classic.experiments.compare import CompareExperiment
+
+        return kind, load_recipe(CompareExperiment, path, overrides)
     if kind == "classic":
         from classic.experiment import ClassicExperiment
 
@@ -56,7 +61,7 @@ def _load_experiment(path: str, overrides=()):
         from mrl_llm.mrt_experiment import MRTExperiment
 
         return kind, load_recipe(MRTExperiment, path, overrides)
-    raise RecipeError(f"{path}: unknown kind {kind!r} (known: classic, llm, mrt, tables)")
+    raise RecipeError(f"{path}: unknown kind {kind!r} (known: compare, classic, llm, mrt, tables)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(kind: str, cfg) -> str:
     """Run the experiment; returns the line saying what it wrote."""
+    if kind == "compare":
+        from classic.experiments.compare import run_compare
+
+        return f"wrote {run_compare(cfg)}/report.md, adaptation.png, results.json"
     if kind == "classic":
         from classic.experiment import run_classic
 

@@ -116,8 +116,8 @@ def test_greedy_with_beta11_prior_stays_on_a_winner_and_leaves_a_loser():
     # Beta(1, 1) counts: a first success lifts the arm to 2/3 > 1/2, a first failure drops it to 1/3.
     agent = GreedyAgent(6, prior_count=1.0)
     agent.reset(2, torch.Generator().manual_seed(0))
-    first = agent.act(torch.zeros(2, 1), torch.full((2,), -1), torch.zeros(2), torch.ones(2, dtype=torch.bool))
-    second = agent.act(torch.zeros(2, 1), first, torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bool))
+    first = agent.act(torch.zeros(2, 1), torch.full((2,), -1), torch.zeros(2), torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    second = agent.act(torch.zeros(2, 1), first, torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
     assert second[0] == first[0] and second[1] != first[1]
     assert agent.scores()[0, first[0]] == pytest.approx(2 / 3) and agent.scores()[1, first[1]] == pytest.approx(1 / 3)
     # UCB1 with 0 prior counts (the default) pulls every arm once before any is repeated

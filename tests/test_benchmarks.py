@@ -115,7 +115,7 @@ def test_rl2_mdp_behaviour_scores_an_oracle_as_always_optimal_and_counts_tried_a
         def reset(self, num_tasks, generator):
             self.calls = 0
 
-        def act(self, obs, prev_action, prev_reward, done):
+        def act(self, obs, prev_action, prev_reward, terminated, truncated):
             t = self.calls % dist.episode_length
             self.calls += 1
             return policy[torch.arange(50), t, obs.argmax(-1)]
@@ -126,7 +126,7 @@ def test_rl2_mdp_behaviour_scores_an_oracle_as_always_optimal_and_counts_tried_a
         def reset(self, num_tasks, generator):
             self.num_tasks = num_tasks
 
-        def act(self, obs, prev_action, prev_reward, done):
+        def act(self, obs, prev_action, prev_reward, terminated, truncated):
             return torch.zeros(self.num_tasks, dtype=torch.long)
 
     oracle = bench.behaviour(Oracle(), dist, tasks, 5, [(0, 2), (2, 5)])

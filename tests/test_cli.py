@@ -85,7 +85,7 @@ def test_tiny_end_to_end_run_writes_report_and_resumes(tmp_path):
     assert main(args) == 0
     run = tmp_path / "e2e"
     results = json.loads((run / "results.json").read_text())
-    assert results["task"] == {"num_arms": 3, "episodes_per_trial": 8}
+    assert results["task"] == {"num_arms": 3, "episodes_per_trial": 8, "name": "bandit"}
     agents = results["agents"]
     assert {"Random", "UCB1", "Thompson sampling", "RL²", "LLM (SFT)", "LLM (SFT+GRPO)"} <= set(agents)
     for entry in agents.values():
@@ -107,9 +107,9 @@ def test_tiny_end_to_end_run_writes_report_and_resumes(tmp_path):
 
 def test_classic_recipe_end_to_end_with_bayes_optimal_row(tmp_path):
     args = ["run", str(ROOT / "recipes/classic/rl2_bandit.yaml"), "--set", f"output.root={tmp_path}", "--set", "name=c",
-            "--set", "task.num_arms=2", "--set", "task.episodes_per_trial=10", "--set", "eval.num_tasks=200",
-            "--set", "baselines.agents=[Random,UCB1,Bayes-optimal]", "--set", "baselines.tune_tasks=50",
-            "--set", "rl2.algo.num_iterations=2", "--set", "rl2.algo.num_trials_per_batch=16"]
+            "--set", "task.num_arms=2", "--set", "task.episodes_per_trial=10", "--set", "protocol.num_tasks=200",
+            "--set", "baselines=[{name: Random}, {name: UCB1}, {name: Bayes-optimal}]", "--set", "protocol.tune_tasks=50",
+            "--set", "learners.rl2.algo.num_iterations=2", "--set", "learners.rl2.algo.num_trials_per_batch=16"]
     assert main(args) == 0
     results = json.loads((tmp_path / "c" / "results.json").read_text())
     agents = results["agents"]

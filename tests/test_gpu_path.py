@@ -391,12 +391,12 @@ class _State:
 def _as_rank(monkeypatch, rank: int) -> _State:
     import accelerate
 
-    import classic.experiment
+    import classic.files
     import mrl_llm.mrt_experiment
 
     state = _State(rank == 0)
     monkeypatch.setattr(accelerate, "PartialState", lambda: state)
-    for module in (classic.experiment, mrl_llm.mrt_experiment):
+    for module in (classic.files, mrl_llm.mrt_experiment):
         monkeypatch.setattr(module, "is_main_process", lambda: rank == 0)
     return state
 

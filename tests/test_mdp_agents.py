@@ -80,7 +80,7 @@ def test_posterior_update_matches_slow_conjugate_formulas():
     for e in range(E + 1):
         for h in range(H if e < E else 1):
             states = [trajs[i][e][h][0] if e < E else 0 for i in range(n)]
-            agent.act(_one_hot(states, S), torch.tensor(prev_a), torch.tensor(prev_r), torch.full((n,), h == 0))
+            agent.act(_one_hot(states, S), torch.tensor(prev_a), torch.tensor(prev_r), torch.full((n,), h == 0), torch.zeros(n, dtype=torch.bool))
             if e < E:
                 prev_a = [trajs[i][e][h][1] for i in range(n)]
                 prev_r = [trajs[i][e][h][2] if prev_a[i] >= 0 else 0.0 for i in range(n)]
@@ -103,10 +103,10 @@ def test_replans_only_tasks_whose_episode_ended_and_tracks_step():
     agent = PSRLAgent(S, A, H)
     agent.reset(2, _gen(1))
     obs = _one_hot([0, 0], S)
-    a = agent.act(obs, torch.tensor([-1, -1]), torch.zeros(2), torch.tensor([True, True]))
+    a = agent.act(obs, torch.tensor([-1, -1]), torch.zeros(2), torch.tensor([True, True]), torch.zeros(2, dtype=torch.bool))
     q_before = agent.q.clone()
     assert agent.h.tolist() == [1, 1]
-    agent.act(_one_hot([2, 0], S), a, torch.ones(2), torch.tensor([False, True]))
+    agent.act(_one_hot([2, 0], S), a, torch.ones(2), torch.tensor([False, True]), torch.zeros(2, dtype=torch.bool))
     assert torch.equal(agent.q[0], q_before[0])  # mid-episode: plan kept
     assert not torch.equal(agent.q[1], q_before[1])  # new episode: a fresh posterior sample
     assert agent.h.tolist() == [2, 1]
@@ -130,7 +130,7 @@ def test_planner_matches_env_q_and_greedy_plans_in_known_mdp():
     agent.reward_count[:] = n_obs
     agent.reward_sum[:] = (1.0 + n_obs) * tasks.mean_rewards - 1.0  # mean = (1 + Y) / (1 + N)
     agent.trans_count[:] = 1000.0 * tasks.transitions - 1.0  # alpha = 1000 P
-    a = agent.act(_one_hot([0] * 50, 6), torch.full((50,), -1), torch.zeros(50), torch.ones(50, dtype=torch.bool))
+    a = agent.act(_one_hot([0] * 50, 6), torch.full((50,), -1), torch.zeros(50), torch.ones(50, dtype=torch.bool), torch.zeros(50, dtype=torch.bool))
     torch.testing.assert_close(agent.q, Q_env, rtol=1e-4, atol=1e-4)
     assert torch.equal(a, dist.optimal_policy(tasks)[:, 0, 0])
     V = dist.optimal_values(tasks)

@@ -108,7 +108,7 @@ def test_agent_hidden_state_carried_within_and_reset_between_trials():
         assert torch.equal(agent.h, torch.zeros(1, n, 8))
         hs = []
         for prev_a, prev_r, done in steps:
-            action = agent.act(obs, prev_a, prev_r, done)
+            action = agent.act(obs, prev_a, prev_r, done, torch.zeros_like(done))
             assert action.shape == (n,) and action.dtype == torch.long
             hs.append(agent.h.clone())
         return hs

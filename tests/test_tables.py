@@ -52,7 +52,8 @@ def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, caps
     doc = json.loads((run_dir / "results.json").read_text())
     assert set(doc["table1"]) == {"bandit_k2_n3", "bandit_k2_n4", "bandit_k3_n3", "bandit_k3_n4"}
     assert set(doc["table2"]) == {"mdp_n2", "mdp_n3"}
-    assert doc["table2"]["mdp_n3"]["task"] == {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": 3}
+    assert doc["table2"]["mdp_n3"]["task"] == {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": 3,
+                                               "name": "tabular_mdp"}
     assert set(doc["table2"]["mdp_n3"]["agents"]) == {"Random", "PSRL", "OPSRL", "UCRL2", "BEB", "epsilon-greedy", "Greedy", "RL²"}
     assert doc["table2"]["mdp_n3"]["paper"] == {}  # not the paper's MDP size
     assert doc["table1"]["bandit_k3_n4"]["baseline_params"]["prior_count"] == 1.0

@@ -103,8 +103,8 @@ class _OptimalAgent:
     def reset(self, num_tasks, generator):
         self.t = torch.zeros(num_tasks, dtype=torch.long)
 
-    def act(self, obs, prev_action, prev_reward, done):
-        self.t = torch.where(done, torch.zeros_like(self.t), self.t + 1)
+    def act(self, obs, prev_action, prev_reward, terminated, truncated):
+        self.t = torch.where(terminated | truncated, torch.zeros_like(self.t), self.t + 1)
         s = obs.argmax(dim=1)
         return self.policy[torch.arange(obs.shape[0]), self.t, s]
 
@@ -118,7 +118,7 @@ class _RandomAgent:
     def reset(self, num_tasks, generator):
         self.g = generator
 
-    def act(self, obs, prev_action, prev_reward, done):
+    def act(self, obs, prev_action, prev_reward, terminated, truncated):
         return torch.randint(0, self.num_actions, (obs.shape[0],), generator=self.g)
 
 

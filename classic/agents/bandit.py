@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from classic.agents.base import BaselineConfig, needs
+from classic.registry import AGENTS
 from classic.agents.sampling import sample_beta, sample_gamma  # noqa: F401  (re-exported)
 
 
@@ -65,7 +68,7 @@ class CountingBanditAgent(ABC):
     def scores(self) -> Tensor:
         """(n, k) score per arm; the agent pulls the argmax."""
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
         self.update(prev_action, prev_reward)
         return argmax_random_tiebreak(self.scores(), self.generator)
 
@@ -120,8 +123,8 @@ class EpsilonGreedyAgent(CountingBanditAgent):
             return (self.successes + self.prior_count) / (self.pulls + 2 * self.prior_count)
         return torch.where(self.pulls > 0, self.successes / self.pulls.clamp(min=1), torch.full_like(self.pulls, self.init_value))
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
-        greedy = super().act(obs, prev_action, prev_reward, done)
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+        greedy = super().act(obs, prev_action, prev_reward, terminated, truncated)
         if self.epsilon == 0.0:
             return greedy
         n = greedy.shape[0]
@@ -247,3 +250,166 @@ class OptimisticThompsonSamplingAgent(ThompsonSamplingAgent):
         shape = (self.num_samples, n, k)
         draws = sample_beta((a / self.reshape).unsqueeze(0).expand(shape), (b / self.reshape).unsqueeze(0).expand(shape), self.generator)
         return torch.maximum(draws.max(dim=0).values, a / (a + b))
+
+
+# ------------------------------------------------------------------------------------ registry
+# Each baseline's recipe section (classic.registry.AGENTS). Greedy and epsilon-greedy apply to
+# bandits and to tabular MDPs (classic.agents.mdp), with each family's default grid.
+
+UCB1_GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0]
+EPSILON_GRID = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+TS_PRIOR_GRID = [0.25, 0.5, 1.0, 2.0]
+OTS_SAMPLES_GRID = [1, 2, 3, 5, 10]
+
+
+def _num_arms(name: str, dist) -> int:
+    from classic.envs.bandit import BernoulliBandit
+
+    if not isinstance(dist, BernoulliBandit):
+        raise needs("a Bernoulli bandit (task: {name: bandit})", name, dist)
+    return dist.num_arms
+
+
+def _is_mdp(dist) -> bool:
+    from classic.envs.tabular_mdp import TabularMDP
+
+    return isinstance(dist, TabularMDP)
+
+
+@AGENTS.register("Greedy")
+@dataclass
+class GreedyConfig(BaselineConfig):
+    """Greedy (epsilon = 0): bandits (:class:`GreedyAgent`) or tabular MDPs (certainty equivalence,
+    ``classic.agents.mdp.GreedyMDPAgent``).
+
+    Attributes:
+        prior_count: bandits only: pseudo-successes and pseudo-failures per arm (0: pull each arm once).
+    """
+
+    name: str = "Greedy"
+    prior_count: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_prior_count(self.prior_count)
+
+    def make(self, dist, episodes_per_trial: int):
+        if _is_mdp(dist):
+            from classic.agents.mdp import make_mdp_baseline
+
+            return make_mdp_baseline("Greedy", dist.num_states, dist.num_actions, dist.episode_length)
+        return GreedyAgent(_num_arms(self.name, dist), prior_count=self.prior_count)
+
+
+@AGENTS.register("epsilon-greedy")
+@dataclass
+class EpsilonGreedyConfig(BaselineConfig):
+    """epsilon-greedy on bandits (:class:`EpsilonGreedyAgent`) or tabular MDPs (``EpsilonGreedyMDPAgent``).
+
+    Attributes:
+        epsilon: exploration rate in [0, 1]; None: 0.1 on bandits, 0.03 on MDPs (their tuned defaults).
+        prior_count: bandits only, as :class:`GreedyConfig`.
+    """
+
+    name: str = "epsilon-greedy"
+    epsilon: float | None = None
+    prior_count: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_prior_count(self.prior_count)
+        if self.epsilon is not None and not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+
+    def default_grid(self, dist):
+        if _is_mdp(dist):
+            from classic.agents.mdp import MDP_TUNING_GRIDS
+
+            return {"epsilon": list(MDP_TUNING_GRIDS["epsilon-greedy"][1])}
+        return {"epsilon": list(EPSILON_GRID)}
+
+    def make(self, dist, episodes_per_trial: int):
+        if _is_mdp(dist):
+            from classic.agents.mdp import MDP_DEFAULT_PARAMS, make_mdp_baseline
+
+            eps = MDP_DEFAULT_PARAMS["epsilon-greedy"]["epsilon"] if self.epsilon is None else self.epsilon
+            return make_mdp_baseline("epsilon-greedy", dist.num_states, dist.num_actions, dist.episode_length, epsilon=eps)
+        eps = 0.1 if self.epsilon is None else self.epsilon
+        return EpsilonGreedyAgent(_num_arms(self.name, dist), epsilon=eps, prior_count=self.prior_count)
+
+
+@AGENTS.register("UCB1")
+@dataclass
+class UCB1Config(BaselineConfig):
+    """UCB1 (Auer et al. 2002) on bandits; ``c`` tuned over :data:`UCB1_GRID` by default.
+
+    Attributes:
+        c: exploration scale.
+        prior_count: pseudo-successes and pseudo-failures per arm (1: RL²'s Beta(1, 1) start).
+    """
+
+    name: str = "UCB1"
+    c: float = 1.0
+    prior_count: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_prior_count(self.prior_count)
+
+    def default_grid(self, dist):
+        return {"c": list(UCB1_GRID)}
+
+    def make(self, dist, episodes_per_trial: int):
+        return UCB1Agent(_num_arms(self.name, dist), c=self.c, prior_count=self.prior_count)
+
+
+@AGENTS.register("Thompson sampling")
+@dataclass
+class ThompsonSamplingConfig(BaselineConfig):
+    """Thompson sampling with a symmetric Beta(s, s) prior; ``prior`` tuned by default.
+
+    Attributes:
+        prior: the pseudo-count s > 0 (1 = the task prior U[0, 1]).
+    """
+
+    name: str = "Thompson sampling"
+    prior: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.prior > 0:
+            raise ValueError(f"prior must be > 0, got {self.prior}")
+
+    def default_grid(self, dist):
+        return {"prior": list(TS_PRIOR_GRID)}
+
+    def make(self, dist, episodes_per_trial: int):
+        return ThompsonSamplingAgent(_num_arms(self.name, dist), alpha0=self.prior, beta0=self.prior)
+
+
+@AGENTS.register("OTS")
+@dataclass
+class OTSConfig(BaselineConfig):
+    """Optimistic Thompson sampling (:class:`OptimisticThompsonSamplingAgent`); ``num_samples`` and
+    ``reshape`` searched jointly (default grid: samples over :data:`OTS_SAMPLES_GRID`, reshape 1).
+
+    Attributes:
+        num_samples: posterior samples per arm and step (>= 1).
+        reshape: posterior reshaping rho > 0 (1 = the exact posterior).
+    """
+
+    name: str = "OTS"
+    num_samples: int = 1
+    reshape: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_samples < 1 or not self.reshape > 0:
+            raise ValueError(f"num_samples must be >= 1 and reshape > 0, got {self.num_samples}, {self.reshape}")
+
+    def default_grid(self, dist):
+        return {"num_samples": list(OTS_SAMPLES_GRID), "reshape": [1.0]}
+
+    def make(self, dist, episodes_per_trial: int):
+        return OptimisticThompsonSamplingAgent(_num_arms(self.name, dist), num_samples=int(self.num_samples),
+                                               reshape=self.reshape)

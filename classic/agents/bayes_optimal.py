@@ -60,7 +60,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from classic.agents.bandit import CountingBanditAgent
+from classic.agents.bandit import CountingBanditAgent, _num_arms
+from classic.agents.base import BaselineConfig
+from classic.registry import AGENTS
 from classic.agents.gittins import _check_int
 
 __all__ = [
@@ -569,3 +571,14 @@ class BayesOptimalAgent(CountingBanditAgent):
         out = mean.clone()
         out[rows] = torch.from_numpy(opt).to(mean.dtype)  # 1 = optimal; ties broken by the base class
         return out
+
+
+@AGENTS.register("Bayes-optimal")
+@dataclass
+class BayesOptimalConfig(BaselineConfig):
+    """Bayes-optimal on Bernoulli bandits: the exact Bayes-optimal policy (dynamic programming; small k and n only)."""
+
+    name: str = "Bayes-optimal"
+
+    def make(self, dist, episodes_per_trial: int):
+        return BayesOptimalAgent(_num_arms(self.name, dist), horizon=episodes_per_trial)

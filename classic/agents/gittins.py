@@ -65,7 +65,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from classic.agents.bandit import CountingBanditAgent
+from classic.agents.bandit import CountingBanditAgent, _num_arms
+from classic.agents.base import BaselineConfig
+from classic.registry import AGENTS
 
 # Bump when the table algorithm or layout changes (invalidates on-disk caches).
 TABLE_VERSION = 1
@@ -568,3 +570,14 @@ class GittinsAgent(CountingBanditAgent):
         idx = torch.where(inside, idx, torch.zeros_like(idx))
         g = table.values[idx].to(mean.dtype)
         return torch.where(inside, g, mean)
+
+
+@AGENTS.register("Gittins")
+@dataclass
+class GittinsConfig(BaselineConfig):
+    """Gittins on Bernoulli bandits: finite-horizon Gittins index with Beta(1, 1) priors, planned for the trial's length."""
+
+    name: str = "Gittins"
+
+    def make(self, dist, episodes_per_trial: int):
+        return GittinsAgent(_num_arms(self.name, dist), horizon=episodes_per_trial)

@@ -40,11 +40,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from classic.agents.bandit import argmax_random_tiebreak
+from classic.agents.base import BaselineConfig, needs
+from classic.registry import AGENTS
 from classic.agents.sampling import sample_dirichlet, sample_gamma  # noqa: F401  (re-exported)
 from classic.envs.tabular_mdp import backward_induction, finite_horizon_q  # noqa: F401  (finite_horizon_q re-exported)
 
@@ -301,18 +304,19 @@ class TabularModelAgent(ABC):
         """(n,) long actions from the current Q-values (n, A): argmax, random tie-break."""
         return argmax_random_tiebreak(q_now, self.generator, tol=_TIE_TOL)
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
         """One step of the Agent interface (:class:`classic.agents.base.Agent`).
 
         Args:
             obs: (n, S) one-hot current state.
-            prev_action: (n,) long; prev_reward: (n,) float; done: (n,) bool.
+            prev_action: (n,) long; prev_reward: (n,) float; terminated, truncated: (n,) bool (either
+                one: this step starts an episode).
 
         Returns:
             (n,) long actions in [0, A).
         """
         state = obs.argmax(dim=-1)
-        done = done.bool()
+        done = terminated.bool() | truncated.bool()
         self.update(state, prev_action.long(), prev_reward, done)
         self.h = torch.where(done, torch.zeros_like(self.h), self.h)
         if bool(done.any()):
@@ -340,7 +344,7 @@ class RandomMDPAgent(TabularModelAgent):
         """All-zero Q-values: every action is as good as any other (never called by ``act``)."""
         return torch.zeros(len(idx), self.episode_length, self.num_states, self.num_actions, device=idx.device)
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
         """(n,) long uniform actions in [0, A) from the trial's generator."""
         n = obs.shape[0]
         return torch.randint(self.num_actions, (n,), generator=self.generator, device=self.generator.device)
@@ -578,3 +582,72 @@ def make_mdp_baseline(name: str, num_states: int, num_actions: int, episode_leng
     if name not in _CLASSES:
         raise ValueError(f"unknown MDP baseline {name!r}; known: {list(MDP_BASELINES)}")
     return _CLASSES[name](num_states, num_actions, episode_length, **params)
+
+
+# ------------------------------------------------------------------------------------ recipes
+# The tabular-MDP baselines' recipe sections (classic.registry.AGENTS); Random, Greedy and
+# epsilon-greedy are registered once for every task family (classic/agents/random.py, bandit.py).
+
+
+def _mdp_agent(config: BaselineConfig, dist, **params) -> TabularModelAgent:
+    from classic.envs.tabular_mdp import TabularMDP
+
+    if not isinstance(dist, TabularMDP):
+        raise needs("a tabular MDP (task: {name: tabular_mdp})", config.name, dist)
+    return make_mdp_baseline(config.name, dist.num_states, dist.num_actions, dist.episode_length, **params)
+
+
+@AGENTS.register("PSRL")
+@dataclass
+class PSRLConfig(BaselineConfig):
+    """Posterior sampling for RL (:class:`PSRLAgent`)."""
+
+    name: str = "PSRL"
+
+    def make(self, dist, episodes_per_trial: int):
+        return _mdp_agent(self, dist)
+
+
+@AGENTS.register("OPSRL")
+@dataclass
+class OPSRLConfig(BaselineConfig):
+    """Optimistic PSRL (:class:`OPSRLAgent`); ``num_samples`` tuned over its default grid."""
+
+    name: str = "OPSRL"
+    num_samples: int = MDP_DEFAULT_PARAMS["OPSRL"]["num_samples"]
+
+    def default_grid(self, dist):
+        return {"num_samples": list(MDP_TUNING_GRIDS["OPSRL"][1])}
+
+    def make(self, dist, episodes_per_trial: int):
+        return _mdp_agent(self, dist, num_samples=int(self.num_samples))
+
+
+@AGENTS.register("UCRL2")
+@dataclass
+class UCRL2Config(BaselineConfig):
+    """UCRL2 (:class:`UCRL2Agent`); the confidence ``scale`` tuned over its default grid."""
+
+    name: str = "UCRL2"
+    scale: float = MDP_DEFAULT_PARAMS["UCRL2"]["scale"]
+
+    def default_grid(self, dist):
+        return {"scale": list(MDP_TUNING_GRIDS["UCRL2"][1])}
+
+    def make(self, dist, episodes_per_trial: int):
+        return _mdp_agent(self, dist, scale=self.scale)
+
+
+@AGENTS.register("BEB")
+@dataclass
+class BEBConfig(BaselineConfig):
+    """Bayesian exploration bonus (:class:`BEBAgent`); ``beta`` tuned over its default grid."""
+
+    name: str = "BEB"
+    beta: float = MDP_DEFAULT_PARAMS["BEB"]["beta"]
+
+    def default_grid(self, dist):
+        return {"beta": list(MDP_TUNING_GRIDS["BEB"][1])}
+
+    def make(self, dist, episodes_per_trial: int):
+        return _mdp_agent(self, dist, beta=self.beta)

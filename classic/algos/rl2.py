@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -60,6 +61,9 @@ from torch import Tensor, nn
 
 from classic import functional as F
 from classic.algos.rl2_config import RL2Config
+from classic.core import ActOutput, Box, StageRun
+from classic.registry import LEARNERS
+from classic.rollout import rollout
 
 # ---------------------------------------------------------------------------------------
 # 1. The policy
@@ -125,8 +129,15 @@ class RL2Policy(nn.Module):
         head_hidden_size: int = 0,
         obs_action_input: bool = False,
         state_gated_heads: bool = False,
+        continuous: bool = False,
+        action_low: float = -1.0,
+        action_high: float = 1.0,
     ) -> None:
         super().__init__()
+        self.continuous = bool(continuous)
+        self.action_low, self.action_high = float(action_low), float(action_high)
+        if self.continuous and (obs_action_reward_input or obs_action_input):
+            raise ValueError("obs_action_reward_input and obs_action_input need discrete actions (one-hot pairs)")
         self.num_actions = int(num_actions)
         self.obs_dim = int(obs_dim)
         self.hidden_size = int(hidden_size)
@@ -168,6 +179,9 @@ class RL2Policy(nn.Module):
         nn.init.zeros_(out_actor.bias)
         nn.init.orthogonal_(out_critic.weight, gain=1.0, generator=generator)
         nn.init.zeros_(out_critic.bias)
+        # Box actions: a diagonal Gaussian in units of the box's half-width (CleanRL's continuous PPO:
+        # state-independent log standard deviation); the agent maps u in [-1, 1] to the box.
+        self.log_std = nn.Parameter(torch.full((self.num_actions,), -0.5)) if self.continuous else None
 
     def spec(self) -> dict:
         """Constructor arguments (saved in checkpoints)."""
@@ -180,6 +194,9 @@ class RL2Policy(nn.Module):
             "head_hidden_size": self.head_hidden_size,
             "obs_action_input": self.obs_action_input,
             "state_gated_heads": self.state_gated_heads,
+            "continuous": self.continuous,
+            "action_low": self.action_low,
+            "action_high": self.action_high,
         }
 
     def initial_state(self, batch_size: int) -> Tensor:
@@ -201,9 +218,12 @@ class RL2Policy(nn.Module):
         Returns:
             (..., input_dim) float.
         """
-        valid = (prev_action >= 0) & (prev_action < self.num_actions)
-        one_hot = nn.functional.one_hot(prev_action.clamp(0, self.num_actions - 1).long(), self.num_actions).float()
-        one_hot = one_hot * valid.unsqueeze(-1).float()
+        if self.continuous:  # the previous action in policy units (zeros at the start of a trial)
+            one_hot = self.to_policy_units(prev_action.float())
+        else:
+            valid = (prev_action >= 0) & (prev_action < self.num_actions)
+            one_hot = nn.functional.one_hot(prev_action.clamp(0, self.num_actions - 1).long(), self.num_actions).float()
+            one_hot = one_hot * valid.unsqueeze(-1).float()
         reward = prev_reward.float().unsqueeze(-1)
         parts = [one_hot, reward, done.float().unsqueeze(-1), obs.float()]
         if self.action_reward_input:
@@ -242,6 +262,41 @@ class RL2Policy(nn.Module):
             actor_in = (obs.unsqueeze(-1) * actor_in.unsqueeze(-2)).flatten(-2)  # (T, B, obs_dim * features)
             critic_in = (obs.unsqueeze(-1) * critic_in.unsqueeze(-2)).flatten(-2)
         return actor_out(actor_in), critic_out(critic_in).squeeze(-1), h
+
+    # ---- the action distribution: categorical logits, or a Gaussian mean in policy units ----
+    def to_policy_units(self, action: Tensor) -> Tensor:
+        """Box actions (..., d) -> policy units u = (a - centre) / half-width."""
+        half = (self.action_high - self.action_low) / 2
+        return (action - (self.action_high + self.action_low) / 2) / half
+
+    def to_action(self, u: Tensor) -> Tensor:
+        """Policy units (..., d) -> Box actions (unclipped; the environment clips)."""
+        half = (self.action_high - self.action_low) / 2
+        return u * half + (self.action_high + self.action_low) / 2
+
+    def sample(self, head: Tensor, generator: torch.Generator) -> Tensor:
+        """Actions drawn from the head's output (n, A): (n,) long, or (n, d) float Box actions."""
+        if not self.continuous:
+            return sample_actions(head, generator)
+        noise = torch.randn(head.shape, generator=generator, device=head.device)
+        return self.to_action(head + self.log_std.exp() * noise)
+
+    def greedy(self, head: Tensor) -> Tensor:
+        """The most probable action: argmax of the logits, or the Gaussian mean."""
+        return self.to_action(head) if self.continuous else head.argmax(dim=-1)
+
+    def log_prob(self, head: Tensor, actions: Tensor) -> Tensor:
+        """(...) log pi(action) from the head's output (..., A) and the actions taken."""
+        if not self.continuous:
+            return torch.log_softmax(head, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        u = self.to_policy_units(actions)
+        return torch.distributions.Normal(head, self.log_std.exp()).log_prob(u).sum(-1)
+
+    def entropy(self, head: Tensor) -> Tensor:
+        """(...) entropy of the action distribution."""
+        if not self.continuous:
+            return F.categorical_entropy(head)
+        return torch.distributions.Normal(head, self.log_std.exp()).entropy().sum(-1)
 
     def save(self, path, config: RL2Config | None = None) -> None:
         """``torch.save`` a checkpoint: ``{"spec", "state_dict", "config"}``."""
@@ -301,14 +356,35 @@ class TrialBatch(NamedTuple):
     mask: Tensor
 
 
-@torch.no_grad()
+class _CollectingAgent:
+    """The policy acting in the trial loop during training: samples with the loop's generator and
+    returns each action's log-probability and the value estimate as per-step info."""
+
+    name = "RL² (training)"
+
+    def __init__(self, policy: RL2Policy) -> None:
+        self.policy = policy
+
+    def reset(self, num_tasks: int, generator: torch.Generator) -> None:
+        self.h = self.policy.initial_state(num_tasks)
+        self.prev_obs: Tensor | None = None
+        self.generator = generator
+
+    def act(self, obs, prev_action, prev_reward, terminated, truncated) -> ActOutput:
+        x = self.policy.encode(obs, prev_action, prev_reward, terminated | truncated, self.prev_obs)
+        self.prev_obs = obs
+        head, value, self.h = self.policy(x.unsqueeze(0), self.h)
+        head, value = head[0], value[0]
+        action = self.policy.sample(head, self.generator)
+        return ActOutput(action, {"logprob": self.policy.log_prob(head, action), "value": value})
+
+
 def collect_trials(policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int, generator: torch.Generator) -> TrialBatch:
     """Play one trial per task with the current policy (the RL² inner loop, batched over tasks).
 
-    The hidden state starts at zero and is carried across the ``episodes_per_trial``
-    episodes. The step protocol mirrors ``classic.evaluate.run_trials`` exactly (the same
-    inputs at every step, including the padding steps after an early episode end), so the
-    policy is trained on the input distribution it is evaluated on.
+    One call to the house's trial loop (:func:`classic.rollout.rollout`), so the policy is trained
+    on exactly the inputs it is evaluated on. The hidden state starts at zero and is carried
+    across the ``episodes_per_trial`` episodes.
 
     Args:
         policy: the RL² policy.
@@ -318,37 +394,16 @@ def collect_trials(policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int,
         generator: RNG for the environment and the action samples.
 
     Returns:
-        A :class:`TrialBatch` with T = ``episodes_per_trial * dist.episode_length`` rows
-        (fewer when every task's episode ends early).
+        A :class:`TrialBatch` with T <= ``episodes_per_trial * dist.episode_length`` rows; the
+        trial of each task ends (``dones``) at its last valid step.
     """
-    n = int(next(iter(tasks)).shape[0])
-    h = policy.initial_state(n)
-    prev_action = torch.full((n,), -1, dtype=torch.long)
-    prev_reward = torch.zeros(n)
-    done = torch.ones(n, dtype=torch.bool)
-    prev_obs = None
-    rows: list[tuple[Tensor, ...]] = []
-    for _ in range(episodes_per_trial):
-        state, obs = dist.reset(tasks, generator)
-        alive = torch.ones(n, dtype=torch.bool)
-        for _ in range(dist.episode_length):
-            x = policy.encode(obs, prev_action, prev_reward, done, prev_obs)
-            logits, value, h = policy(x.unsqueeze(0), h)
-            logits, value = logits[0], value[0]
-            action = sample_actions(logits, generator)
-            logprob = torch.log_softmax(logits, dim=-1).gather(1, action.unsqueeze(1)).squeeze(1)
-            step = dist.step(tasks, state, action, generator)
-            rows.append((obs, prev_action, prev_reward, done, action, logprob, value, step.reward * alive, alive))
-            done = step.terminated | step.truncated
-            prev_action, prev_reward, prev_obs = action, step.reward, obs
-            obs, state = step.obs, step.state
-            alive = alive & ~done
-            if not bool(alive.any()):
-                break
-    obs, prev_actions, prev_rewards, prev_dones, actions, logprobs, values, rewards, mask = (torch.stack(c) for c in zip(*rows))
-    dones = torch.zeros_like(mask)
-    dones[-1] = True  # the trial (meta-episode) ends after its last step
-    return TrialBatch(obs, prev_actions, prev_rewards, prev_dones, actions, logprobs, values, rewards, dones, mask)
+    traj = rollout(_CollectingAgent(policy), dist, tasks, episodes_per_trial, generator)
+    mask = traj.valid
+    next_valid = torch.cat([mask[1:], torch.zeros_like(mask[:1])])
+    dones = ~next_valid  # the trial (meta-episode) ends after each task's last valid step
+    prev_dones = traj.prev_terminated | traj.prev_truncated
+    return TrialBatch(traj.obs, traj.prev_actions, traj.prev_rewards, prev_dones, traj.actions,
+                      traj.info["logprob"], traj.info["value"], traj.rewards, dones, mask)
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,9 +463,8 @@ def ppo_update(
         for idx in perm.split(config.minibatch_size):
             mask = batch.mask[:, idx]
             logits, values, _ = policy(inputs[:, idx], policy.initial_state(len(idx)))
-            logp_all = torch.log_softmax(logits, dim=-1)
-            logp = logp_all.gather(-1, batch.actions[:, idx].unsqueeze(-1)).squeeze(-1)
-            entropy = F.masked_mean(F.categorical_entropy(logits), mask)
+            logp = policy.log_prob(logits, batch.actions[:, idx])
+            entropy = F.masked_mean(policy.entropy(logits), mask)
 
             adv = advantages[:, idx]
             if config.norm_adv:
@@ -492,9 +546,10 @@ def train_rl2(
         The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
     """
     generator = torch.Generator().manual_seed(config.seed)
-    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, config.action_reward_input,
+    policy = RL2Policy(*_action_size(dist), dist.obs_dim, config.hidden_size, config.action_reward_input,
                        config.obs_action_reward_input, generator=generator, head_hidden_size=config.head_hidden_size,
-                       obs_action_input=config.obs_action_input, state_gated_heads=config.state_gated_heads)
+                       obs_action_input=config.obs_action_input, state_gated_heads=config.state_gated_heads,
+                       **_box_bounds(dist))
     policy.config = config
     if init_policy is not None:
         if init_policy.spec() != policy.spec():
@@ -559,6 +614,18 @@ def train_rl2(
     return policy
 
 
+def _action_size(dist) -> tuple[int]:
+    """(A,) discrete actions or the Box's flat size."""
+    return (dist.action_space.encoded_dim,)
+
+
+def _box_bounds(dist) -> dict:
+    space = dist.action_space
+    if isinstance(space, Box):
+        return {"continuous": True, "action_low": float(space.low), "action_high": float(space.high)}
+    return {}
+
+
 def _save_training_state(path, policy, optimizer, generator, iteration: int, env_steps: int) -> None:
     """Atomically write what :func:`train_rl2` needs to resume after ``iteration``."""
     path = Path(path)
@@ -606,11 +673,78 @@ class RL2Agent:
         self.generator = generator
 
     @torch.no_grad()
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
-        x = self.policy.encode(obs, prev_action, prev_reward, done, self.prev_obs)
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+        x = self.policy.encode(obs, prev_action, prev_reward, terminated | truncated, self.prev_obs)
         self.prev_obs = obs
         logits, _, self.h = self.policy(x.unsqueeze(0), self.h)
         logits = logits[0]
         if self.greedy:
-            return logits.argmax(dim=-1)
-        return sample_actions(logits, self.generator)
+            return self.policy.greedy(logits)
+        return self.policy.sample(logits, self.generator)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. RL² on the platform: its recipe section and the MetaLearner
+# ---------------------------------------------------------------------------------------
+
+
+@LEARNERS.register("rl2")
+@dataclass
+class RL2LearnerConfig:
+    """RL² as a learner of a ``kind: compare`` recipe (``learners: [{name: rl2, algo: {...}}]``).
+
+    Attributes:
+        name: the registry name.
+        label: its name in reports (default "RL²", or "RL² (greedy)" with ``greedy_eval``).
+        algo: the PPO/GRU settings (:class:`~classic.algos.rl2_config.RL2Config`).
+        greedy_eval: act greedily (argmax / Gaussian mean) at evaluation instead of sampling.
+        init_from: start training from this saved policy (``policy.pt`` of another run, same
+            network shape) instead of a fresh initialization (None: fresh).
+    """
+
+    name: str = "rl2"
+    label: str | None = None
+    algo: RL2Config = field(default_factory=RL2Config)
+    greedy_eval: bool = False
+    init_from: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.label or ("RL² (greedy)" if self.greedy_eval else "RL²")
+
+    def learner(self) -> "RL2Learner":
+        return RL2Learner()
+
+
+class RL2Learner:
+    """The :class:`~classic.core.MetaLearner` of RL²: trains with :func:`train_rl2` in the stage
+    folder (``policy.pt``; ``training_state.pt`` to resume an interrupted training)."""
+
+    config_class = RL2LearnerConfig
+
+    def train(self, config: RL2LearnerConfig, dist, protocol, run: StageRun) -> Path:
+        """Train (or reuse the finished policy, or resume); returns the path of ``policy.pt``.
+
+        Raises:
+            FileNotFoundError: ``config.init_from`` names a missing file.
+        """
+        path = Path(run.dir) / "policy.pt"
+        if path.exists():
+            return path
+        init = None
+        if config.init_from:
+            if not Path(config.init_from).is_file():
+                raise FileNotFoundError(f"init_from: no saved policy at {config.init_from}")
+            init = RL2Policy.load(config.init_from)
+        log_fn = None
+        if run.log is not None:
+            log_fn = lambda step, metrics: run.log(step, {f"{config.name}/{k}": v for k, v in metrics.items()})  # noqa: E731
+        policy = train_rl2(config.algo, dist, protocol.episodes_per_trial, log_fn=log_fn, progress=run.progress,
+                           checkpoint_path=path.parent / "training_state.pt", init_policy=init)
+        policy.save(path, config.algo)
+        return path
+
+    def agent(self, config: RL2LearnerConfig, checkpoint: Path, dist) -> RL2Agent:
+        agent = RL2Agent(RL2Policy.load(checkpoint), greedy=config.greedy_eval)
+        agent.name = config.display_name
+        return agent

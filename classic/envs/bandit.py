@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from classic.envs.base import Step
+from classic.core import Box, Discrete, Step, TaskDistribution
+from classic.registry import TASKS
 
 
 class BanditTasks(NamedTuple):
@@ -45,6 +46,7 @@ class BanditState(NamedTuple):
     t: Tensor
 
 
+@TASKS.register("bandit")
 @dataclass(frozen=True)
 class BanditConfig:
     """Task configuration of the Bernoulli bandit distribution.
@@ -52,10 +54,12 @@ class BanditConfig:
     Attributes:
         num_arms: k, number of arms (>= 2).
         episodes_per_trial: n, pulls per trial (>= 1).
+        name: the registry name (``task: {name: bandit}`` in recipes).
     """
 
     num_arms: int = 5
     episodes_per_trial: int = 100
+    name: str = "bandit"
 
     def describe(self, short: bool = False) -> str:
         """One line for reports, e.g. "Bernoulli bandit, k=5 arms, n=100 pulls per trial"."""
@@ -73,7 +77,7 @@ class BanditConfig:
         return BernoulliBandit(num_arms=self.num_arms)
 
 
-class BernoulliBandit:
+class BernoulliBandit(TaskDistribution):
     """Batched Bernoulli bandit task distribution, p_i ~ U[0, 1] i.i.d. per arm.
 
     Args:
@@ -82,14 +86,15 @@ class BernoulliBandit:
     Observation is a constant (n, 1) zero vector: a bandit has a single state.
     """
 
-    obs_dim = 1
     episode_length = 1
+    observation_space = Box(0.0, 0.0, (1,))
 
     def __init__(self, num_arms: int = 5) -> None:
         if num_arms < 2:
             raise ValueError(f"num_arms must be >= 2, got {num_arms}")
         self.num_arms = int(num_arms)
         self.num_actions = self.num_arms
+        self.action_space = Discrete(self.num_arms)
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> BanditTasks:
         """Draw ``n`` tasks; returns probs (n, k) ~ U[0, 1], on the generator's device."""

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from classic.envs.base import Step
+from classic.core import Box, Discrete, Step, TaskDistribution
+from classic.registry import TASKS
 
 
 class MDPTasks(NamedTuple):
@@ -46,6 +47,7 @@ class MDPState(NamedTuple):
     t: Tensor
 
 
+@TASKS.register("tabular_mdp")
 @dataclass(frozen=True)
 class TabularMDPConfig:
     """Task configuration of the random tabular MDP distribution (defaults: RL² Table 2).
@@ -55,6 +57,7 @@ class TabularMDPConfig:
         num_actions: A, number of actions (>= 2).
         episode_length: H, steps per episode (>= 1).
         episodes_per_trial: n, episodes per trial (>= 1).
+        name: the registry name (``task: {name: tabular_mdp}`` in recipes).
 
     Raises:
         ValueError: naming the offending field, when a value is out of range.
@@ -64,6 +67,7 @@ class TabularMDPConfig:
     num_actions: int = 5
     episode_length: int = 10
     episodes_per_trial: int = 10
+    name: str = "tabular_mdp"
 
     def __post_init__(self) -> None:
         if self.num_states < 1:
@@ -86,7 +90,7 @@ class TabularMDPConfig:
         return TabularMDP(num_states=self.num_states, num_actions=self.num_actions, episode_length=self.episode_length)
 
 
-class TabularMDP:
+class TabularMDP(TaskDistribution):
     """Batched random tabular MDP task distribution (RL², arXiv 1611.02779, Sec. 4.2).
 
     Args:
@@ -122,7 +126,8 @@ class TabularMDP:
         self.num_states = int(num_states)
         self.num_actions = int(num_actions)
         self.episode_length = int(episode_length)
-        self.obs_dim = self.num_states
+        self.action_space = Discrete(self.num_actions)
+        self.observation_space = Box(0.0, 1.0, (self.num_states,))
 
     # ----------------------------------------------------------------------------- sampling
     def sample_tasks(self, n: int, generator: torch.Generator) -> MDPTasks:

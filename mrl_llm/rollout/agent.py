@@ -210,7 +210,7 @@ class LLMAgent:
         self.last_reply: list[list[int]] = [[] for _ in range(num_tasks)]
         self.total = [0.0] * num_tasks
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
         if self.turn > 0:
             self._append_feedback(prev_reward)
         s = self.sampling

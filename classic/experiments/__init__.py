@@ -1,0 +1,1 @@
+"""Experiment kinds built on the one evaluator: ``compare`` (and sweeps over it)."""

@@ -1,0 +1,144 @@
+"""``kind: compare``: registries, tagged-union recipes, the one experiment end to end and its resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from classic.config import RecipeError, from_dict, load_recipe
+from classic.experiments.compare import CompareExperiment, run_compare, tune_baseline
+from classic.registry import AGENTS, LEARNERS, TASKS, Registry, RegistryError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_RL2 = {"name": "rl2", "algo": {"num_iterations": 2, "num_trials_per_batch": 16, "num_minibatches": 2}}
+
+
+def _cfg(tmp_path, **over):
+    data = {"name": "c", "threads": 1, "task": {"name": "bandit", "num_arms": 3, "episodes_per_trial": 10},
+            "protocol": {"num_tasks": 50, "tune_tasks": 20},
+            "baselines": [{"name": "Random"}, {"name": "UCB1", "grid": {"c": [0.1, 1.0]}}],
+            "learners": [TINY_RL2], "output": {"root": str(tmp_path)}}
+    data.update(over)
+    return from_dict(CompareExperiment, data, source="r.yaml")
+
+
+def test_registries_list_every_part_and_unknown_names_list_the_known_ones():
+    assert {"bandit", "tabular_mdp", "nav2d", "darkroom"} <= set(TASKS.names())
+    assert {"Random", "UCB1", "Thompson sampling", "Gittins", "PSRL", "UCRL2"} <= set(AGENTS.names())
+    assert "rl2" in LEARNERS.names()
+    with pytest.raises(RegistryError, match=r"unknown task distribution 'bandt'.*known: .*bandit.*did you mean 'bandit'"):
+        TASKS.get("bandt")
+
+
+def test_registry_refuses_a_second_class_under_one_name_and_a_missing_name_field():
+    from dataclasses import dataclass
+
+    reg = Registry("thing")
+
+    @reg.register("a")
+    @dataclass
+    class A:
+        name: str = "a"
+
+    with pytest.raises(RegistryError, match="registered twice"):
+        @reg.register("a")
+        @dataclass
+        class B:
+            name: str = "a"
+
+    with pytest.raises(TypeError, match="needs a field name = 'c'"):
+        @reg.register("c")
+        @dataclass
+        class C:
+            x: int = 0
+
+
+def test_recipe_errors_name_the_dotted_key_and_the_file(tmp_path):
+    with pytest.raises(RecipeError, match=r"r.yaml: 'task.name': unknown task distribution 'nope' \(known: bandit"):
+        _cfg(tmp_path, task={"name": "nope"})
+    with pytest.raises(RecipeError, match=r"r.yaml: unknown key 'baselines\[1\].cc'.*did you mean 'c'"):
+        _cfg(tmp_path, baselines=[{"name": "Random"}, {"name": "UCB1", "cc": 1}])
+    with pytest.raises(RecipeError, match=r"r.yaml: 'learners\[0\]' must be a mapping with a 'name' key"):
+        _cfg(tmp_path, learners=[{"algo": {}}])
+    with pytest.raises(RecipeError, match="grid: UCB1 has no hyperparameter 'epsilon'"):
+        _cfg(tmp_path, baselines=[{"name": "UCB1", "grid": {"epsilon": [0.1]}}])
+    with pytest.raises(RecipeError, match="two agents are named 'UCB1'.*label"):
+        _cfg(tmp_path, baselines=[{"name": "UCB1"}, {"name": "UCB1", "c": 0.2}])
+    with pytest.raises(RecipeError, match="protocol.eval_task: the task has no key 'goal_split'"):
+        _cfg(tmp_path, protocol={"num_tasks": 10, "eval_task": {"goal_split": "test"}})
+    with pytest.raises(RecipeError, match="name at least one baseline or learner"):
+        _cfg(tmp_path, baselines=[], learners=[])
+
+
+def test_overrides_reach_list_items_by_name_label_or_index():
+    path = str(ROOT / "recipes/classic/rl2_bandit.yaml")
+    cfg = load_recipe(CompareExperiment, path, ["learners.rl2.algo.num_iterations=7", "baselines.UCB1.c=0.3",
+                                                "baselines.0.label=uniform", "task.num_arms=3"])
+    assert cfg.learners[0].algo.num_iterations == 7 and cfg.task.num_arms == 3
+    ucb = next(b for b in cfg.baselines if b.name == "UCB1")
+    assert ucb.c == 0.3 and cfg.baselines[0].display_name == "uniform"
+    with pytest.raises(RecipeError, match="'learners' has no item 'maml' \\(items: rl2\\)"):
+        load_recipe(CompareExperiment, path, ["learners.maml.x=1"])
+    with pytest.raises(RecipeError, match="unknown key 'learners\\[0\\].algo.num_iter'"):
+        load_recipe(CompareExperiment, path, ["learners.rl2.algo.num_iter=1"])
+
+
+def test_tuning_picks_the_best_grid_point_on_training_tasks():
+    import torch
+
+    cfg = AGENTS.get("UCB1")(grid={"c": [0.0, 0.2, 50.0]})
+    dist = TASKS.get("bandit")(num_arms=3).make()
+    tasks = dist.sample_tasks(200, torch.Generator().manual_seed(0))
+    best, table = tune_baseline(cfg, dist, 30, tasks, seed=0)
+    assert set(table) == {"c=0.0", "c=0.2", "c=50.0"}
+    assert best.c == float(max(table, key=table.get).split("=")[1])
+    assert table["c=50.0"] < table["c=0.2"]  # c=50 explores uniformly
+
+
+def test_compare_end_to_end_report_and_resume_after_an_interruption(tmp_path, monkeypatch):
+    from classic.algos import rl2
+
+    cfg = _cfg(tmp_path)
+    calls = {"n": 0}
+    real_agent = rl2.RL2Learner.agent
+
+    def interrupted(self, *a, **k):  # the run dies after training, before evaluating RL²
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rl2.RL2Learner, "agent", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(cfg, progress=False)
+    policy = tmp_path / "c" / "rl2" / "policy.pt"
+    stamp = policy.stat().st_mtime_ns
+    monkeypatch.setattr(rl2.RL2Learner, "agent", real_agent)
+    trained = {"n": 0}
+    real_train = rl2.train_rl2
+    monkeypatch.setattr(rl2, "train_rl2", lambda *a, **k: trained.__setitem__("n", 1) or real_train(*a, **k))
+    run_dir = run_compare(cfg, progress=False)
+    assert trained["n"] == 0 and policy.stat().st_mtime_ns == stamp  # the finished stage is reused
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert doc["task"] == {"num_arms": 3, "episodes_per_trial": 10, "name": "bandit"}
+    assert set(doc["agents"]) == {"Random", "UCB1", "RL²"}
+    assert len(doc["agents"]["RL²"]["episode_returns"]["mean"]) == 10
+    assert "oracle (knows the task)" in doc["bounds"] and doc["baseline_params"]["UCB1"]["grid"]
+    report = (run_dir / "report.md").read_text()
+    assert "Return per episode of the trial" in report and "gap to oracle" in report
+    assert (run_dir / "adaptation.png").stat().st_size > 1000
+    # a clean run into another folder gives the same numbers
+    clean = run_compare(_cfg(tmp_path, name="clean"), progress=False)
+    again = json.loads((clean / "results.json").read_text())["agents"]
+    for name, entry in doc["agents"].items():
+        assert again[name]["total_reward"] == entry["total_reward"]
+
+
+def test_a_changed_learner_config_redoes_its_stage(tmp_path):
+    run_compare(_cfg(tmp_path, baselines=[]), progress=False)
+    policy = tmp_path / "c" / "rl2" / "policy.pt"
+    stamp = policy.stat().st_mtime_ns
+    other = dict(TINY_RL2, algo=dict(TINY_RL2["algo"], hidden_size=8))
+    run_compare(_cfg(tmp_path, baselines=[], learners=[other]), progress=False)
+    assert policy.stat().st_mtime_ns != stamp
