@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from classic import seeding
 from classic.agents.bandit import (
     EpsilonGreedyAgent,
     GreedyAgent,
@@ -35,7 +36,7 @@ from classic.report import plot_regret, results_table, stage_times_table, write_
 
 DEFAULT_BASELINES = ("Random", "Greedy", "epsilon-greedy", "UCB1", "Thompson sampling", "Gittins")
 BASELINES = DEFAULT_BASELINES + ("OTS", "Bayes-optimal")  # Bayes-optimal: exact DP, small k and n only
-TUNE_SEED_BASE = 30_000  # tuning tasks: a training stream, disjoint from evaluation streams
+TUNE_SEED_BASE = seeding.STREAMS["tune"][0]  # tuning tasks: a training stream, disjoint from evaluation streams
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from classic import seeding
 from classic.algos.rl2 import RL2Agent, RL2Policy
 from classic.config import save_resolved, to_dict
 from classic.files import adopt_stage, write_atomic
@@ -60,7 +61,7 @@ from classic.experiment import (
 from classic.metrics import MetricsLogger
 from classic.report import _jsonable, comparison_table, load_results_json
 
-TUNE_SEED_BASE = 30_000  # the same training stream as the bandit baselines' tuning
+TUNE_SEED_BASE = seeding.STREAMS["tune"][0]  # the same training stream as the bandit baselines' tuning
 
 # Table columns in the paper's order: (paper's name, our agent name).
 TABLE1_COLUMNS = (("Random", "Random"), ("Gittins", "Gittins"), ("TS", "Thompson sampling"), ("OTS", "OTS"),

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from classic import seeding
 from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
 from classic.files import canonical, save_figure, write_atomic
@@ -59,7 +60,7 @@ METHODS = ("grpo", "mrt", "mrt_rl", "mrt_star")
 #: start when the device's free memory is below its share; CUDA contexts and the allocator need the rest).
 MAX_VLLM_MEMORY_UTILIZATION = 0.95
 # Disjoint problem streams: SFT data, RL prompts, evaluation.
-SFT_SEED, TRAIN_SEED, EVAL_SEED = 1_000, 2_000, 3_000
+SFT_SEED, TRAIN_SEED, EVAL_SEED = (seeding.STREAMS[s][0] for s in ("mrt_sft", "mrt_train", "mrt_eval"))
 
 
 @dataclass

@@ -395,3 +395,29 @@ def test_state_gated_heads_are_one_readout_per_state_against_a_slow_loop(head_hi
     x = trained.encode(obs, torch.tensor([1, 0, 2, -1, 1]), torch.ones(5), torch.zeros(5, dtype=torch.bool)).unsqueeze(0)
     h = trained.initial_state(5)
     torch.testing.assert_close(loaded(x, h)[0], trained(x, h)[0])
+
+
+def test_rl2_on_box_actions_trains_a_gaussian_head_and_acts_in_the_box():
+    from classic.envs.nav2d import Nav2DConfig
+
+    dist = Nav2DConfig(episode_length=10).make()
+    config = RL2Config(num_iterations=2, num_trials_per_batch=8, num_minibatches=2, hidden_size=8)
+    g = torch.Generator().manual_seed(config.seed)
+    start = RL2Policy(2, dist.obs_dim, 8, True, generator=g, continuous=True, action_low=-0.1, action_high=0.1)
+    policy = train_rl2(config, dist, episodes_per_trial=2)
+    assert policy.continuous and policy.spec()["action_high"] == 0.1
+    assert not torch.equal(policy.log_std, start.log_std) and not torch.equal(policy.gru.weight_ih_l0, start.gru.weight_ih_l0)
+    batch = collect_trials(policy, dist, dist.sample_tasks(4, torch.Generator().manual_seed(1)), 2, torch.Generator())
+    assert batch.actions.shape == (20, 4, 2) and batch.actions.dtype == torch.float32
+    # the stored log-probabilities are those of the Gaussian in policy units
+    head = torch.zeros(3, 2)
+    a = torch.tensor([[0.05, -0.05], [0.0, 0.1], [0.2, 0.0]])
+    ref = torch.distributions.Normal(head, policy.log_std.exp()).log_prob(a / 0.1).sum(-1)
+    torch.testing.assert_close(policy.log_prob(head, a), ref)
+    res = run_trials(RL2Agent(policy, greedy=True), dist, num_tasks=6, episodes_per_trial=2, seed=0)
+    assert res.actions.shape == (6, 20, 2) and torch.isfinite(res.total_reward).all()
+
+
+def test_rl2_refuses_pair_inputs_with_box_actions():
+    with pytest.raises(ValueError, match="need discrete actions"):
+        RL2Policy(2, 2, 8, obs_action_input=True, continuous=True)

@@ -91,6 +91,11 @@ class RL2Policy(nn.Module):
     sufficient statistics of a Gaussian posterior mean (sum and count), as ``one_hot`` and
     ``one_hot * reward`` are for a bandit arm.
 
+    Box actions (``continuous``): the previous action enters as its vector in policy units (zeros
+    at the start of a trial) instead of a one-hot, and the actor outputs the mean of a diagonal
+    Gaussian in units of the box's half-width, with a state-independent log standard deviation
+    (CleanRL's continuous PPO); :meth:`sample` maps draws back to the box (the environment clips).
+
     The actor and critic are linear heads on the GRU output; init as in CleanRL
     (orthogonal weights, zero biases, actor gain 0.01). With ``head_hidden_size`` > 0 each
     head is instead a one-hidden-layer tanh MLP on ``[GRU output, current obs]``: the readout
@@ -110,6 +115,8 @@ class RL2Policy(nn.Module):
         obs_action_input: add the ``prev_obs x one_hot(prev_action)`` (visit) block.
         state_gated_heads: make the actor and critic output layers linear in
             ``obs outer features`` (one readout per one-hot state) instead of in the features.
+        continuous: Box actions of size ``num_actions`` (a Gaussian head) instead of discrete ones.
+        action_low, action_high: the Box's bounds (continuous only).
 
     Example:
         >>> policy = RL2Policy(num_actions=5, obs_dim=1, hidden_size=32)

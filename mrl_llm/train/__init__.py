@@ -31,3 +31,24 @@ def check_optimizer_fields(cfg) -> None:
     known = [s.value for s in SchedulerType]
     if cfg.lr_scheduler_type not in known:
         raise ValueError(f"lr_scheduler_type {cfg.lr_scheduler_type!r} is not a transformers scheduler; known: {known}")
+
+
+def check_trl_fields(trl_class: str, fields: dict) -> None:
+    """Validate a recipe's ``trl:`` passthrough mapping against ``dataclasses.fields(trl.<trl_class>)``
+    when the recipe is read (TRL itself checks the values when the config is built).
+
+    Raises:
+        ValueError: a key that is not an argument of ``trl.<trl_class>`` (the message names it and
+            the closest argument).
+    """
+    import dataclasses
+    import difflib
+
+    import trl
+
+    known = [f.name for f in dataclasses.fields(getattr(trl, trl_class)) if f.init]
+    for key in fields:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"trl: {key!r} is not a trl.{trl_class} argument{hint}")

@@ -22,14 +22,15 @@ from typing import Any, Literal
 
 import torch
 
+from classic import seeding
 from classic.evaluate import run_trials
 from mrl_llm.envs.text_bandit import BanditText
 from mrl_llm.rewards import get_reward
 from mrl_llm.rollout.agent import LLMAgent
 from mrl_llm.rollout.generation import SamplingConfig
-from mrl_llm.train import check_optimizer_fields
+from mrl_llm.train import check_optimizer_fields, check_trl_fields
 
-GRPO_SEED_BASE = 40_000  # training task streams; evaluation uses classic.evaluate.EVAL_SEED_OFFSET
+GRPO_SEED_BASE = seeding.STREAMS["grpo"][0]  # training task streams (classic.seeding)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class GRPOCommonConfig:
         if (getattr(self, groups) * self.num_generations) % self.gradient_accumulation_steps:
             raise ValueError(f"{groups} * num_generations must be divisible by gradient_accumulation_steps")
         check_optimizer_fields(self)
+        check_trl_fields("GRPOConfig", self.trl)
         for name in ("temperature", "epsilon"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")

@@ -32,6 +32,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
+from classic import seeding
 from mrl_llm.rewards import get_reward
 from mrl_llm.train.checkpoints import generator_state_callback
 from mrl_llm.train.grpo import GRPOCommonConfig, generation_model, trl_engine_max_num_seqs
@@ -185,8 +186,8 @@ def mrt_trainer_class():
 
         def __init__(self, *args, mrt: MRTConfig, split_fn: SplitFn | None = None, reference_key: str = "answer", **kwargs):
             seed = kwargs["args"].seed
-            self._prover_gen = torch.Generator().manual_seed(10_007 * (seed + 1))
-            self._prefix_gen = torch.Generator().manual_seed(20_011 * (seed + 1))
+            self._prover_gen = seeding.generator("meta_prover", seed)
+            self._prefix_gen = seeding.generator("prefix", seed)
             streams = generator_state_callback(self._stream_state, self._set_stream_state)  # first: saved before any other callback runs
             kwargs["callbacks"] = [streams, *(kwargs.get("callbacks") or [])]
             with trl_engine_sized_for(prover_requests(kwargs["args"], mrt)):

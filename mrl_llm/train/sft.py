@@ -10,15 +10,17 @@ here distilling an expert policy's trials rather than a learning history.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
 
+from classic import seeding
 from classic.evaluate import run_trials
 from mrl_llm.models import activation_checkpointing_kwargs, additive_attention_mask, attention_implementation, takes_4d_attention_mask
 from mrl_llm.rollout.agent import TrialRenderer, Transcript
-from mrl_llm.train import check_optimizer_fields
+from mrl_llm.train import check_optimizer_fields, check_trl_fields
 
 
 @dataclass
@@ -46,6 +48,9 @@ class SFTStageConfig:
             attention (custom 4D masks); a model without them raises ValueError.
         pack_width: tokens per packed row (raised to the batch's longest sequence).
         seed: data (teacher trials) and trainer seed.
+        trl: any other ``trl.SFTConfig`` argument by its TRL name (e.g. ``report_to: [tensorboard]``,
+            ``optim: adamw_torch_fused``); checked against ``trl.SFTConfig``'s fields when the recipe
+            is read, applied over the project's defaults.
     """
 
     enabled: bool = True
@@ -64,16 +69,18 @@ class SFTStageConfig:
     packed_batches: bool = False
     pack_width: int = 256
     seed: int = 0
+    trl: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("num_trials", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps", "pack_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_optimizer_fields(self)
+        check_trl_fields("SFTConfig", self.trl)
 
 
 # Training streams are seeded below EVAL_SEED_OFFSET (classic.evaluate), so their tasks are disjoint.
-SFT_SEED_BASE = 20_000
+SFT_SEED_BASE = seeding.STREAMS["sft"][0]
 
 
 def teacher_transcripts(teacher, dist, renderer: TrialRenderer, num_trials: int, episodes_per_trial: int, seed: int) -> list[Transcript]:
@@ -106,7 +113,7 @@ def sft_arguments(cfg: SFTStageConfig, output_dir: str | os.PathLike, use_cpu: b
     from trl import SFTConfig
 
     use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
-    return SFTConfig(
+    args = dict(
         output_dir=str(output_dir),
         num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate,
@@ -128,6 +135,7 @@ def sft_arguments(cfg: SFTStageConfig, output_dir: str | os.PathLike, use_cpu: b
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
+    return SFTConfig(**{**args, **cfg.trl})
 
 
 class PackedBatchCollator:
