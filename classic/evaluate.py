@@ -70,10 +70,6 @@ class TrialResult:
             return 0.0
         return float((self.actions == -1).float().mean())
 
-    @property
-    def adaptation_curve(self) -> Tensor:
-        """(E,) mean return of each episode index of the trial over tasks (the in-context learning curve)."""
-        return self.episode_returns.mean(dim=0)
 
     def summary(self) -> dict:
         """Means and 95% CIs (normal approximation, 1.96 * std / sqrt(N))."""

@@ -7,7 +7,6 @@ shared protocol on the same held-out tasks, reported as a table, a regret plot a
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,13 @@ from classic.agents.bandit import (
     UCB1Agent,
     check_prior_count,
 )
-from classic.algos.rl2 import RL2Agent, RL2Policy, train_rl2
+from classic.algos.rl2 import RL2Agent, RL2Policy
 from classic.algos.rl2_config import RL2Config
 from classic.config import save_resolved, to_dict
 from classic.files import OutputConfig, open_stage, prepare_run_dir, write_atomic
 from classic.workers import set_threads
 from classic.envs.bandit import BanditConfig
+from classic.experiments.compare import REFERENCE_PATH, paper_reference  # noqa: F401  (re-exported)
 from classic.evaluate import TrialResult, run_trials
 from classic.metrics import MetricsLogger
 from classic.report import plot_regret, results_table, stage_times_table, write_results_json
@@ -267,23 +267,16 @@ def rl2_stage(task: BanditConfig, cfg: RL2StageConfig, run_dir: Path, logger: Me
     Raises:
         FileNotFoundError: ``cfg.init_from`` names a missing file.
     """
-    open_stage(run_dir / "rl2", rl2_fingerprint(task, cfg))
-    path = run_dir / "rl2" / "policy.pt"
-    if path.exists():
-        return RL2Policy.load(path)
-    log_fn = None
-    if logger is not None:
-        log_fn = lambda step, metrics: logger.log(step, {f"rl2/{k}": v for k, v in metrics.items()})  # noqa: E731
-    init = None
-    if cfg.init_from:
-        if not Path(cfg.init_from).is_file():
-            raise FileNotFoundError(f"rl2.init_from: no saved policy at {cfg.init_from}")
-        init = RL2Policy.load(cfg.init_from)
-    policy = train_rl2(cfg.algo, task.make(), task.episodes_per_trial, log_fn=log_fn, progress=progress,
-                       checkpoint_path=path.parent / "training_state.pt", init_policy=init)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    policy.save(path, cfg.algo)
-    return policy
+    from classic.algos.rl2 import RL2Learner, RL2LearnerConfig
+    from classic.core import StageRun
+    from classic.experiments.compare import Protocol
+
+    stage = run_dir / "rl2"
+    open_stage(stage, rl2_fingerprint(task, cfg))
+    learner_cfg = RL2LearnerConfig(algo=cfg.algo, greedy_eval=cfg.greedy_eval, init_from=cfg.init_from)
+    protocol = Protocol(task.episodes_per_trial, num_tasks=0, seed=0, batch_size=None)
+    path = RL2Learner().train(learner_cfg, task.make(), protocol, StageRun(stage, logger.log if logger else None, progress))
+    return RL2Policy.load(path)
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -298,28 +291,6 @@ def write_report(run_dir: Path, title: str, task, results: dict, times: dict, no
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     write_atomic(run_dir / "report.md", "\n".join(lines))
     write_results_json(run_dir / "results.json", to_dict(task), results, extra={"stage_times_s": times, "wall_time_s": wall_time, **extra_json})
-
-
-REFERENCE_PATH = Path(__file__).resolve().parent.parent / "data" / "reference" / "rl2_tables.json"
-# The paper's column names -> our agent names.
-PAPER_NAMES = {"TS": "Thompson sampling", "eps-Greedy": "epsilon-greedy", "RL2": "RL²"}
-
-
-def paper_reference(task) -> dict[str, float]:
-    """RL² paper (arXiv 1611.02779, Tables 1 and 2) numbers for this setting, keyed by our agent
-    names; empty when the setting is not in the paper or ``data/reference`` is absent."""
-    if not REFERENCE_PATH.exists():
-        return {}
-    doc = json.loads(REFERENCE_PATH.read_text())
-    if hasattr(task, "num_arms"):
-        cell = doc["table1"]["cells"].get(f"k{task.num_arms}_n{task.episodes_per_trial}", {})
-    else:
-        cell = doc["table2"]["cells"].get(f"n{task.episodes_per_trial}", {}) if _is_paper_mdp(task) else {}
-    return {PAPER_NAMES.get(k, k): v for k, v in cell.items()}
-
-
-def _is_paper_mdp(task) -> bool:
-    return (task.num_states, task.num_actions, task.episode_length) == (10, 5, 10)
 
 
 def run_classic(cfg: ClassicExperiment, progress: bool = True) -> Path:

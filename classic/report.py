@@ -51,28 +51,25 @@ _MISSING = "—"
 # --------------------------------------------------------------------------------------------
 
 
-def regret_curve(result: TrialResult) -> dict[str, list[float]]:
-    """Mean cumulative regret after each episode and its 95% CI half-width over tasks.
+def _curve(values: torch.Tensor) -> dict[str, list[float]]:
+    """Mean over tasks of (N, E) values per episode and its 95% CI half-width (1.96 * s / sqrt(N))."""
+    values = values.double()
+    n = values.shape[0]
+    mean = values.mean(dim=0)
+    std = values.std(dim=0, unbiased=True) if n > 1 else torch.zeros_like(mean)
+    return {"mean": mean.tolist(), "ci95": (1.96 * std / math.sqrt(max(n, 1))).tolist()}
 
-    Returns:
-        ``{"mean": [E floats], "ci95": [E floats]}``, ci95 = 1.96 * std / sqrt(N) (0 if N = 1).
-    """
-    regret = result.regret.double()  # (N, E)
-    n = regret.shape[0]
-    mean = regret.mean(dim=0)
-    std = regret.std(dim=0, unbiased=True) if n > 1 else torch.zeros_like(mean)
-    ci = 1.96 * std / math.sqrt(max(n, 1))
-    return {"mean": mean.tolist(), "ci95": ci.tolist()}
+
+def regret_curve(result: TrialResult) -> dict[str, list[float]]:
+    """Mean cumulative regret after each episode and its 95% CI half-width over tasks:
+    ``{"mean": [E], "ci95": [E]}``."""
+    return _curve(result.regret)
 
 
 def adaptation_curve(result: TrialResult) -> dict[str, list[float]]:
     """Mean return of each episode index of the trial and its 95% CI half-width over tasks (the
     adaptation, or in-context learning, curve): ``{"mean": [E], "ci95": [E]}``."""
-    returns = result.episode_returns.double()  # (N, E)
-    n = returns.shape[0]
-    mean = returns.mean(dim=0)
-    std = returns.std(dim=0, unbiased=True) if n > 1 else torch.zeros_like(mean)
-    return {"mean": mean.tolist(), "ci95": (1.96 * std / math.sqrt(max(n, 1))).tolist()}
+    return _curve(result.episode_returns)
 
 
 def summarize(result: Result, curve: bool = True) -> dict:

@@ -67,7 +67,7 @@ class BaselineConfig:
         Raises:
             ValueError: the baseline does not apply to this task distribution (the message says which it needs).
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement make(dist, episodes_per_trial)")
 
 
 def needs(what: str, name: str, dist: TaskDistribution) -> ValueError:

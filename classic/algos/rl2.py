@@ -35,10 +35,6 @@ small; more threads did not help on a shared machine). Greedy (argmax) acting is
 better than sampling because the entropy bonus leaves some randomness in the policy; the
 agent samples by default, as the ``Agent`` protocol and the paper do.
 
-Limitation: for episodic distributions whose episodes can end early, the padding steps the
-evaluator produces are fed to the GRU (as in evaluation) and masked out of the losses, but
-GAE treats them as zero-reward steps. Bandits (one step per episode) have no padding.
-
 Example:
     >>> from classic.envs import BernoulliBandit
     >>> from classic.evaluate import run_trials
@@ -345,10 +341,10 @@ class TrialBatch(NamedTuple):
         logprobs: (T, B) float log pi(action) at collection time.
         values: (T, B) float critic estimates at collection time (units of ``reward_scale``).
         rewards: (T, B) float rewards (0 on padding steps).
-        dones: (T, B) bool, the *trial* ended after step t (the meta-episode boundary;
+        dones: (T, B) bool, the *trial* ended after step t (each task's last valid step: the meta-episode boundary;
             episode ends inside a trial are not dones, see ``classic.functional``).
-        mask: (T, B) bool, step t was a real step of a live episode (False on the padding
-            the evaluator also produces when episodes of some tasks end early).
+        mask: (T, B) bool, step t belongs to the task's trial (False on the padding after a task
+            finished its episodes early, :class:`classic.rollout.Trajectory` ``valid``).
     """
 
     obs: Tensor
@@ -553,7 +549,7 @@ def train_rl2(
         The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
     """
     generator = torch.Generator().manual_seed(config.seed)
-    policy = RL2Policy(*_action_size(dist), dist.obs_dim, config.hidden_size, config.action_reward_input,
+    policy = RL2Policy(dist.action_space.encoded_dim, dist.obs_dim, config.hidden_size, config.action_reward_input,
                        config.obs_action_reward_input, generator=generator, head_hidden_size=config.head_hidden_size,
                        obs_action_input=config.obs_action_input, state_gated_heads=config.state_gated_heads,
                        **_box_bounds(dist))
@@ -619,11 +615,6 @@ def train_rl2(
                 break
     policy.eval()
     return policy
-
-
-def _action_size(dist) -> tuple[int]:
-    """(A,) discrete actions or the Box's flat size."""
-    return (dist.action_space.encoded_dim,)
 
 
 def _box_bounds(dist) -> dict:

@@ -40,14 +40,11 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-import torch
-from torch import Tensor
 
-from classic.core import Box, Discrete, Step, TaskDistribution
+from classic.envs.grid import GoalGrid, GridState, GridTasks
 from classic.registry import TASKS
 
 #: Names of the 5 actions, by index.
@@ -59,29 +56,9 @@ Start = Literal["center", "corner"]
 GoalSplit = Literal["all", "train", "test"]
 
 
-class DarkRoomTasks(NamedTuple):
-    """A batch of Dark Room tasks.
-
-    Attributes:
-        goal: (n, 2) long goal cell ``(x, y)``.
-    """
-
-    goal: Tensor
+DarkRoomTasks, DarkRoomState = GridTasks, GridState  # the shared grid containers (classic.envs.grid)
 
 
-class DarkRoomState(NamedTuple):
-    """Environment state of a batch of Dark Room episodes.
-
-    Attributes:
-        pos: (n, 2) long the agent's cell ``(x, y)``.
-        t: (n,) long steps already taken in the current episode, in [0, H].
-    """
-
-    pos: Tensor
-    t: Tensor
-
-
-@functools.lru_cache(maxsize=None)
 def dpt_goal_split(size: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
     """DPT's held-out goal split of a ``size x size`` grid: ``(train, test)`` cells ``(x, y)``.
 
@@ -198,7 +175,7 @@ class DarkRoomConfig:
                         goal_split=self.goal_split, goal_at_start=self.goal_at_start)
 
 
-class DarkRoom(TaskDistribution):
+class DarkRoom(GoalGrid):
     """Batched Dark Room task distribution (AD, arXiv 2210.14215; DPT, arXiv 2306.14892).
 
     Args:
@@ -208,11 +185,9 @@ class DarkRoom(TaskDistribution):
         goal_split: "all", "train" or "test" (:func:`goal_cells`).
         goal_at_start: whether the start cell may be the goal.
 
-    Rewards are 0/1 per step, deterministic given the task; returns are in [0, H]. All
-    randomness (only the goal draw) comes from the ``torch.Generator`` passed in.
+    Rewards are 0/1 per step, deterministic given the task; returns are in [0, H]. The dynamics,
+    rewards and the known-goal oracle are :class:`~classic.envs.grid.GoalGrid`'s.
     """
-
-    num_actions = 5
 
     def __init__(self, size: int = 9, episode_length: int = 20, start: str = "center", goal_split: str = "all",
                  goal_at_start: bool = False) -> None:
@@ -220,80 +195,8 @@ class DarkRoom(TaskDistribution):
             raise ValueError(f"size must be >= 2, got {size}")
         if episode_length < 1:
             raise ValueError(f"episode_length must be >= 1, got {episode_length}")
-        self.size = int(size)
-        self.episode_length = int(episode_length)
         self.start = start
         self.goal_split = goal_split
         self.goal_at_start = bool(goal_at_start)
-        self.start_cell = start_cell(self.size, start)
-        self.goals = torch.tensor(goal_cells(self.size, start, goal_split, goal_at_start), dtype=torch.long)
-        self.action_space = Discrete(5)
-        self.observation_space = Box(low=0.0, high=float(self.size - 1), shape=(2,))
-        self._moves = torch.tensor(_MOVES, dtype=torch.long)
-
-    # ----------------------------------------------------------------------------- sampling
-    def sample_tasks(self, n: int, generator: torch.Generator) -> DarkRoomTasks:
-        """Draw ``n`` goals (n, 2) long uniformly from :attr:`goals`, on the generator's device."""
-        dev = generator.device
-        idx = torch.randint(self.goals.shape[0], (n,), generator=generator, device=dev)
-        return DarkRoomTasks(goal=self.goals.to(dev)[idx])
-
-    # ------------------------------------------------------------------------------ dynamics
-    def reset(self, tasks: DarkRoomTasks, generator: torch.Generator | None = None) -> tuple[DarkRoomState, Tensor]:
-        """Start an episode at the start cell on every task.
-
-        Returns:
-            (DarkRoomState with pos (n, 2) the start cell and t = 0, obs (n, 2) float). Uses no randomness.
-        """
-        n, dev = tasks.goal.shape[0], tasks.goal.device
-        pos = torch.tensor(self.start_cell, dtype=torch.long, device=dev).expand(n, 2).clone()
-        return DarkRoomState(pos=pos, t=torch.zeros(n, dtype=torch.long, device=dev)), pos.float()
-
-    def _move(self, state: DarkRoomState, action: Tensor) -> Tensor:
-        """(n, 2) long cell after ``action``; invalid actions are the no-op, walls clip."""
-        a = torch.where(self.action_space.contains(action), action, torch.zeros_like(action)).long()
-        delta = self._moves.to(state.pos.device)[a.to(state.pos.device)]
-        return (state.pos + delta).clamp(0, self.size - 1)
-
-    def mean_reward(self, tasks: DarkRoomTasks, state: DarkRoomState, action: Tensor) -> Tensor:
-        """(n,) reward of ``action`` in ``state`` (deterministic): 1 if it ends on the goal, else 0."""
-        return (self._move(state, action) == tasks.goal).all(dim=-1).float()
-
-    def step(self, tasks: DarkRoomTasks, state: DarkRoomState, action: Tensor,
-             generator: torch.Generator | None = None) -> Step:
-        """Take ``action`` (n,) long in every task.
-
-        Returns:
-            Step with obs (n, 2) the new cell, reward (n,) 1.0 where it is the goal, terminated all
-            False, truncated where the new step count t equals H.
-        """
-        pos = self._move(state, action)
-        t = state.t + 1
-        return Step(
-            obs=pos.float(),
-            reward=(pos == tasks.goal).all(dim=-1).float(),
-            terminated=torch.zeros_like(t, dtype=torch.bool),
-            truncated=t >= self.episode_length,
-            state=DarkRoomState(pos=pos, t=t),
-        )
-
-    # ------------------------------------------------------------------------------- oracle
-    def optimal_action(self, tasks: DarkRoomTasks, state: DarkRoomState) -> Tensor:
-        """(n,) long the known-goal oracle's action: toward the goal along x, then along y, then stay."""
-        dx = tasks.goal[:, 0] - state.pos[:, 0]
-        dy = tasks.goal[:, 1] - state.pos[:, 1]
-        a = torch.zeros_like(dx)
-        a = torch.where(dy < 0, torch.full_like(a, 2), a)
-        a = torch.where(dy > 0, torch.full_like(a, 1), a)
-        a = torch.where(dx < 0, torch.full_like(a, 3), a)
-        a = torch.where(dx > 0, torch.full_like(a, 4), a)
-        return a
-
-    def optimal_episode_return(self, tasks: DarkRoomTasks) -> Tensor:
-        """(n,) return of the known-goal oracle: a shortest path (d = Manhattan distance from the
-        start to the goal steps), then stay, so reward 1 at steps d, ..., H:
-        ``max(0, H - max(d, 1) + 1)`` (H when the goal is the start cell). No policy does better:
-        the goal cannot be reached before step d, and a step earns at most 1."""
-        s = torch.tensor(self.start_cell, dtype=torch.long, device=tasks.goal.device)
-        d = (tasks.goal - s).abs().sum(dim=-1)
-        return (self.episode_length - d.clamp(min=1) + 1).clamp(min=0).float()
+        super().__init__(size, episode_length, start_cell(size, start),
+                         goal_cells(size, start, goal_split, goal_at_start), _MOVES, goal_reward=1.0, step_reward=0.0)

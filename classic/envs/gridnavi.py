@@ -59,12 +59,11 @@ import itertools
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from classic.core import Box, Discrete, Step, TaskDistribution
+from classic.envs.grid import GoalGrid, GridState, GridTasks
 from classic.registry import TASKS
 
 #: Names of the 5 actions, by index (the reference's order).
@@ -82,26 +81,7 @@ def goal_cells(size: int) -> tuple[tuple[int, int], ...]:
     return tuple(c for c in itertools.product(range(size), repeat=2) if c not in _NOT_GOALS)
 
 
-class GridNaviTasks(NamedTuple):
-    """A batch of GridNavi tasks.
-
-    Attributes:
-        goal: (n, 2) long goal cell ``(x, y)``.
-    """
-
-    goal: Tensor
-
-
-class GridNaviState(NamedTuple):
-    """Environment state of a batch of GridNavi episodes.
-
-    Attributes:
-        pos: (n, 2) long the agent's cell ``(x, y)``.
-        t: (n,) long steps already taken in the current episode, in [0, H].
-    """
-
-    pos: Tensor
-    t: Tensor
+GridNaviTasks, GridNaviState = GridTasks, GridState  # the shared grid containers (classic.envs.grid)
 
 
 @TASKS.register("gridnavi")
@@ -155,7 +135,7 @@ def _check(size: int, episode_length: int, goal_reward: float, step_reward: floa
         raise ValueError(f"goal_reward must be > step_reward, got goal_reward={goal_reward}, step_reward={step_reward}")
 
 
-class GridNavi(TaskDistribution):
+class GridNavi(GoalGrid):
     """Batched GridNavi task distribution (VariBAD, arXiv 1910.08348).
 
     Args:
@@ -164,99 +144,14 @@ class GridNavi(TaskDistribution):
         goal_reward: reward of a step that ends on the goal.
         step_reward: reward of any other step (< goal_reward).
 
-    Rewards are deterministic given the task. All randomness (only the goal draw) comes from the
-    ``torch.Generator`` passed in; tasks live on ``generator.device``.
+    Rewards are deterministic given the task. The dynamics, rewards and the known-goal oracle are
+    :class:`~classic.envs.grid.GoalGrid`'s; this class adds the exact Bayes-optimal return.
     """
-
-    num_actions = 5
 
     def __init__(self, size: int = 5, episode_length: int = 15, goal_reward: float = 1.0,
                  step_reward: float = -0.1) -> None:
         _check(size, episode_length, goal_reward, step_reward)
-        self.size = int(size)
-        self.episode_length = int(episode_length)
-        self.goal_reward = float(goal_reward)
-        self.step_reward = float(step_reward)
-        self.goals = torch.tensor(goal_cells(self.size), dtype=torch.long)
-        self.action_space = Discrete(5)
-        self.observation_space = Box(low=0.0, high=float(self.size - 1), shape=(2,))
-        self._moves = torch.tensor(_MOVES, dtype=torch.long)
-
-    # ----------------------------------------------------------------------------- sampling
-    def sample_tasks(self, n: int, generator: torch.Generator) -> GridNaviTasks:
-        """Draw ``n`` goals (n, 2) long uniformly from :attr:`goals`, on the generator's device."""
-        dev = generator.device
-        idx = torch.randint(self.goals.shape[0], (n,), generator=generator, device=dev)
-        return GridNaviTasks(goal=self.goals.to(dev)[idx])
-
-    # ------------------------------------------------------------------------------ dynamics
-    def reset(self, tasks: GridNaviTasks, generator: torch.Generator | None = None) -> tuple[GridNaviState, Tensor]:
-        """Start an episode at ``(0, 0)`` on every task.
-
-        Returns:
-            (GridNaviState with pos (n, 2) zeros and t (n,) zeros, obs (n, 2) float zeros). Uses no randomness.
-        """
-        n, dev = tasks.goal.shape[0], tasks.goal.device
-        pos = torch.zeros(n, 2, dtype=torch.long, device=dev)
-        return GridNaviState(pos=pos, t=torch.zeros(n, dtype=torch.long, device=dev)), pos.float()
-
-    def _move(self, state: GridNaviState, action: Tensor) -> Tensor:
-        """(n, 2) long cell after ``action``; invalid actions are the no-op, walls clip."""
-        action = action.to(state.pos.device)
-        a = torch.where(self.action_space.contains(action), action, torch.zeros_like(action)).long()
-        delta = self._moves.to(state.pos.device)[a]
-        return (state.pos + delta).clamp(0, self.size - 1)
-
-    def _reward(self, tasks: GridNaviTasks, pos: Tensor) -> Tensor:
-        on_goal = (pos == tasks.goal).all(dim=-1)
-        return torch.where(on_goal, self.goal_reward, self.step_reward).float()
-
-    def mean_reward(self, tasks: GridNaviTasks, state: GridNaviState, action: Tensor) -> Tensor:
-        """(n,) float reward of ``action`` in ``state`` (deterministic): ``goal_reward`` if it ends
-        on the goal, else ``step_reward``."""
-        return self._reward(tasks, self._move(state, action))
-
-    def step(self, tasks: GridNaviTasks, state: GridNaviState, action: Tensor,
-             generator: torch.Generator | None = None) -> Step:
-        """Take ``action`` (n,) long in every task.
-
-        Returns:
-            Step with obs (n, 2) float the new cell, reward (n,) ``goal_reward`` where the new
-            cell is the goal and ``step_reward`` elsewhere, terminated all False, truncated where
-            the new step count t reaches H.
-        """
-        pos = self._move(state, action)
-        t = state.t + 1
-        return Step(
-            obs=pos.float(),
-            reward=self._reward(tasks, pos),
-            terminated=torch.zeros_like(t, dtype=torch.bool),
-            truncated=t >= self.episode_length,
-            state=GridNaviState(pos=pos, t=t),
-        )
-
-    # ------------------------------------------------------------------------------- oracle
-    def optimal_action(self, tasks: GridNaviTasks, state: GridNaviState) -> Tensor:
-        """(n,) long the known-goal oracle's action: toward the goal along x, then along y, then stay."""
-        dx = tasks.goal[:, 0] - state.pos[:, 0]
-        dy = tasks.goal[:, 1] - state.pos[:, 1]
-        a = torch.zeros_like(dx)
-        a = torch.where(dy < 0, torch.full_like(a, 3), a)
-        a = torch.where(dy > 0, torch.full_like(a, 1), a)
-        a = torch.where(dx < 0, torch.full_like(a, 4), a)
-        a = torch.where(dx > 0, torch.full_like(a, 2), a)
-        return a
-
-    def optimal_episode_return(self, tasks: GridNaviTasks) -> Tensor:
-        """(n,) float return of the known-goal oracle: a shortest path of d steps (d = Manhattan
-        distance from ``(0, 0)`` to the goal), then stay; ``goal_reward`` on the
-        ``m = max(0, H - max(d, 1) + 1)`` steps on the goal and ``step_reward`` on the others:
-        ``m * goal_reward + (H - m) * step_reward``. No policy does better: the goal cannot be
-        reached before step d and ``goal_reward > step_reward``."""
-        H = self.episode_length
-        d = tasks.goal.abs().sum(dim=-1)
-        m = (H - d.clamp(min=1) + 1).clamp(min=0).double()
-        return (m * self.goal_reward + (H - m) * self.step_reward).float()
+        super().__init__(size, episode_length, (0, 0), goal_cells(size), _MOVES, goal_reward, step_reward)
 
     def bayes_optimal_episode_returns(self, episodes_per_trial: int) -> Tensor:
         """(E,) float64 exact expected return of each of the ``E = episodes_per_trial`` episodes
