@@ -25,6 +25,7 @@ Actions (5, :data:`ACTION_NAMES`): 0 no-op, 1 up (y + 1), 2 down (y - 1), 3 left
 Observations are (n, 2) floats, the agent's ``(x, y)``, in ``[0, size - 1]``.
 
 Example:
+    >>> import torch
     >>> dist = DarkRoomConfig().make()
     >>> g = torch.Generator().manual_seed(0)
     >>> tasks = dist.sample_tasks(3, g)            # goals (3, 2) long, never (4, 4)
