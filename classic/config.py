@@ -70,7 +70,7 @@ __all__ = [
 T = TypeVar("T")
 
 #: Value of :func:`peek_kind` for a recipe without a top-level ``kind:`` key.
-DEFAULT_KIND = "llm"
+DEFAULT_KIND = "compare"
 
 _NONE = type(None)
 

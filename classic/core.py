@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, Iterator, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -289,35 +289,71 @@ class StageRun:
         dir: the learner's stage folder, already opened with the fingerprint of the task and the
             learner's config (:func:`classic.files.open_stage`): what is in it was made with the
             same settings, so the learner resumes from it or reuses its result.
-        log: ``log(step, metrics)`` writes scalars to the run's metrics (metrics.jsonl, TensorBoard).
+        metrics: the run's metrics log (:class:`classic.metrics.MetricsLogger`: ``log(step, scalars)``
+            writes metrics.jsonl and TensorBoard, ``last_step(prefix)``), or None.
         progress: show progress bars.
         seed: the experiment's seed.
+        task: the task distribution's config (the recipe's ``task``), for learners that need more
+            than the distribution object (e.g. its text rendering, chosen by registry name).
     """
 
     dir: Any
-    log: Any = None
+    metrics: Any = None
     progress: bool = False
     seed: int = 0
+    task: Any = None
 
 
-@runtime_checkable
-class MetaLearner(Protocol):
+class MetaLearner:
     """A meta-learner on the platform: trained on tasks from a distribution (the outer loop), it
     yields an :class:`Agent` that adapts to a new task within a trial (the inner loop).
 
+    Subclasses implement :meth:`train` and :meth:`agent`; the other methods are hooks with
+    defaults that fit a learner with one trained policy.
+
     Attributes:
         config_class: the dataclass of its recipe section (with a ``name`` field).
-
-    Methods:
-        train(config, dist, protocol, run) -> checkpoint: meta-train on ``dist`` (``protocol`` gives
-            ``episodes_per_trial``); ``run`` is a :class:`StageRun` (the stage folder, where it
-            resumes from; the metrics log; progress). Returns what
-            ``agent`` needs, usually the path of the saved policy.
-        agent(config, checkpoint, dist) -> Agent: the trained learner behind the Agent protocol.
+        trains_on_every_rank: under a multi-process launch (``accelerate launch``) every rank
+            trains it (a distributed trainer), before the main process runs anything else; other
+            learners train on the main process only.
     """
 
     config_class: type
+    trains_on_every_rank: bool = False
 
-    def train(self, config: Any, dist: TaskDistribution, protocol: Any, run: Any) -> Any: ...
+    def train(self, config: Any, dist: TaskDistribution, protocol: Any, run: StageRun) -> Any:
+        """Meta-train on ``dist`` (``protocol`` gives ``episodes_per_trial``); ``run`` is the stage
+        folder (where it resumes from), the metrics log and progress. Returns what :meth:`agent`
+        needs, usually the path of the saved policy."""
+        raise NotImplementedError(f"{type(self).__name__} must implement train")
 
-    def agent(self, config: Any, checkpoint: Any, dist: TaskDistribution) -> Agent: ...
+    def agent(self, config: Any, checkpoint: Any, dist: TaskDistribution) -> Agent:
+        """The trained learner behind the :class:`Agent` protocol."""
+        raise NotImplementedError(f"{type(self).__name__} must implement agent")
+
+    def agents(self, config: Any, checkpoint: Any, dist: TaskDistribution) -> Iterator[tuple[str, Agent]]:
+        """Every agent the learner reports, as (name in reports, agent) pairs, built one at a time
+        (e.g. an LLM after SFT and after SFT + GRPO, MAML after 0..3 gradient steps); default: the
+        one :meth:`agent`."""
+        yield config.display_name, self.agent(config, checkpoint, dist)
+
+    def stage_fingerprint(self, config: Any, task: Any) -> dict | None:
+        """What the stage folder's content depends on (it is redone when this changes); None: the
+        learner settles sub-stages of its folder itself (their own fingerprints). Dataclass values
+        are written as their recipe mappings."""
+        return {"task": task, "learner": config}
+
+    def evaluation_batch_size(self, config: Any, protocol: Any) -> int | None:
+        """Tasks its agents play at once at evaluation (default: the protocol's)."""
+        return protocol.batch_size
+
+    def report(self, config: Any, checkpoint: Any, results: dict, dist: TaskDistribution,
+               protocol: Any) -> tuple[list[str], dict]:
+        """Lines for the report and entries for ``results.json`` once every agent is evaluated
+        (``results``: name -> TrialResult of all agents); default: none."""
+        return [], {}
+
+    def dry_run(self, config: Any, task: Any, protocol: Any, stage_dir: Any) -> dict | None:
+        """What ``mrl run --dry-run`` shows of its training settings, resolved without training or
+        loading weights (e.g. the trainers' arguments); default: nothing."""
+        return None

@@ -1,110 +1,66 @@
-"""RL² Tables 1 and 2 (Duan et al. 2016, arXiv 1611.02779) regenerated end to end, with the
-exact Bayes-optimal limit and a horizon-generalization study beside them.
+"""RL² Tables 1 and 2 (Duan et al. 2016, arXiv 1611.02779) regenerated end to end, as a sweep of
+``kind: compare`` runs, with the exact Bayes-optimal limit and a horizon-generalization study.
 
 ``mrl run recipes/classic/rl2_tables.yaml`` runs :func:`run_tables`:
 
 1. **Settings.** Every Table 1 cell (Bernoulli bandits, k arms x n pulls), every Table 2 row
    (random tabular MDPs, n episodes), and the small bandit settings where the Bayes-optimal
-   policy is computable, each as one *setting*: baselines tuned on training tasks, RL²
-   trained for that setting, everyone evaluated on the same held-out tasks. A setting writes
-   ``settings/<name>/`` with ``report.md``, ``regret.png``, ``results.json`` (its resolved task
-   config under ``"task"``), ``config.yaml`` and the RL² policy. Settings run in ``workers``
-   processes of ``threads`` torch threads each, longest first.
+   policy is computable, each as one *setting*: a compare run (:mod:`classic.experiments.compare`)
+   of the part's baselines (tuned on training tasks) and learners (RL², trained for that setting)
+   on the same held-out tasks, written to ``settings/<name>/`` (``report.md``, ``regret.png``,
+   ``adaptation.png``, ``results.json``, ``config.yaml``, each learner's stage folder). A cell's
+   recipe is the part's ``baselines`` and ``learners`` with its ``overrides`` applied (``--set``
+   keys, e.g. ``{n500: {learners.rl2.algo.num_iterations: 0}}``). Settings run through the
+   executor (:mod:`classic.executor`: ``workers`` local processes of ``threads`` torch threads each,
+   or Ray), longest first.
 2. **Tables.** ``report.md`` and ``results.json`` at the top hold both tables as
-   ``mean ± 95% CI (paper)``, cells that differ from the paper by more than our CI marked †,
-   the gap of every agent to the Bayes-optimal value, and the horizon study (RL² trained on
-   one n, evaluated on another).
+   ``mean ± 95% CI (paper)``, one column per agent the part names, cells that differ from the
+   paper by more than our CI marked †, the gap of every agent to the Bayes-optimal value, and the
+   horizon study (RL² trained on one n, evaluated on another).
 
-A finished setting is reused when the run starts again with the same settings for it (its
-resolved config is stored in ``settings/<name>/setting.json``, with that of the setting
-whose policy it starts from, if any); a changed one is redone, keeping its trained RL² policy
-when only the baselines or the evaluation changed; an interrupted RL² training resumes from
-its checkpoint.
+A finished setting is reused when the run starts again with the same recipe for it (stored in
+``settings/<name>/setting.json``, with that of the setting whose policy it starts from, if any); a
+changed one is rerun, and inside it each learner's stage is reused when its own fingerprint still
+matches (a trained RL² policy survives a change of the baselines or the evaluation); an
+interrupted RL² training resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from classic import seeding
 from classic.algos.rl2 import RL2Agent, RL2Policy
-from classic.config import save_resolved, to_dict
-from classic.files import adopt_stage, write_atomic
-from classic.workers import worker_pool
-from classic.envs.bandit import BanditConfig
-from classic.envs.tabular_mdp import TabularMDPConfig
+from classic.config import from_dict, save_resolved, to_dict
 from classic.evaluate import run_trials, sample_eval_tasks
-from classic.experiment import (
-    REFERENCE_PATH,
-    BaselinesConfig,
-    ClassicExperiment,
-    EvalConfig,
-    OutputConfig,
-    RL2StageConfig,
-    paper_reference,
-    prior_count_note,
-    prepare_run_dir,
-    rl2_fingerprint,
-    rl2_stage,
-    run_classic,
-    set_threads,
-    write_report,
-)
-from classic.metrics import MetricsLogger
+from classic.executor import ExecutorConfig, make_executor
+from classic.experiments.compare import REFERENCE_PATH, CompareExperiment, ProtocolConfig, paper_reference, run_compare
+from classic.files import OutputConfig, prepare_run_dir, write_atomic
+from classic.registry import AGENTS, LEARNERS, TASKS
 from classic.report import _jsonable, comparison_table, load_results_json
-
-TUNE_SEED_BASE = seeding.STREAMS["tune"][0]  # the same training stream as the bandit baselines' tuning
-
-# Table columns in the paper's order: (paper's name, our agent name).
-TABLE1_COLUMNS = (("Random", "Random"), ("Gittins", "Gittins"), ("TS", "Thompson sampling"), ("OTS", "OTS"),
-                  ("UCB1", "UCB1"), ("eps-Greedy", "epsilon-greedy"), ("Greedy", "Greedy"), ("RL2", "RL²"))
-TABLE2_COLUMNS = (("Random", "Random"), ("PSRL", "PSRL"), ("OPSRL", "OPSRL"), ("UCRL2", "UCRL2"), ("BEB", "BEB"),
-                  ("eps-Greedy", "epsilon-greedy"), ("Greedy", "Greedy"), ("RL2", "RL²"))
-TABLE1_AGENTS = ["Random", "Gittins", "Thompson sampling", "OTS", "UCB1", "epsilon-greedy", "Greedy"]
+from classic.workers import set_threads
 
 
-def _table1_baselines() -> BaselinesConfig:
-    return BaselinesConfig(agents=list(TABLE1_AGENTS))
+def _baselines(*specs: dict) -> list:
+    return [AGENTS.get(spec["name"])(**spec) for spec in specs]
 
 
-@dataclass
-class BanditTable:
-    """Table 1: Bernoulli bandits, every ``num_arms`` x ``episodes_per_trial`` combination.
+def _table1_baselines() -> list:
+    return _baselines({"name": "Random"}, {"name": "Gittins"}, {"name": "Thompson sampling"}, {"name": "OTS"},
+                      {"name": "UCB1"}, {"name": "epsilon-greedy"}, {"name": "Greedy"})
 
-    Attributes:
-        enabled: run the table.
-        num_arms: values of k.
-        episodes_per_trial: values of n.
-        baselines: which baselines and how they are tuned (shared by all cells).
-        rl2: the RL² stage; ``algo`` is the base config of every cell.
-        rl2_overrides: per-cell changes to ``rl2.algo``, keyed ``"n500"``, ``"k50"`` or
-            ``"k50_n500"`` (applied in that order, the most specific last), e.g.
-            ``{"n500": {"num_trials_per_batch": 64}}``.
-        warm_start: cells with n = key start RL² from the trained policy of the cell with the
-            same k and n = value (a curriculum over trial length), e.g. ``{500: 100}``; those
-            cells run after the ones they start from. Chains (``{500: 100, 100: 10}``) are
-            allowed, cycles raise ``ValueError``.
-    """
 
-    enabled: bool = True
-    num_arms: list[int] = field(default_factory=lambda: [5, 10, 50])
-    episodes_per_trial: list[int] = field(default_factory=lambda: [10, 100, 500])
-    baselines: BaselinesConfig = field(default_factory=_table1_baselines)
-    rl2: RL2StageConfig = field(default_factory=RL2StageConfig)
-    rl2_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    warm_start: dict[int, int] = field(default_factory=dict)
+def _table2_baselines() -> list:
+    return _baselines({"name": "Random"}, {"name": "PSRL"}, {"name": "OPSRL"}, {"name": "UCRL2"}, {"name": "BEB"},
+                      {"name": "epsilon-greedy"}, {"name": "Greedy"})
 
-    def __post_init__(self) -> None:
-        _check_overrides(self.rl2, self.rl2_overrides)
-        _check_warm_start(self.warm_start, self.episodes_per_trial)
+
+def _rl2() -> list:
+    return [LEARNERS.get("rl2")()]
 
 
 def _check_warm_start(warm_start: dict[int, int], episodes_per_trial: list[int]) -> None:
@@ -121,6 +77,39 @@ def _check_warm_start(warm_start: dict[int, int], episodes_per_trial: list[int])
 
 
 @dataclass
+class BanditTable:
+    """Table 1: Bernoulli bandits, every ``num_arms`` x ``episodes_per_trial`` combination.
+
+    Attributes:
+        enabled: run the table.
+        num_arms: values of k.
+        episodes_per_trial: values of n.
+        baselines: the table's baseline columns, by registry name, each with its tuning ``grid``.
+        learners: the table's learner columns (RL²), by registry name.
+        tune_tasks: training tasks per grid point when tuning baselines.
+        overrides: per-cell changes to the cell's compare recipe, as ``--set`` keys, keyed
+            ``"n500"``, ``"k50"`` or ``"k50_n500"`` (applied in that order, the most specific
+            last), e.g. ``{"n500": {"learners.rl2.algo.num_trials_per_batch": 64}}``.
+        warm_start: cells with n = key start their learners that take an ``init_from`` (RL²) from
+            the policy the cell with the same k and n = value trained (a curriculum over trial
+            length), e.g. ``{500: 100}``; those cells run after the ones they start from. Chains
+            (``{500: 100, 100: 10}``) are allowed, cycles raise ``ValueError``.
+    """
+
+    enabled: bool = True
+    num_arms: list[int] = field(default_factory=lambda: [5, 10, 50])
+    episodes_per_trial: list[int] = field(default_factory=lambda: [10, 100, 500])
+    baselines: list[AGENTS.ref] = field(default_factory=_table1_baselines)
+    learners: list[LEARNERS.ref] = field(default_factory=_rl2)
+    tune_tasks: int = 2000
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warm_start: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_warm_start(self.warm_start, self.episodes_per_trial)
+
+
+@dataclass
 class MDPTable:
     """Table 2: random tabular MDPs, one row per ``episodes_per_trial``.
 
@@ -128,14 +117,10 @@ class MDPTable:
         enabled: run the table.
         num_states, num_actions, episode_length: the MDP (paper: 10, 5, 10).
         episodes_per_trial: values of n.
-        agents: baselines among ``classic.agents.mdp.MDP_BASELINES``.
-        tune: grid-search each baseline's hyperparameter on training tasks.
+        baselines: the table's baseline columns (PSRL, UCRL2, ...), each with its tuning ``grid``.
+        learners: the table's learner columns (RL²).
         tune_tasks: training tasks per grid point.
-        params: fixed hyperparameters per agent (used when ``tune`` is false, and for agents
-            without a grid), e.g. ``{"BEB": {"beta": 1.0}}``.
-        grids: replace an agent's tuning grid, e.g. ``{"UCRL2": [0.05, 0.1, 0.2]}``.
-        rl2: the RL² stage; ``algo`` is the base config of every row.
-        rl2_overrides: per-row changes to ``rl2.algo``, keyed ``"n100"``.
+        overrides: per-row changes to the row's compare recipe (``--set`` keys), keyed ``"n100"``.
         warm_start: rows with n = key start RL² from the trained policy of the row n = value,
             e.g. ``{100: 25, 25: 10}`` (chains allowed, cycles raise ``ValueError``); those rows run
             after the ones they start from.
@@ -146,26 +131,17 @@ class MDPTable:
     num_actions: int = 5
     episode_length: int = 10
     episodes_per_trial: list[int] = field(default_factory=lambda: [10, 25, 50, 75, 100])
-    agents: list[str] = field(default_factory=lambda: ["Random", "PSRL", "OPSRL", "UCRL2", "BEB", "epsilon-greedy", "Greedy"])
-    tune: bool = True
+    baselines: list[AGENTS.ref] = field(default_factory=_table2_baselines)
+    learners: list[LEARNERS.ref] = field(default_factory=_rl2)
     tune_tasks: int = 500
-    params: dict[str, dict[str, float]] = field(default_factory=dict)
-    grids: dict[str, list[float]] = field(default_factory=dict)
-    rl2: RL2StageConfig = field(default_factory=RL2StageConfig)
-    rl2_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     warm_start: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from classic.agents.mdp import MDP_BASELINES
-
-        for group, names in (("agents", self.agents), ("params", list(self.params)), ("grids", list(self.grids))):
-            unknown = [a for a in names if a not in MDP_BASELINES]
-            if unknown:
-                raise ValueError(f"{group}: unknown MDP baselines {unknown}; known: {list(MDP_BASELINES)}")
-        TabularMDPConfig(self.num_states, self.num_actions, self.episode_length)  # validates
+        TASKS.get("tabular_mdp")(num_states=self.num_states, num_actions=self.num_actions,
+                                 episode_length=self.episode_length)  # validates
         if self.tune_tasks < 1:
             raise ValueError(f"tune_tasks must be >= 1, got {self.tune_tasks}")
-        _check_overrides(self.rl2, self.rl2_overrides)
         _check_warm_start(self.warm_start, self.episodes_per_trial)
 
 
@@ -176,7 +152,7 @@ class BayesOptimalStudy:
     Attributes:
         enabled: run the study.
         settings: ``[k, n]`` pairs (each must be supported by ``classic.agents.bayes_optimal``).
-        rl2: also train and evaluate RL² on them (with Table 1's RL² settings and overrides).
+        rl2: also train and evaluate Table 1's learners on them (with its overrides).
     """
 
     enabled: bool = True
@@ -208,11 +184,13 @@ class TablesExperiment:
 
     Attributes:
         name: run directory under ``output.root``.
-        seed: master seed (baseline tuning streams); RL² uses ``rl2.algo.seed``.
-        workers: settings run in parallel processes.
-        threads: torch threads per worker.
+        seed: master seed (baseline tuning streams); RL² uses its ``algo.seed``.
+        workers: settings run at once (local worker processes, or Ray tasks).
+        threads: torch threads per setting.
+        executor: where settings run (``local`` processes or ``ray``).
         bandit, mdp, bayes_optimal, horizon: the parts.
-        eval: held-out protocol (the same tasks for every agent of a setting).
+        protocol: held-out tasks and evaluation seed (the same tasks for every agent of a setting;
+            ``tune_tasks`` is per part).
         output: where to write.
     """
 
@@ -220,11 +198,12 @@ class TablesExperiment:
     seed: int = 0
     workers: int = 2
     threads: int = 1
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     bandit: BanditTable = field(default_factory=BanditTable)
     mdp: MDPTable = field(default_factory=MDPTable)
     bayes_optimal: BayesOptimalStudy = field(default_factory=BayesOptimalStudy)
     horizon: HorizonStudy = field(default_factory=HorizonStudy)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -236,40 +215,59 @@ class TablesExperiment:
             bad = [list(s) for s in self.bayes_optimal.settings if not bayes_optimal_supported(*s)]
             if bad:
                 raise ValueError(f"bayes_optimal.settings {bad} are not supported by the exact DP (classic/agents/bayes_optimal.py)")
-
-
-def _check_overrides(stage: RL2StageConfig, overrides: dict[str, dict[str, Any]]) -> None:
-    for key, changes in overrides.items():
-        try:
-            replace(stage.algo, **changes)
-        except TypeError as err:
-            raise ValueError(f"rl2_overrides[{key!r}]: {err}") from None
-        except ValueError as err:
-            raise ValueError(f"rl2_overrides[{key!r}]: {err}") from None
-
-
-def rl2_for(stage: RL2StageConfig, overrides: dict[str, dict[str, Any]], keys: list[str]) -> RL2StageConfig:
-    """``stage`` with the overrides of ``keys`` (least specific first) applied to its algo."""
-    algo = stage.algo
-    for key in keys:
-        if key in overrides:
-            algo = replace(algo, **overrides[key])
-    return replace(stage, algo=algo)
+        for setting in plan_settings(self):  # a bad override fails now, naming its cell
+            setting.recipe
 
 
 # ---- settings ----------------------------------------------------------------------------------
 
 @dataclass
 class Setting:
-    """One cell/row: what a worker runs. ``kind`` is "bandit" or "mdp"."""
+    """One cell/row: a compare run. ``kind`` is "bandit" or "mdp"."""
 
     name: str
     kind: str
-    task: Any
-    rl2: RL2StageConfig
-    agents: list[str]
+    data: dict  # the compare recipe (a mapping), before ``overrides``
+    overrides: list[str]
     cost: float  # relative cost estimate, for longest-first scheduling
-    after: str | None = None  # a setting that must finish first (its policy is our RL² start)
+    after: str | None = None  # a setting that must finish first (its policy is our learners' start)
+
+    @property
+    def recipe(self) -> CompareExperiment:
+        """The setting's compare experiment.
+
+        Raises:
+            RecipeError: an override names no key of the cell's recipe (the message names it).
+        """
+        return from_dict(CompareExperiment, self.data, self.overrides, source=f"setting {self.name}")
+
+    @property
+    def task(self) -> Any:
+        return self.recipe.task
+
+    def has_learners(self) -> bool:
+        return bool(self.data["learners"])
+
+
+def _cell_overrides(overrides: dict[str, dict[str, Any]], keys: list[str]) -> list[str]:
+    out = []
+    for key in keys:
+        for dotted, value in overrides.get(key, {}).items():
+            out.append(f"{dotted}={json.dumps(value)}")
+    return out
+
+
+def _init_from(learners: list, path: Path) -> list[dict]:
+    """The learners' recipes, those with an ``init_from`` field starting from ``path``'s stage."""
+    out = []
+    for cfg in learners:
+        d = to_dict(cfg)
+        if "init_from" in d:
+            from classic.experiments.compare import stage_name
+
+            d["init_from"] = str(path / stage_name(cfg) / "policy.pt")
+        out.append(d)
+    return out
 
 
 def plan_settings(cfg: TablesExperiment) -> list[Setting]:
@@ -277,16 +275,31 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
     is one setting with the Bayes-optimal row added)."""
     out: dict[str, Setting] = {}
     b = cfg.bandit
+    root = Path(cfg.output.root) / cfg.name / "settings"
 
-    def bandit_setting(k: int, n: int, rl2_on: bool) -> Setting:
-        rl2 = rl2_for(b.rl2, b.rl2_overrides, [f"n{n}", f"k{k}", f"k{k}_n{n}"])
-        rl2 = replace(rl2, enabled=b.rl2.enabled and rl2_on)
-        after = None
-        if rl2.enabled and n in b.warm_start and k in b.num_arms:
-            after = f"bandit_k{k}_n{b.warm_start[n]}"
-            rl2 = replace(rl2, init_from=str(Path(cfg.output.root) / cfg.name / "settings" / after / "rl2" / "policy.pt"))
-        cost = (rl2.algo.total_env_steps(n) * (1 + k / 50) if rl2.enabled else 0.0) + 2e3 * n * k
-        return Setting(f"bandit_k{k}_n{n}", "bandit", BanditConfig(k, n), rl2, list(b.baselines.agents), cost, after)
+    def compare_data(name, task: dict, part, learners: list, after: str | None, tune_tasks: int) -> dict:
+        learners = _init_from(learners, root / after) if after else [to_dict(c) for c in learners]
+        return {"name": name, "seed": cfg.seed, "threads": cfg.threads, "task": task,
+                "protocol": {**to_dict(cfg.protocol), "tune_tasks": tune_tasks},
+                "baselines": [to_dict(c) for c in part.baselines], "learners": learners,
+                "output": {"root": str(root), "overwrite": False}}
+
+    def rl2_steps(data: dict, steps_per_trial: int) -> float:
+        from classic.algos.rl2_config import RL2Config
+
+        rl2 = [c for c in data["learners"] if c["name"] == "rl2"]
+        return sum(from_dict(RL2Config, c.get("algo", {})).total_env_steps(steps_per_trial) for c in rl2)
+
+    def bandit_setting(k: int, n: int, learners_on: bool) -> Setting:
+        name = f"bandit_k{k}_n{n}"
+        learners = b.learners if learners_on else []
+        after = f"bandit_k{k}_n{b.warm_start[n]}" if learners and n in b.warm_start and k in b.num_arms else None
+        data = compare_data(name, {"name": "bandit", "num_arms": k, "episodes_per_trial": n}, b, learners, after,
+                            b.tune_tasks)
+        overrides = _cell_overrides(b.overrides, [f"n{n}", f"k{k}", f"k{k}_n{n}"]) if learners else []
+        s = Setting(name, "bandit", data, overrides, 0.0, after)
+        s.cost = (rl2_steps(to_dict(s.recipe), n) * (1 + k / 50) if learners else 0.0) + 2e3 * n * k
+        return s
 
     if b.enabled:
         for k in b.num_arms:
@@ -296,53 +309,33 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
     if cfg.bayes_optimal.enabled:
         for k, n in cfg.bayes_optimal.settings:
             s = out.get(f"bandit_k{k}_n{n}") or bandit_setting(k, n, cfg.bayes_optimal.rl2)
-            if "Bayes-optimal" not in s.agents:
-                s.agents = s.agents + ["Bayes-optimal"]
+            if "Bayes-optimal" not in [c["name"] for c in s.data["baselines"]]:
+                s.data["baselines"] = s.data["baselines"] + [{"name": "Bayes-optimal"}]
             out[s.name] = s
     m = cfg.mdp
     if m.enabled:
         for n in m.episodes_per_trial:
-            task = TabularMDPConfig(m.num_states, m.num_actions, m.episode_length, n)
-            rl2 = rl2_for(m.rl2, m.rl2_overrides, [f"n{n}"])
-            after = None
-            if rl2.enabled and n in m.warm_start:
-                after = f"mdp_n{m.warm_start[n]}"
-                rl2 = replace(rl2, init_from=str(Path(cfg.output.root) / cfg.name / "settings" / after / "rl2" / "policy.pt"))
-            cost = (rl2.algo.total_env_steps(n * m.episode_length) * 1.5 if rl2.enabled else 0.0) + 5e4 * n
-            out[f"mdp_n{n}"] = Setting(f"mdp_n{n}", "mdp", task, rl2, list(m.agents), cost, after)
+            name = f"mdp_n{n}"
+            after = f"mdp_n{m.warm_start[n]}" if m.learners and n in m.warm_start else None
+            task = {"name": "tabular_mdp", "num_states": m.num_states, "num_actions": m.num_actions,
+                    "episode_length": m.episode_length, "episodes_per_trial": n}
+            s = Setting(name, "mdp", compare_data(name, task, m, m.learners, after, m.tune_tasks),
+                        _cell_overrides(m.overrides, [f"n{n}"]), 0.0, after)
+            s.cost = rl2_steps(to_dict(s.recipe), n * m.episode_length) * 1.5 + 5e4 * n
+            out[name] = s
     return sorted(out.values(), key=lambda s: -s.cost)
 
 
 def _fingerprint(cfg: TablesExperiment, setting: Setting) -> dict:
-    """What a finished setting was run with; a warm-started setting includes its source's
-    fingerprint, so that retraining the source reruns the settings that start from it."""
-    part = cfg.bandit.baselines if setting.kind == "bandit" else replace(cfg.mdp, episodes_per_trial=[], rl2_overrides={}, warm_start={})
-    out = json.loads(json.dumps({
-        "kind": setting.kind, "task": _without_name(to_dict(setting.task)), "agents": setting.agents, "rl2": to_dict(setting.rl2),
-        "baselines": to_dict(part), "eval": to_dict(cfg.eval), "seed": cfg.seed,
-    }, default=str))
+    """What a finished setting was run with (its resolved compare recipe, without name, threads and
+    output); a warm-started setting includes its source's fingerprint, so that retraining the
+    source reruns the settings that start from it."""
+    out = {k: v for k, v in to_dict(setting.recipe).items() if k not in ("name", "threads", "output")}
+    out = json.loads(json.dumps(out, default=str))
     if setting.after is not None:
         source = {s.name: s for s in plan_settings(cfg)}.get(setting.after)
         if source is not None:
             out["warm_start_source"] = _fingerprint(cfg, source)
-    return out
-
-
-def _without_name(task: dict) -> dict:
-    """The task's settings without its registry name (fingerprints written before tasks had one
-    stay valid)."""
-    return {k: v for k, v in task.items() if k != "name"}
-
-
-RL2_OUTPUTS = ("rl2", "metrics.jsonl", "tensorboard")  # what a setting keeps when only its evaluation changed
-
-
-def _rl2_part(fingerprint: dict) -> dict:
-    """The part of a fingerprint that RL² training depends on: the task, the RL² stage, the seed
-    and, recursively, the same part of the warm-start source."""
-    out = {k: fingerprint.get(k) for k in ("kind", "task", "rl2", "seed")}
-    if isinstance(fingerprint.get("warm_start_source"), dict):
-        out["warm_start_source"] = _rl2_part(fingerprint["warm_start_source"])
     return out
 
 
@@ -357,118 +350,36 @@ def _same_setting(stored: Any, current: Any) -> bool:
     return stored == current
 
 
-def run_setting(cfg: TablesExperiment, setting: Setting, settings_root: str) -> dict:
-    """Run one setting in this process (a worker); returns ``{"name", "reused", "wall_time_s"}``."""
+def run_setting(cfg: TablesExperiment, setting: Setting) -> dict:
+    """Run one setting in this process (a worker); returns ``{"name", "reused", "wall_time_s"}``.
+    A setting whose recipe is unchanged and finished is reused as it is; otherwise its compare run
+    reuses each learner stage whose own fingerprint still matches."""
     set_threads(cfg.threads)
-    run_dir = Path(settings_root) / setting.name
+    sub = setting.recipe
+    run_dir = Path(sub.output.root) / sub.name
     marker = run_dir / "setting.json"
     fingerprint = _fingerprint(cfg, setting)
     if marker.exists() and (run_dir / "results.json").exists():
-        stored = json.loads(marker.read_text())
-        if _same_setting(stored, fingerprint):
+        if _same_setting(json.loads(marker.read_text()), fingerprint):
             return {"name": setting.name, "reused": True, "wall_time_s": load_results_json(run_dir / "results.json").get("wall_time_s")}
-        # The recipe changed for this setting: redo it, keeping a trained policy it still fits.
-        keep = RL2_OUTPUTS if setting.rl2.enabled and _same_setting(_rl2_part(stored), _rl2_part(fingerprint)) else ()
-        for path in run_dir.iterdir():
-            if path.name in keep:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-    elif marker.exists():
+    if marker.exists():
         marker.unlink()
-    if setting.rl2.enabled:  # this function decided above whether the RL² folder still fits
-        adopt_stage(run_dir / "rl2", rl2_fingerprint(setting.task, setting.rl2))
     start = time.perf_counter()
-    if setting.kind == "bandit":
-        sub = ClassicExperiment(
-            name=setting.name, seed=cfg.seed, threads=cfg.threads, task=setting.task,
-            baselines=replace(cfg.bandit.baselines, agents=setting.agents), rl2=setting.rl2,
-            eval=cfg.eval, output=OutputConfig(root=str(settings_root)),
-        )
-        run_classic(sub, progress=False)
-    else:
-        run_mdp_setting(cfg, setting, run_dir)
+    run_compare(sub, progress=False)
     write_atomic(marker, json.dumps(fingerprint, indent=1) + "\n")
     return {"name": setting.name, "reused": False, "wall_time_s": time.perf_counter() - start}
-
-
-def tune_mdp_baselines(task: TabularMDPConfig, spec: MDPTable, seed: int = 0) -> tuple[dict, dict]:
-    """Grid-search each MDP baseline's hyperparameter on training tasks (never the held-out ones).
-
-    Returns:
-        ``(params, grid)``: agent -> {hyperparameter: chosen value}, and agent ->
-        {value: mean total reward on the training tasks}.
-    """
-    from classic.agents.mdp import MDP_TUNING_GRIDS, make_mdp_baseline
-
-    params = {name: dict(spec.params.get(name, {})) for name in spec.agents}
-    grid: dict[str, dict[str, float]] = {}
-    if not spec.tune:
-        return params, grid
-    dist = task.make()
-    g = torch.Generator().manual_seed(TUNE_SEED_BASE + seed)
-    tasks = dist.sample_tasks(spec.tune_tasks, g)
-    for name in spec.agents:
-        if name not in MDP_TUNING_GRIDS:
-            continue
-        key, values = MDP_TUNING_GRIDS[name]
-        values = spec.grids.get(name, values)
-        scores = {}
-        for v in values:
-            agent = make_mdp_baseline(name, task.num_states, task.num_actions, task.episode_length, **{**params[name], key: v})
-            res = run_trials(agent, dist, tasks=tasks, episodes_per_trial=task.episodes_per_trial, seed=TUNE_SEED_BASE + seed)
-            scores[str(v)] = float(res.total_reward.mean())
-        params[name][key] = max(values, key=lambda v: scores[str(v)])
-        grid[name] = scores
-    return params, grid
-
-
-def run_mdp_setting(cfg: TablesExperiment, setting: Setting, run_dir: Path) -> None:
-    """A Table 2 row: tune and evaluate the MDP baselines, train and evaluate RL², write the report."""
-    from classic.agents.mdp import make_mdp_baseline
-
-    start = time.perf_counter()
-    task: TabularMDPConfig = setting.task
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(task, run_dir / "config.yaml")
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    params, grid = tune_mdp_baselines(task, cfg.mdp, cfg.seed)
-    times["tune baselines"] = time.perf_counter() - t
-    dist, ev, n = task.make(), cfg.eval, task.episodes_per_trial
-    t = time.perf_counter()
-    results = {}
-    for name in setting.agents:
-        agent = make_mdp_baseline(name, task.num_states, task.num_actions, task.episode_length, **params.get(name, {}))
-        results[name] = run_trials(agent, dist, ev.num_tasks, n, seed=ev.seed, batch_size=ev.batch_size)
-    times["evaluate baselines"] = time.perf_counter() - t
-    chosen = {name: p for name, p in params.items() if p}
-    notes = [f"Hyperparameters {chosen}" + (" (tuned on training tasks)" if cfg.mdp.tune else " (set in the recipe)")]
-    if setting.rl2.enabled:
-        t = time.perf_counter()
-        with MetricsLogger(run_dir) as logger:
-            policy = rl2_stage(task, setting.rl2, run_dir, logger, progress=False)
-        times["train RL²"] = time.perf_counter() - t
-        t = time.perf_counter()
-        results["RL²"] = run_trials(RL2Agent(policy, greedy=setting.rl2.greedy_eval), dist, ev.num_tasks, n, seed=ev.seed, batch_size=ev.batch_size)
-        times["evaluate RL²"] = time.perf_counter() - t
-        notes.append("RL² = GRU policy trained with PPO + GAE (the paper used TRPO).")
-    write_report(run_dir, setting.name, task, results, times, notes, {"baseline_params": params, "tuning_grid": grid},
-                 paper_reference(task), wall_time=time.perf_counter() - start)
 
 
 # ---- the run ---------------------------------------------------------------------------------
 
 def run_tables(cfg: TablesExperiment, progress: bool = True) -> Path:
-    """Run every setting (in parallel workers), then the studies, then write the tables."""
+    """Run every setting through the executor (in waves: a warm-started setting after its source),
+    then the studies, then write the tables."""
     start = time.perf_counter()
     run_dir = prepare_run_dir(cfg.name, cfg.output)
     save_resolved(cfg, run_dir / "config.yaml", kind="tables")
     settings = plan_settings(cfg)
-    root = run_dir / "settings"
-    root.mkdir(exist_ok=True)
+    (run_dir / "settings").mkdir(exist_ok=True)
     done: dict[str, dict] = {}
 
     def report_done(info: dict) -> None:
@@ -477,24 +388,19 @@ def run_tables(cfg: TablesExperiment, progress: bool = True) -> Path:
             how = "reused" if info["reused"] else f"{(info['wall_time_s'] or 0) / 60:.1f} min"
             print(f"[{len(done)}/{len(settings)}] {info['name']} ({how})", flush=True)
 
-    # Waves by warm-start depth: a setting that starts from another's policy runs after it.
     by_name = {s.name: s for s in settings}
 
     def depth(s: Setting) -> int:
         return 0 if s.after is None or s.after not in by_name else 1 + depth(by_name[s.after])
 
     waves = [[s for s in settings if depth(s) == d] for d in range(max(map(depth, settings), default=0) + 1)]
-    if cfg.workers > 1 and len(settings) > 1:
-        with worker_pool(min(cfg.workers, len(settings))) as pool:
-            for wave in waves:
-                futures = [pool.submit(run_setting, cfg, s, str(root)) for s in wave]
-                for f in futures:
-                    report_done(f.result())
-    else:
-        for s in [s for wave in waves for s in wave]:
-            report_done(run_setting(cfg, s, str(root)))
+    with make_executor(cfg.executor, min(cfg.workers, max(len(settings), 1)), cfg.threads) as executor:
+        for wave in waves:
+            for info in executor.map(run_setting, [(cfg, s) for s in wave]):
+                report_done(info)
     set_threads(cfg.workers * cfg.threads)
     t = time.perf_counter()
+    root = run_dir / "settings"
     horizon = horizon_study(cfg, root) if cfg.horizon.enabled else {}
     horizon_time = time.perf_counter() - t
     write_tables_report(cfg, run_dir, settings, done, horizon, horizon_time, time.perf_counter() - start)
@@ -516,29 +422,39 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
     """
     out = {}
     parts = []
-    if cfg.bandit.enabled and cfg.bandit.rl2.enabled and cfg.horizon.bandit_num_arms in cfg.bandit.num_arms:
+    b_rl2, m_rl2 = _rl2_of(cfg.bandit), _rl2_of(cfg.mdp)
+    if cfg.bandit.enabled and b_rl2 is not None and cfg.horizon.bandit_num_arms in cfg.bandit.num_arms:
         k = cfg.horizon.bandit_num_arms
-        parts.append(("bandit", sorted(cfg.bandit.episodes_per_trial), lambda n: f"bandit_k{k}_n{n}", lambda n: BanditConfig(k, n), ("Gittins", "UCB1"), cfg.bandit.rl2.greedy_eval))
-    if cfg.horizon.mdp and cfg.mdp.enabled and cfg.mdp.rl2.enabled:
+        bandit = TASKS.get("bandit")
+        parts.append(("bandit", sorted(cfg.bandit.episodes_per_trial), lambda n: f"bandit_k{k}_n{n}",
+                      lambda n: bandit(num_arms=k, episodes_per_trial=n), ("Gittins", "UCB1"), b_rl2))
+    if cfg.horizon.mdp and cfg.mdp.enabled and m_rl2 is not None:
         m = cfg.mdp
-        parts.append(("mdp", sorted(m.episodes_per_trial), lambda n: f"mdp_n{n}", lambda n: TabularMDPConfig(m.num_states, m.num_actions, m.episode_length, n), ("PSRL", "OPSRL"), m.rl2.greedy_eval))
-    for label, ns, name_of, task_of, ref_agents, greedy in parts:
+        mdp = TASKS.get("tabular_mdp")
+        parts.append(("mdp", sorted(m.episodes_per_trial), lambda n: f"mdp_n{n}",
+                      lambda n: mdp(num_states=m.num_states, num_actions=m.num_actions, episode_length=m.episode_length,
+                                    episodes_per_trial=n), ("PSRL", "OPSRL"), m_rl2))
+    protocol = cfg.protocol
+    for label, ns, name_of, task_of, ref_agents, rl2 in parts:
+        from classic.experiments.compare import stage_name
+
+        rl2_name, greedy = rl2.display_name, rl2.greedy_eval
         table: dict[str, dict[str, dict]] = {}
         for n_train in ns:
-            path = root / name_of(n_train) / "rl2" / "policy.pt"
+            path = root / name_of(n_train) / stage_name(rl2) / "policy.pt"
             if not path.exists():
                 continue
             policy = RL2Policy.load(path)
             row = {}
             for n_test in ns:
                 doc = _load(root, name_of(n_test))
-                if n_test == n_train and doc and "RL²" in doc["agents"]:
-                    row[str(n_test)] = _strip(doc["agents"]["RL²"])
+                if n_test == n_train and doc and rl2_name in doc["agents"]:
+                    row[str(n_test)] = _strip(doc["agents"][rl2_name])
                     continue
                 task = task_of(n_test)
                 dist = task.make()
-                tasks = sample_eval_tasks(dist, cfg.eval.num_tasks, cfg.eval.seed)
-                res = run_trials(RL2Agent(policy, greedy=greedy), dist, tasks=tasks, episodes_per_trial=n_test, seed=cfg.eval.seed)
+                tasks = sample_eval_tasks(dist, protocol.num_tasks, protocol.seed)
+                res = run_trials(RL2Agent(policy, greedy=greedy), dist, tasks=tasks, episodes_per_trial=n_test, seed=protocol.seed)
                 row[str(n_test)] = _strip(res.summary())
             table[str(n_train)] = row
         reference = {}
@@ -556,15 +472,26 @@ def _warm_starts(cfg: TablesExperiment, label: str, name_of) -> dict[str, str]:
     out = {}
     for n, source in (cfg.bandit if label == "bandit" else cfg.mdp).warm_start.items():
         setting = planned.get(name_of(n))
-        if setting is None:
+        rl2 = [c for c in setting.recipe.learners if c.name == "rl2"] if setting is not None else []
+        if not rl2:
             continue
-        its = setting.rl2.algo.num_iterations
+        its = rl2[0].algo.num_iterations
         out[str(n)] = f"the n={source} policy as is" if its == 0 else f"the n={source} policy fine-tuned for {its} iterations"
     return out
 
 
 def _strip(summary: dict) -> dict:
     return {k: summary[k] for k in ("total_reward", "regret", "num_tasks") if k in summary}
+
+
+def _rl2_of(part) -> Any:
+    """The part's RL² learner config (the first ``rl2`` among its learners), or None."""
+    return next((c for c in part.learners if c.name == "rl2"), None)
+
+
+def _columns(part) -> list[str]:
+    """A table's columns: the agents the part names (Bayes-optimal, added by its study, is not one)."""
+    return [c.display_name for c in part.baselines] + [c.display_name for c in part.learners]
 
 
 def _setting_label(setting: Setting) -> str:
@@ -579,16 +506,16 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
     paper = json.loads(REFERENCE_PATH.read_text()) if REFERENCE_PATH.exists() else {}
     lines = [f"# {cfg.name}: RL² (Duan et al. 2016, arXiv 1611.02779) Tables 1 and 2, reproduced", ""]
     lines += [
-        f"Mean total reward per trial ± 95% CI over {cfg.eval.num_tasks} held-out tasks (eval seed {cfg.eval.seed}); "
+        f"Mean total reward per trial ± 95% CI over {cfg.protocol.num_tasks} held-out tasks (eval seed {cfg.protocol.seed}); "
         "the paper's number in parentheses; † marks a cell that differs from the paper by more than our CI "
         "(plus 0.05 for the paper's rounding). Baselines' hyperparameters are tuned on training tasks "
         "(values in each setting's results.json). RL² is trained per setting by this project (GRU + PPO; the paper used TRPO).",
         "",
     ]
-    out: dict[str, Any] = {"source": paper.get("source"), "eval": to_dict(cfg.eval)}
+    out: dict[str, Any] = {"source": paper.get("source"), "protocol": to_dict(cfg.protocol)}
     deviations: list[str] = []
-    for part, kind, columns, cells_key in (("Table 1: Bernoulli bandits", "bandit", TABLE1_COLUMNS, "table1"),
-                                           ("Table 2: random tabular MDPs", "mdp", TABLE2_COLUMNS, "table2")):
+    for part, kind, columns, cells_key in (("Table 1: Bernoulli bandits", "bandit", _columns(cfg.bandit), "table1"),
+                                           ("Table 2: random tabular MDPs", "mdp", _columns(cfg.mdp), "table2")):
         rows, refs, table_json = {}, {}, {}
         enabled = cfg.bandit.enabled if kind == "bandit" else cfg.mdp.enabled
         if not enabled:
@@ -601,14 +528,11 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
                 continue
             label = _setting_label(s)
             rows[label] = doc["agents"]
-            ref_key = f"k{s.task.num_arms}_n{s.task.episodes_per_trial}" if kind == "bandit" else f"n{s.task.episodes_per_trial}"
-            ref = paper.get(cells_key, {}).get("cells", {}).get(ref_key, {}) if (kind == "bandit" or _paper_mdp(cfg)) else {}
-            refs[label] = {ours: ref[theirs] for theirs, ours in columns if theirs in ref}
+            refs[label] = {a: v for a, v in paper_reference(s.task).items() if a in columns}
             table_json[s.name] = {"task": doc["task"], "agents": {a: _strip(v) for a, v in doc["agents"].items()},
                                   "paper": refs[label], "baseline_params": _params_without_grid(doc.get("baseline_params")),
                                   "wall_time_s": doc.get("wall_time_s")}
-        names = [ours for _, ours in columns]
-        text, dev = comparison_table(rows, names, refs)
+        text, dev = comparison_table(rows, columns, refs)
         deviations += [f"{part.split(':')[0]} · {d}" for d in dev]
         lines += [f"## {part}", "", text, ""]
         lines += ["Regret plots: " + ", ".join(f"[{_setting_label(s)}](settings/{s.name}/regret.png)" for s in grid_settings if docs.get(s.name)), ""]
@@ -624,12 +548,12 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
     lines += horizon_section(horizon)
     out["horizon_generalization"] = horizon
     lines += ["## Wall time", "", f"{cfg.workers} worker process(es) x {cfg.threads} torch thread(s).", "",
-              "| setting | minutes | RL² training (min) |", "|---|---:|---:|"]
+              "| setting | minutes | learners' training (min) |", "|---|---:|---:|"]
     times = {}
-    for s in sorted(settings, key=lambda s: (s.kind, getattr(s.task, 'num_arms', 0), s.task.episodes_per_trial)):
+    for s in sorted(settings, key=lambda s: (s.kind, getattr(s.task, "num_arms", 0), s.task.episodes_per_trial)):
         doc = docs.get(s.name) or {}
         secs = doc.get("wall_time_s")
-        rl2_secs = (doc.get("stage_times_s") or {}).get("train RL²")
+        rl2_secs = sum(v for k, v in (doc.get("stage_times_s") or {}).items() if k.startswith("train "))
         times[s.name] = {"wall_time_s": secs, "train_rl2_s": rl2_secs, "reused_this_run": done.get(s.name, {}).get("reused")}
         lines.append(f"| {s.name} | {secs / 60:.1f} | {rl2_secs / 60 if rl2_secs else 0:.1f} |" if secs else f"| {s.name} | — | — |")
     lines += [f"| horizon study (evaluation only) | {horizon_time / 60:.1f} | |", f"| **total (wall clock, this run)** | **{wall / 60:.1f}** | |", ""]
@@ -641,32 +565,39 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
 
 def protocol_differences(cfg: TablesExperiment) -> list[str]:
     """What this project's baselines do differently from the paper's (for the report)."""
-    a = cfg.bandit.baselines.prior_count
-    init = prior_count_note(a) + ("" if a > 0 else " The paper started UCB1's statistics at one success and one "
-                                                   "failure (`bandit.baselines.prior_count: 1`).")
-    b = cfg.bandit.baselines
-    reshaped = b.ots_reshape != 1.0 or (b.tune and any(r != 1.0 for r in b.ots_reshape_grid))
-    ots = ("OTS: the paper names it without its settings; ours scores max(K posterior draws, mean) with draws from the "
-           "posterior reshaped to Beta(a/ρ, b/ρ) (Chapelle & Li 2011, Sec. 4)"
-           + (", K and ρ tuned jointly on training tasks; ρ < 1 explores less, and the tuned OTS scores near Gittins, "
-              "far above the paper's OTS." if reshaped else
-              " at ρ = 1, the exact posterior, K tuned on training tasks; it scores below the paper's OTS, and with ρ "
-              "tuned too (`bandit.baselines.ots_reshape_grid`) near Gittins, far above it."))
-    return [
+    by_name = {c.name: c for c in cfg.bandit.baselines}
+    out = [
         "Gittins: ours is the exact finite-horizon index, Bayes-optimal to within the CI wherever the exact optimum is "
         "computable (see the gap table); the paper describes its Gittins baseline as the infinite-horizon discounted "
         "index, used although the trials are finite, so ours scores higher, most at n=500.",
-        init,
-        ots,
+    ]
+    if "UCB1" in by_name:
+        a = by_name["UCB1"].prior_count
+        out.append(prior_count_note(a) + ("" if a > 0 else " The paper started UCB1's statistics at one success and "
+                                                            "one failure (`prior_count: 1` on UCB1, Greedy, ε-greedy)."))
+    if "OTS" in by_name:
+        ots = by_name["OTS"]
+        grid = ots.tuning_grid(TASKS.get("bandit")().make())
+        reshaped = ots.reshape != 1.0 or any(r != 1.0 for r in grid.get("reshape", []))
+        out.append("OTS: the paper names it without its settings; ours scores max(K posterior draws, mean) with draws "
+                   "from the posterior reshaped to Beta(a/ρ, b/ρ) (Chapelle & Li 2011, Sec. 4)"
+                   + (", K and ρ tuned jointly on training tasks; ρ < 1 explores less, and the tuned OTS scores near "
+                      "Gittins, far above the paper's OTS." if reshaped else
+                      " at ρ = 1, the exact posterior, K tuned on training tasks; it scores below the paper's OTS, and "
+                      "with ρ tuned too (`grid: {num_samples: [...], reshape: [1, 0.5, 0.25]}`) near Gittins, far above it."))
+    return out + [
         "MDP Greedy and ε-greedy plan in the posterior-mean MDP of the task prior (an untried action keeps the prior "
         "mean reward 1, so they explore); the paper's MAP-based versions scored lower.",
         "RL²: PPO with a budget of minutes on CPU; the paper trained with TRPO on batches of about 250k steps.",
     ]
 
 
-def _paper_mdp(cfg: TablesExperiment) -> bool:
-    m = cfg.mdp
-    return (m.num_states, m.num_actions, m.episode_length) == (10, 5, 10)
+def prior_count_note(prior_count: float) -> str:
+    """How UCB1, Greedy and ε-greedy start their arm statistics (for reports)."""
+    if prior_count > 0:
+        return (f"UCB1, epsilon-greedy and Greedy start every arm's statistics at {prior_count:g} success(es) and "
+                f"{prior_count:g} failure(s) (Beta({prior_count:g}, {prior_count:g}); the paper's initialization).")
+    return "UCB1, epsilon-greedy and Greedy pull every arm once before using its empirical mean."
 
 
 def _params_without_grid(params: dict | None) -> dict | None:
@@ -735,5 +666,5 @@ def horizon_section(horizon: dict) -> list[str]:
 
 __all__ = [
     "BanditTable", "BayesOptimalStudy", "HorizonStudy", "MDPTable", "Setting", "TablesExperiment",
-    "horizon_study", "plan_settings", "rl2_for", "run_setting", "run_tables", "tune_mdp_baselines",
+    "horizon_study", "plan_settings", "run_setting", "run_tables",
 ]

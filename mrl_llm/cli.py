@@ -1,11 +1,10 @@
 """``mrl`` command line: ``mrl run RECIPE [--set key.sub=value ...] [--dry-run]``.
 
-A recipe's top-level ``kind`` picks the experiment: ``compare`` (any task distribution, baselines
-and learners by registry name, :class:`classic.experiments.compare.CompareExperiment`),
-``classic`` (the former bandit experiment, :class:`classic.experiment.ClassicExperiment`), ``tables`` (RL² Tables 1 and 2 in
-full, :class:`classic.tables.TablesExperiment`), ``mrt`` (outcome-GRPO vs MRT on reasoning
-problems, :class:`mrl_llm.mrt_experiment.MRTExperiment`) or ``llm`` (the default; classic
-agents plus the LLM agent, :class:`mrl_llm.experiment.LLMExperiment`).
+A recipe's top-level ``kind`` picks the experiment: ``compare`` (the default: any task
+distribution, baselines and learners, the LLM among them, by registry name,
+:class:`classic.experiments.compare.CompareExperiment`), ``tables`` (RL² Tables 1 and 2 in
+full, a sweep of compare runs, :class:`classic.tables.TablesExperiment`) or ``mrt``
+(outcome-GRPO vs MRT on reasoning problems, :class:`mrl_llm.mrt_experiment.MRTExperiment`).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from classic.config import RecipeError, load_recipe, load_yaml, peek_kind, to_dict
 from classic.files import RunFolderError, check_run_name
@@ -45,14 +45,6 @@ def _load_experiment(path: str, overrides=()):
         from classic.experiments.compare import CompareExperiment
 
         return kind, load_recipe(CompareExperiment, path, overrides)
-    if kind == "classic":
-        from classic.experiment import ClassicExperiment
-
-        return kind, load_recipe(ClassicExperiment, path, overrides)
-    if kind == "llm":
-        from mrl_llm.experiment import LLMExperiment
-
-        return kind, load_recipe(LLMExperiment, path, overrides)
     if kind == "tables":
         from classic.tables import TablesExperiment
 
@@ -61,7 +53,7 @@ def _load_experiment(path: str, overrides=()):
         from mrl_llm.mrt_experiment import MRTExperiment
 
         return kind, load_recipe(MRTExperiment, path, overrides)
-    raise RecipeError(f"{path}: unknown kind {kind!r} (known: compare, classic, llm, mrt, tables)")
+    raise RecipeError(f"{path}: unknown kind {kind!r} (known: compare, mrt, tables)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,12 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"# {args.recipe} (kind: {kind}) resolves to:")
         print(json.dumps(to_dict(cfg), indent=2, default=str))
-        if kind in ("llm", "mrt"):
-            from mrl_llm.experiment import dry_run
+        if kind == "compare":
+            from classic.experiments.compare import stage_name
+
+            run_dir = Path(cfg.output.root) / cfg.name
+            described = {c.display_name: c.learner().dry_run(c, cfg.task, cfg.protocol_for_task(), run_dir / stage_name(c))
+                         for c in cfg.learners}
+            described = {k: v for k, v in described.items() if v is not None}
+            if described:
+                print("# trainer arguments (no weights loaded):")
+                print(json.dumps(described, indent=2, default=str))
+        if kind == "mrt":
             from mrl_llm.mrt_experiment import dry_run as mrt_dry_run
 
             print("# trainer arguments (no weights loaded):")
-            (mrt_dry_run if kind == "mrt" else dry_run)(cfg)
+            mrt_dry_run(cfg)
         return 0
     try:
         print(_run(kind, cfg))
@@ -99,21 +100,13 @@ def _run(kind: str, cfg) -> str:
         from classic.experiments.compare import run_compare
 
         return f"wrote {run_compare(cfg)}/report.md, adaptation.png, results.json"
-    if kind == "classic":
-        from classic.experiment import run_classic
-
-        return f"wrote {run_classic(cfg)}/report.md, regret.png, results.json"
     if kind == "mrt":
         from mrl_llm.mrt_experiment import run_mrt
 
         return f"wrote {run_mrt(cfg)}/report.md, accuracy_vs_tokens.png, results.json"
-    if kind == "tables":
-        from classic.tables import run_tables
+    from classic.tables import run_tables
 
-        return f"wrote {run_tables(cfg)}/report.md, results.json and settings/*/ (report.md, regret.png, results.json each)"
-    from mrl_llm.experiment import run_llm
-
-    return f"wrote {run_llm(cfg)}/report.md, regret.png, results.json"
+    return f"wrote {run_tables(cfg)}/report.md, results.json and settings/*/ (report.md, regret.png, results.json each)"
 
 
 if __name__ == "__main__":

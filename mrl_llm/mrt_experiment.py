@@ -34,7 +34,8 @@ from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
 from classic.files import canonical, save_figure, write_atomic
 from classic.workers import in_fresh_process, worker_pool
-from classic.experiment import OutputConfig, prepare_run_dir, set_threads
+from classic.files import OutputConfig, prepare_run_dir
+from classic.workers import set_threads
 from classic.metrics import MetricsLogger
 from mrl_llm.envs.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
 from mrl_llm.evaluate_reasoning import ReasoningEvalConfig, evaluate_reasoning, mean_ci, tokens_to_reach
@@ -291,7 +292,7 @@ def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Pa
         return final
     if cfg.task.kind != "search":
         raise ValueError("sft.enabled warm-starts on generated search traces; set sft.enabled: false for task.kind 'math'")
-    from mrl_llm.experiment import MetricsCallback
+    from mrl_llm.train.stages import MetricsCallback
 
     model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seeds[0], training=True)
     data = sft_dataset(cfg.task.search, cfg.sft.num_trials, SFT_SEED + cfg.sft.seed, tok)
@@ -303,7 +304,7 @@ def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Pa
 
 def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None, run_dir: Path, logger: MetricsLogger) -> Path:
     """Train one method from the start policy; returns its final directory (reused if present)."""
-    from mrl_llm.experiment import MetricsCallback
+    from mrl_llm.train.stages import MetricsCallback
 
     out = run_dir / f"{method}_s{seed}"
     open_stage_on_every_rank(out, run_fingerprint(cfg, method, seed))

@@ -220,20 +220,22 @@ def test_reshaped_ots_score_matches_numerical_integration(num_samples, reshape):
 
 def test_ots_tuning_searches_samples_and_reshaping_jointly_on_training_tasks():
     from classic.envs.bandit import BanditConfig
-    from classic.experiment import BaselinesConfig, tune_baselines
+    from classic.experiments.compare import tune_baseline
+    from classic.registry import AGENTS
+    from classic import seeding
 
-    cfg = BaselinesConfig(agents=["OTS"], tune_tasks=300, ots_samples_grid=[1, 2], ots_reshape_grid=[1.0, 0.1])
-    params = tune_baselines(BanditConfig(num_arms=5, episodes_per_trial=10), cfg)
-    grid = params["grid"]["OTS"]
-    assert set(grid) == {"ots_samples=1,ots_reshape=1.0", "ots_samples=1,ots_reshape=0.1",
-                         "ots_samples=2,ots_reshape=1.0", "ots_samples=2,ots_reshape=0.1"}
-    best = max(grid, key=grid.get)
-    assert best == f"ots_samples={params['ots_samples']},ots_reshape={params['ots_reshape']}"
+    ots = AGENTS.get("OTS")(grid={"num_samples": [1, 2], "reshape": [1.0, 0.1]})
+    dist = BanditConfig(num_arms=5, episodes_per_trial=10).make()
+    tasks = dist.sample_tasks(300, seeding.generator("tune", 0))
+    best, grid = tune_baseline(ots, dist, 10, tasks, seed=0)
+    assert set(grid) == {"num_samples=1,reshape=1.0", "num_samples=1,reshape=0.1",
+                         "num_samples=2,reshape=1.0", "num_samples=2,reshape=0.1"}
+    assert max(grid, key=grid.get) == f"num_samples={best.num_samples},reshape={best.reshape}"
     # At n = 10 pulls, exploiting pays: the sharper posterior must win (closed-form intuition, and
     # 6.7 vs 6.0 mean reward measured on 1000 tasks).
-    assert params["ots_reshape"] == 0.1
-    with pytest.raises(ValueError, match="ots_reshape"):
-        BaselinesConfig(ots_reshape_grid=[0.0])
+    assert best.reshape == 0.1
+    with pytest.raises(ValueError, match="reshape"):
+        AGENTS.get("OTS")(reshape=0.0)
 
 
 def test_ots_and_ts_prior_validation():

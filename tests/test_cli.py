@@ -22,10 +22,11 @@ def test_shipped_recipes_dry_run(recipe, capsys):
 def test_qwen_recipe_builds_chat_lora_vllm_arguments(capsys):
     assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_qwen.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])
+    summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])["LLM"]
     assert summary["chat"] is True and summary["lora"]["r"] == 16
     assert summary["grpo"]["use_vllm"] is True and summary["grpo"]["vllm_mode"] == "colocate"
     assert summary["model"].startswith("Qwen/Qwen2.5")
+    assert summary["teacher"]["name"] == "Thompson sampling" and "Arm: N" in summary["prompt"][0]["content"]
 
 
 @pytest.mark.parametrize("name, model", [("mrt_r1_distill_1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
@@ -47,33 +48,40 @@ def test_gpu_mrt_recipes_carry_the_papers_settings(name, model, capsys):
 
 def test_malformed_recipe_names_key_and_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("kind: llm\ntask:\n  num_arms: 5\n  episodes: 100\n")
+    bad.write_text("kind: compare\ntask:\n  name: bandit\n  num_arms: 5\n  episodes: 100\n")
     assert main(["run", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "task.episodes" in err
-    bad.write_text("kind: llm\ngrpo:\n  num_generations: one\n")
+    bad.write_text("kind: compare\nlearners:\n  - name: llm\n    grpo:\n      num_generations: one\n")
     assert main(["run", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "bad.yaml" in err and "grpo.num_generations" in err
-    bad.write_text("kind: llm\ngrpo:\n  num_generations: 1\n")
+    assert "bad.yaml" in err and "learners[0].grpo.num_generations" in err
+    bad.write_text("kind: compare\nlearners:\n  - name: llm\n    grpo:\n      num_generations: 1\n")
     assert main(["run", str(bad)]) == 2
     assert "num_generations must be >= 2" in capsys.readouterr().err
-    assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", "sft.lr=1"]) == 2
+    assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", "learners.llm.sft.lr=1"]) == 2
     assert "sft.lr" in capsys.readouterr().err
+    assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", "learners.llm.teacher.name=UBC1"]) == 2
+    assert "did you mean 'UCB1'" in capsys.readouterr().err
 
 
 def test_overrides_apply(tmp_path):
-    kind, cfg = load_experiment(str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), ["grpo.max_steps=7", "task.num_arms=3"])
-    assert kind == "llm" and cfg.grpo.max_steps == 7 and cfg.task.num_arms == 3
+    kind, cfg = load_experiment(str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"),
+                                ["learners.llm.grpo.max_steps=7", "task.num_arms=3", "learners.llm.teacher={name: UCB1, c: 0.3}"])
+    llm = cfg.learners[1]
+    assert kind == "compare" and llm.grpo.max_steps == 7 and cfg.task.num_arms == 3
+    assert llm.teacher.name == "UCB1" and llm.teacher.c == 0.3
 
 
 TINY = [
-    "task.episodes_per_trial=8", "task.num_arms=3", "baselines.tune_tasks=50", "baselines.agents=[Random,UCB1,Thompson sampling]",
-    "rl2.algo.num_iterations=2", "rl2.algo.num_trials_per_batch=16",
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.num_heads=2", "model.tiny.intermediate_size=64",
-    "sft.num_trials=32", "sft.num_train_epochs=1", "sft.per_device_train_batch_size=16",
-    "grpo.max_steps=2", "grpo.num_generations=2", "grpo.tasks_per_step=2", "grpo.save_steps=1",
-    "eval.num_tasks=20", "eval.llm_batch_size=10", "kv_cache_benchmark.num_tasks=4",
+    "task.episodes_per_trial=8", "task.num_arms=3", "protocol.tune_tasks=50", "protocol.num_tasks=20",
+    "baselines=[{name: Random}, {name: UCB1}, {name: Thompson sampling}]",
+    "learners.rl2.algo.num_iterations=2", "learners.rl2.algo.num_trials_per_batch=16",
+    "learners.llm.model.tiny.hidden_size=32", "learners.llm.model.tiny.num_layers=1", "learners.llm.model.tiny.num_heads=2",
+    "learners.llm.model.tiny.intermediate_size=64",
+    "learners.llm.sft.num_trials=32", "learners.llm.sft.num_train_epochs=1", "learners.llm.sft.per_device_train_batch_size=16",
+    "learners.llm.grpo.max_steps=2", "learners.llm.grpo.num_generations=2", "learners.llm.grpo.tasks_per_step=2",
+    "learners.llm.grpo.save_steps=1", "learners.llm.eval_batch_size=10", "learners.llm.kv_cache_benchmark.num_tasks=4",
 ]
 
 
@@ -96,8 +104,9 @@ def test_tiny_end_to_end_run_writes_report_and_resumes(tmp_path):
     assert "invalid" in report.lower() and "KV-cache" in report
     assert (run / "regret.png").stat().st_size > 1000
     assert (run / "config.yaml").exists() and (run / "metrics.jsonl").stat().st_size > 0
-    assert (run / "sft" / "final" / "config.json").exists() and (run / "grpo" / "final" / "config.json").exists()
-    assert any((run / "grpo").glob("checkpoint-*"))
+    assert (run / "llm" / "sft" / "final" / "config.json").exists() and (run / "llm" / "grpo" / "final" / "config.json").exists()
+    assert any((run / "llm" / "grpo").glob("checkpoint-*"))
+    assert json.loads((run / "results.json").read_text())["kv_cache"]["num_tasks"] == 4
     # A second run reuses the finished stages and reproduces the same numbers.
     assert main(args) == 0
     again = json.loads((run / "results.json").read_text())["agents"]

@@ -262,7 +262,7 @@ def test_top_level_must_be_mapping(tmp_path):
 
 
 def test_kind(tmp_path):
-    assert peek_kind(write(tmp_path, "name: d\n", "a.yaml")) == "llm"
+    assert peek_kind(write(tmp_path, "name: d\n", "a.yaml")) == "compare"
     path = write(tmp_path, "kind: classic\nname: d\n", "b.yaml")
     assert peek_kind(path) == "classic"
     assert load_yaml(path)["kind"] == "classic"

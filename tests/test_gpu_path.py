@@ -271,6 +271,7 @@ def test_gpu_recipes_use_token_level_truncated_importance_sampling(recipe):
     from mrl_llm.cli import load_experiment
 
     _, cfg = load_experiment(str(ROOT / f"recipes/llm/{recipe}.yaml"))
+    cfg = cfg.learners[-1] if hasattr(cfg, "learners") else cfg  # a compare recipe: its LLM learner
     args = cfg.grpo.trl_arguments("/tmp/unused", use_cpu=True, max_completion_length=64)
     assert args.vllm_importance_sampling_correction and args.vllm_importance_sampling_mode == "token_truncate"
 
@@ -288,7 +289,9 @@ def test_trl_arguments_pass_through_and_unknown_ones_are_named():
 def test_trust_remote_code_reaches_trls_engine(recipe):
     from mrl_llm.cli import load_experiment
 
-    _, cfg = load_experiment(str(ROOT / f"recipes/llm/{recipe}.yaml"), ["model.trust_remote_code=true"])
+    prefix = "learners.llm." if recipe.startswith("icrl") else ""
+    _, cfg = load_experiment(str(ROOT / f"recipes/llm/{recipe}.yaml"), [f"{prefix}model.trust_remote_code=true"])
+    cfg = cfg.learners[-1] if prefix else cfg
     assert cfg.grpo.trl_arguments("/tmp/unused", use_cpu=True, max_completion_length=64).trust_remote_code
 
 
@@ -391,57 +394,62 @@ class _State:
 def _as_rank(monkeypatch, rank: int) -> _State:
     import accelerate
 
+    import classic.experiments.compare
     import classic.files
     import mrl_llm.mrt_experiment
 
     state = _State(rank == 0)
     monkeypatch.setattr(accelerate, "PartialState", lambda: state)
-    for module in (classic.files, mrl_llm.mrt_experiment):
+    for module in (classic.files, mrl_llm.mrt_experiment, classic.experiments.compare):
         monkeypatch.setattr(module, "is_main_process", lambda: rank == 0)
     return state
 
 
 def _tiny_llm_experiment(tmp_path):
     from classic.config import from_dict
-    from mrl_llm.experiment import LLMExperiment
+    from classic.experiments.compare import CompareExperiment
 
-    return from_dict(LLMExperiment, {
-        "name": "ranks", "parallel_rl2": False, "task": {"num_arms": 3, "episodes_per_trial": 4},
-        "baselines": {"tune": False}, "rl2": {"enabled": False},
-        "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
-        "sft": {"num_trials": 8, "num_train_epochs": 1, "per_device_train_batch_size": 8, "save_steps": 100},
-        "grpo": {"max_steps": 1, "num_generations": 2, "tasks_per_step": 2, "save_steps": 100},
-        "eval": {"num_tasks": 8, "llm_batch_size": 8}, "kv_cache_benchmark": {"enabled": False},
+    return from_dict(CompareExperiment, {
+        "name": "ranks", "task": {"name": "bandit", "num_arms": 3, "episodes_per_trial": 4},
+        "protocol": {"num_tasks": 8}, "baselines": [{"name": "UCB1", "grid": {}}],
+        "learners": [{
+            "name": "llm",
+            "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
+            "sft": {"num_trials": 8, "num_train_epochs": 1, "per_device_train_batch_size": 8, "save_steps": 100},
+            "grpo": {"max_steps": 1, "num_generations": 2, "tasks_per_step": 2, "save_steps": 100},
+            "eval_batch_size": 8, "kv_cache_benchmark": {"enabled": False},
+        }],
         "output": {"root": str(tmp_path)},
     })
 
 
 def test_a_non_main_rank_trains_and_returns_without_writing_the_runs_files(tmp_path, monkeypatch):
-    from mrl_llm.experiment import run_llm
+    from classic.experiments.compare import run_compare
 
     cfg = _tiny_llm_experiment(tmp_path)
     (tmp_path / "ranks").mkdir()
     (tmp_path / "ranks" / "keep.txt").write_text("the main process decides")
     cfg.output.overwrite = True
     state = _as_rank(monkeypatch, 1)
-    run_dir = run_llm(cfg, progress=False)
+    run_dir = run_compare(cfg, progress=False)
     assert state.barriers >= 1
     assert (run_dir / "keep.txt").exists()  # only the main process removes a folder
-    assert (run_dir / "grpo" / "final" / "config.json").exists()  # it trained
+    assert (run_dir / "llm" / "grpo" / "final" / "config.json").exists()  # it trained
     for name in ("config.yaml", "metrics.jsonl", "report.md", "results.json", "tensorboard"):
         assert not (run_dir / name).exists(), name
 
 
 def test_the_main_rank_evaluates_after_training(tmp_path, monkeypatch):
-    import mrl_llm.experiment as experiment
+    import classic.experiments.compare as compare
+    from mrl_llm.learners.llm import LLMLearner
 
     order = []
-    real_eval, real_grpo = experiment.evaluate_llm, experiment.grpo_stage
-    monkeypatch.setattr(experiment, "evaluate_llm", lambda *a, **k: order.append("evaluate") or real_eval(*a, **k))
-    monkeypatch.setattr(experiment, "grpo_stage", lambda *a, **k: order.append("grpo") or real_grpo(*a, **k))
+    real_run_trials, real_grpo = compare.run_trials, LLMLearner._grpo
+    monkeypatch.setattr(compare, "run_trials", lambda *a, **k: order.append("evaluate") or real_run_trials(*a, **k))
+    monkeypatch.setattr(LLMLearner, "_grpo", lambda *a, **k: order.append("grpo") or real_grpo(*a, **k))
     _as_rank(monkeypatch, 0)
-    run_dir = experiment.run_llm(_tiny_llm_experiment(tmp_path), progress=False)
-    assert order == ["grpo", "evaluate", "evaluate"]
+    run_dir = compare.run_compare(_tiny_llm_experiment(tmp_path), progress=False)
+    assert order == ["grpo", "evaluate", "evaluate", "evaluate"]  # UCB1, the LM after SFT, after GRPO
     results = json.loads((run_dir / "results.json").read_text())["agents"]
     assert {"LLM (SFT)", "LLM (SFT+GRPO)", "UCB1"} <= set(results)
     assert (run_dir / "config.yaml").exists() and (run_dir / "metrics.jsonl").exists()
@@ -488,7 +496,7 @@ def test_dry_run_prints_the_resolved_gpu_settings(capsys):
     assert set(gpu["deepspeed"]) == {"under_accelerate_launch", "zero_stage", "installed"}
     assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_qwen.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])
+    summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])["LLM"]
     assert summary["gpu"]["vllm"]["gpu_memory_utilization"] == 0.3 and summary["gpu"]["weights"]["training"].startswith("float32")
 
 

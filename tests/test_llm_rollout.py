@@ -6,6 +6,7 @@ import torch
 from classic.envs import BernoulliBandit
 from classic.evaluate import run_trials
 from mrl_llm.envs.text_bandit import INVALID, BanditText
+from mrl_llm.envs.text_env import TrialProgress
 from mrl_llm.rollout.agent import LLMAgent, TrialRenderer
 from mrl_llm.rollout.generation import HFSession, SamplingConfig
 
@@ -69,7 +70,8 @@ def test_env_mask_marks_exactly_the_environment_tokens(tiny_model, tiny_tok, cha
             a = int(res.actions[i, t])
             r = float(res.rewards[i, t]) if a != INVALID else 0.0
             total += r
-            assert segments[t] == renderer.feedback_ids(a, r, t + 1, total, replies[t])
+            progress = TrialProgress(t + 1, total, t + 1)
+            assert segments[t] == renderer.step_ids(torch.zeros(1), a, r, True, False, progress, replies[t])
         assert segments[-1] == [tiny_tok.eos_token_id]
         # model tokens have real (negative) logprobs, environment tokens 0
         for m, lp in zip(tr.env_mask, tr.logprobs):

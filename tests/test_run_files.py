@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from classic.experiment import OutputConfig, prepare_run_dir
+from classic.files import OutputConfig, prepare_run_dir
 from classic.files import check_run_name, run_folder, save_figure, write_atomic
 
 
@@ -52,7 +52,7 @@ def test_recipes_name_the_bad_run_name(tmp_path):
     from mrl_llm.cli import main
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("kind: classic\nname: ..\n")
+    recipe.write_text("kind: compare\nname: ..\n")
     assert main(["run", str(recipe), "--set", f"output.root={tmp_path / 'runs'}", "--set", "output.overwrite=true"]) == 2
     assert tmp_path.exists() and recipe.exists()
     with pytest.raises(RecipeError):
@@ -186,12 +186,12 @@ def test_bad_recipe_files_and_roots_are_one_line_errors(tmp_path, capsys, case):
     from mrl_llm.cli import main
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("kind: classic\nname: x\nbaselines: {tune: false}\nrl2: {enabled: false}\n")
+    recipe.write_text("kind: compare\nname: x\nbaselines: [{name: Random}]\nlearners: []\n")
     args = ["run", str(recipe), "--set", f"output.root={tmp_path / 'runs'}"]
     if case == "directory":
         args[1] = str(tmp_path)
     elif case == "not_utf8":
-        recipe.write_bytes(b"kind: classic\nname: \xff\xfe\n")
+        recipe.write_bytes(b"kind: compare\nname: \xff\xfe\n")
     elif case == "empty":
         recipe.write_text("")
         args = args[:2]
@@ -216,15 +216,17 @@ def test_a_rerun_with_other_settings_redoes_the_stages_they_change(tmp_path):
         args += ["--set", o]
     assert main(args) == 0
     run = tmp_path / "stale"
-    first = {stage: (run / stage / "stage.json").read_text() for stage in ("rl2", "sft", "grpo")}
-    sft_weights = (run / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
-    assert main(args + ["--set", "grpo.learning_rate=0.002"]) == 0  # only GRPO changes
-    assert (run / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == sft_weights
-    assert (run / "rl2" / "stage.json").read_text() == first["rl2"] and (run / "grpo" / "stage.json").read_text() != first["grpo"]
+    stages = ("rl2", "llm/sft", "llm/grpo")
+    first = {stage: (run / stage / "stage.json").read_text() for stage in stages}
+    sft_weights = (run / "llm" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(args + ["--set", "learners.llm.grpo.learning_rate=0.002"]) == 0  # only GRPO changes
+    assert (run / "llm" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == sft_weights
+    assert (run / "rl2" / "stage.json").read_text() == first["rl2"]
+    assert (run / "llm" / "grpo" / "stage.json").read_text() != first["llm/grpo"]
     assert main(args + ["--set", "task.num_arms=2"]) == 0
     spec = torch.load(run / "rl2" / "policy.pt", weights_only=True)["spec"]
     assert spec["num_actions"] == 2, spec
-    for stage in ("rl2", "sft", "grpo"):
+    for stage in stages:
         assert json.loads((run / stage / "stage.json").read_text())["task"]["num_arms"] == 2
     results = json.loads((run / "results.json").read_text())
     assert results["task"]["num_arms"] == 2 and results["agents"]["RL²"]["invalid_rate"] == 0.0
@@ -334,16 +336,17 @@ def test_an_interrupted_mrt_run_resumes_its_meta_prover_stream(tmp_path, tiny_to
 
 
 @pytest.mark.parametrize("override, key", [
-    ("grpo.loss_type=bogus", "grpo.loss_type"),
-    ("sft.learning_rate=.nan", "learning_rate"),
-    ("sft.num_train_epochs=.inf", "num_train_epochs"),
-    ("sft.lr_scheduler_type=bogus", "lr_scheduler_type"),
-    ("grpo.lr_scheduler_type=bogus", "lr_scheduler_type"),
-    ("grpo.warmup_ratio=-0.5", "warmup_ratio"),
-    ("grpo.learning_rate=.inf", "learning_rate"),
-    ("eval.batch_size=-1", "batch_size"),
-    ("eval.batch_size=0", "batch_size"),
-    ("baselines.agents=[]", "agents"),
+    ("learners.llm.grpo.loss_type=bogus", "grpo.loss_type"),
+    ("learners.llm.sft.learning_rate=.nan", "learning_rate"),
+    ("learners.llm.sft.num_train_epochs=.inf", "num_train_epochs"),
+    ("learners.llm.sft.lr_scheduler_type=bogus", "lr_scheduler_type"),
+    ("learners.llm.grpo.lr_scheduler_type=bogus", "lr_scheduler_type"),
+    ("learners.llm.grpo.warmup_ratio=-0.5", "warmup_ratio"),
+    ("learners.llm.grpo.learning_rate=.inf", "learning_rate"),
+    ("learners.llm.eval_batch_size=-1", "eval_batch_size"),
+    ("learners.llm.eval_batch_size=0", "eval_batch_size"),
+    ("protocol.batch_size=0", "batch_size"),
+    ("learners.llm.kv_cache_benchmark.num_tasks=0", "num_tasks"),
 ])
 def test_values_that_would_crash_later_are_refused_when_the_recipe_is_read(override, key, capsys):
     """These passed ``--dry-run`` (or gave a traceback) and failed after minutes of training."""
@@ -363,7 +366,7 @@ def test_a_resumed_stage_does_not_log_its_replayed_steps_twice(tmp_path, tiny_mo
     from classic.envs import BernoulliBandit
     from classic.metrics import MetricsLogger
     from mrl_llm.envs.text_bandit import BanditText
-    from mrl_llm.experiment import MetricsCallback
+    from mrl_llm.train.stages import MetricsCallback
     from mrl_llm.rollout.generation import SamplingConfig
     from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, run_grpo
 
@@ -397,7 +400,7 @@ def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path, capsys, where)
     head, _, leaf = where.partition(".")
     body = f"{head}: {bomb}" if not leaf else f"{head}:\n  {leaf}: {bomb}"
     recipe = tmp_path / "bomb.yaml"
-    recipe.write_text("kind: classic\nname: bomb\n" + body + "\n")
+    recipe.write_text("kind: compare\nname: bomb\n" + body + "\n")
     start = time.monotonic()
     assert main(["run", str(recipe), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()

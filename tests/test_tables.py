@@ -8,38 +8,49 @@ import pytest
 
 from classic.config import RecipeError, from_dict, load_recipe
 from classic.report import comparison_table
-from classic.tables import TablesExperiment, _warm_starts, plan_settings, protocol_differences, rl2_for, run_tables
+from classic.tables import TablesExperiment, _warm_starts, plan_settings, protocol_differences, run_tables
 
 TINY_RL2 = {"hidden_size": 8, "num_trials_per_batch": 8, "num_minibatches": 2, "num_iterations": 2, "update_epochs": 1}
 
 
-def tiny(tmp_path, workers: int = 1) -> TablesExperiment:
+def tiny(tmp_path, workers: int = 1, executor: str = "local") -> TablesExperiment:
     return from_dict(TablesExperiment, {
-        "name": "tables", "workers": workers,
+        "name": "tables", "workers": workers, "executor": {"name": executor},
         "bandit": {"num_arms": [2, 3], "episodes_per_trial": [3, 4],
-                   "baselines": {"agents": ["Random", "Gittins", "Thompson sampling", "OTS", "UCB1", "epsilon-greedy", "Greedy"],
-                                 "tune_tasks": 16, "ucb_c_grid": [0.2, 1.0], "epsilon_grid": [0.1], "ts_prior_grid": [1.0],
-                                 "ots_samples_grid": [1, 2], "prior_count": 1},
-                   "rl2": {"algo": TINY_RL2}, "rl2_overrides": {"n4": {"hidden_size": 4}}},
+                   "baselines": [{"name": "Random"}, {"name": "Gittins"}, {"name": "Thompson sampling", "grid": {"prior": [1.0]}},
+                                 {"name": "OTS", "grid": {"num_samples": [1, 2]}},
+                                 {"name": "UCB1", "prior_count": 1, "grid": {"c": [0.2, 1.0]}},
+                                 {"name": "epsilon-greedy", "prior_count": 1, "grid": {"epsilon": [0.1]}},
+                                 {"name": "Greedy", "prior_count": 1}],
+                   "learners": [{"name": "rl2", "algo": TINY_RL2}], "tune_tasks": 16,
+                   "overrides": {"n4": {"learners.rl2.algo.hidden_size": 4}}},
         "mdp": {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": [2, 3], "tune_tasks": 8,
-                "rl2": {"algo": TINY_RL2}},
+                "learners": [{"name": "rl2", "algo": TINY_RL2}]},
         "bayes_optimal": {"settings": [[2, 3], [3, 4], [2, 5]]},
         "horizon": {"bandit_num_arms": 2},
-        "eval": {"num_tasks": 20},
+        "protocol": {"num_tasks": 20},
         "output": {"root": str(tmp_path)},
     })
+
+
+def _rl2(setting):
+    return next(c for c in setting.recipe.learners if c.name == "rl2")
 
 
 def test_plan_has_every_cell_once_with_overrides_most_specific_last(tmp_path):
     cfg = tiny(tmp_path)
     settings = {s.name: s for s in plan_settings(cfg)}
     assert set(settings) == {"bandit_k2_n3", "bandit_k2_n4", "bandit_k3_n3", "bandit_k3_n4", "bandit_k2_n5", "mdp_n2", "mdp_n3"}
-    assert "Bayes-optimal" in settings["bandit_k3_n4"].agents and "Bayes-optimal" not in settings["bandit_k3_n3"].agents
-    assert settings["bandit_k2_n4"].rl2.algo.hidden_size == 4 and settings["bandit_k2_n3"].rl2.algo.hidden_size == 8
-    stage = cfg.bandit.rl2
-    overrides = {"n4": {"hidden_size": 4, "seed": 5}, "k2_n4": {"hidden_size": 2}}
-    assert rl2_for(stage, overrides, ["n4", "k2", "k2_n4"]).algo.hidden_size == 2
-    assert rl2_for(stage, overrides, ["n4", "k2", "k2_n4"]).algo.seed == 5
+    names = {n: [b.display_name for b in s.recipe.baselines] for n, s in settings.items()}
+    assert "Bayes-optimal" in names["bandit_k3_n4"] and "Bayes-optimal" not in names["bandit_k3_n3"]
+    assert _rl2(settings["bandit_k2_n4"]).algo.hidden_size == 4 and _rl2(settings["bandit_k2_n3"]).algo.hidden_size == 8
+    cfg.bandit.overrides = {"n4": {"learners.rl2.algo.hidden_size": 4, "learners.rl2.algo.seed": 5},
+                            "k2_n4": {"learners.rl2.algo.hidden_size": 2}}
+    cell = {s.name: s for s in plan_settings(cfg)}["bandit_k2_n4"]
+    assert _rl2(cell).algo.hidden_size == 2 and _rl2(cell).algo.seed == 5
+    assert [c.name for c in {s.name: s for s in plan_settings(cfg)}["bandit_k2_n5"].recipe.learners] == ["rl2"]
+    cfg.bayes_optimal.rl2 = False  # the study's extra cell, then without learners
+    assert {s.name: s for s in plan_settings(cfg)}["bandit_k2_n5"].recipe.learners == []
 
 
 def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, capsys):
@@ -56,12 +67,13 @@ def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, caps
                                                "name": "tabular_mdp"}
     assert set(doc["table2"]["mdp_n3"]["agents"]) == {"Random", "PSRL", "OPSRL", "UCRL2", "BEB", "epsilon-greedy", "Greedy", "RL²"}
     assert doc["table2"]["mdp_n3"]["paper"] == {}  # not the paper's MDP size
-    assert doc["table1"]["bandit_k3_n4"]["baseline_params"]["prior_count"] == 1.0
+    assert doc["table1"]["bandit_k3_n4"]["baseline_params"]["UCB1"]["params"]["prior_count"] == 1.0
+    assert "OTS" in report.split("## Table 1")[1].split("\n")[2]  # the columns are the agents the recipe names
     gap = doc["bayes_optimal"]["k3_n4"]
     assert gap["gap"]["Bayes-optimal"]["mean"] == 0.0 and gap["bayes_optimal_value"] > 0
     assert gap["gap"]["Bayes-optimal"]["v0_minus_mean_reward"] == pytest.approx(0.0, abs=1.0)
     assert set(doc["horizon_generalization"]["bandit"]["rl2"]) == {"3", "4"}
-    for name in ("bandit_k2_n3", "mdp_n2", "bandit_k2_n5"):
+    for name in ("bandit_k2_n3", "mdp_n2"):
         setting = tmp_path / "tables" / "settings" / name
         assert (setting / "regret.png").stat().st_size > 0 and (setting / "rl2" / "policy.pt").exists()
         assert "task" in json.loads((setting / "results.json").read_text())
@@ -70,7 +82,7 @@ def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, caps
     # Same recipe again: every setting is reused. One changed cell: only that one is redone.
     run_tables(cfg, progress=True)
     assert capsys.readouterr().out.count("reused") == 7
-    cfg.bandit.rl2_overrides["k3_n3"] = {"seed": 9}
+    cfg.bandit.overrides["k3_n3"] = {"learners.rl2.algo.seed": 9}
     run_tables(cfg, progress=True)
     out = capsys.readouterr().out
     assert out.count("reused") == 6 and "bandit_k3_n3 (" in out and "bandit_k3_n3 (reused)" not in out
@@ -89,16 +101,16 @@ def test_a_changed_baseline_grid_redoes_the_baselines_but_keeps_the_trained_rl2_
     stamps = {name: (root / name / "rl2" / "policy.pt").stat().st_mtime_ns for name in policies}
     metrics_lines = len((root / "bandit_k2_n3" / "metrics.jsonl").read_text().splitlines())
 
-    cfg.bandit.baselines.ots_reshape_grid = [1.0, 0.5]  # baselines only: RL² is not retrained
+    cfg.bandit.baselines[3].grid = {"num_samples": [1], "reshape": [1.0, 0.5]}  # baselines only: RL² is not retrained
     cfg.mdp.tune_tasks = 4
     run_tables(cfg, progress=False)
     for name in policies:
         assert (root / name / "rl2" / "policy.pt").stat().st_mtime_ns == stamps[name], name
     params = json.loads((root / "bandit_k2_n3" / "results.json").read_text())["baseline_params"]
-    assert params["ots_reshape"] in (1.0, 0.5)
+    assert params["OTS"]["params"]["reshape"] in (1.0, 0.5) and len(params["OTS"]["grid"]) == 2
     assert len((root / "bandit_k2_n3" / "metrics.jsonl").read_text().splitlines()) >= metrics_lines  # training log kept
 
-    cfg.bandit.rl2_overrides["k2_n3"] = {"seed": 9}  # the RL² stage changed: retrained
+    cfg.bandit.overrides["k2_n3"] = {"learners.rl2.algo.seed": 9}  # the RL² stage changed: retrained
     run_tables(cfg, progress=False)
     assert (root / "bandit_k2_n3" / "rl2" / "policy.pt").read_bytes() != policies["bandit_k2_n3"]
     assert (root / "mdp_n2" / "rl2" / "policy.pt").stat().st_mtime_ns == stamps["mdp_n2"]
@@ -126,8 +138,8 @@ def test_comparison_table_marks_cells_outside_the_ci():
 
 
 @pytest.mark.parametrize("override, key", [
-    ("bandit.rl2_overrides={n10: {hidden_sise: 3}}", "hidden_sise"),
-    ("mdp.agents=[PSRL, Oracle]", "Oracle"),
+    ("bandit.overrides={n10: {learners.rl2.algo.hidden_sise: 3}}", "hidden_sise"),
+    ("mdp.baselines=[{name: PSRL}, {name: Oracle}]", "Oracle"),
     ("bayes_optimal.settings=[[9, 500]]", "bayes_optimal.settings"),
     ("workers=0", "workers"),
 ])
@@ -151,19 +163,19 @@ def test_warm_start_trains_the_longer_cell_from_the_shorter_cells_policy(tmp_pat
     cfg = tiny(tmp_path)
     cfg.mdp.enabled = cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
     cfg.bandit.num_arms = [2]
-    cfg.bandit.rl2_overrides = {"n4": {"learning_rate": 1e-9}}
+    cfg.bandit.overrides = {"n4": {"learners.rl2.algo.learning_rate": 1e-9}}
     cfg.bandit.warm_start = {4: 3}
     settings = {s.name: s for s in plan_settings(cfg)}
     assert settings["bandit_k2_n4"].after == "bandit_k2_n3" and settings["bandit_k2_n3"].after is None
     run_tables(cfg, progress=False)
     root = tmp_path / "tables" / "settings"
     short, long = (RL2Policy.load(root / f"bandit_k2_n{n}" / "rl2" / "policy.pt") for n in (3, 4))
-    fresh = RL2Policy(2, 1, 8, True, generator=torch.Generator().manual_seed(cfg.bandit.rl2.algo.seed))
+    fresh = RL2Policy(2, 1, 8, True, generator=torch.Generator().manual_seed(cfg.bandit.learners[0].algo.seed))
     for (name, a), b, c in zip(short.state_dict().items(), long.state_dict().values(), fresh.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name  # lr ~ 0: the n=4 cell kept the n=3 weights
     assert not torch.allclose(short.actor.weight, fresh.actor.weight)
     assert _warm_starts(cfg, "bandit", lambda n: f"bandit_k2_n{n}") == {"4": "the n=3 policy fine-tuned for 2 iterations"}
-    cfg.bandit.rl2_overrides = {"n4": {"num_iterations": 0}}
+    cfg.bandit.overrides = {"n4": {"learners.rl2.algo.num_iterations": 0}}
     assert _warm_starts(cfg, "bandit", lambda n: f"bandit_k2_n{n}") == {"4": "the n=3 policy as is"}
     assert _warm_starts(cfg, "mdp", lambda n: f"mdp_n{n}") == {}
 
@@ -181,10 +193,10 @@ def test_mdp_warm_start_orders_the_rows_and_starts_from_the_shorter_rows_policy(
     n_short, n_long = cfg.mdp.episodes_per_trial[:2]
     cfg.mdp.episodes_per_trial = [n_short, n_long]
     cfg.mdp.warm_start = {n_long: n_short}
-    cfg.mdp.rl2_overrides = {f"n{n_long}": {"num_iterations": 0}}
+    cfg.mdp.overrides = {f"n{n_long}": {"learners.rl2.algo.num_iterations": 0}}
     settings = {s.name: s for s in plan_settings(cfg)}
     assert settings[f"mdp_n{n_long}"].after == f"mdp_n{n_short}" and settings[f"mdp_n{n_short}"].after is None
-    assert settings[f"mdp_n{n_long}"].rl2.init_from.endswith(f"mdp_n{n_short}/rl2/policy.pt")
+    assert _rl2(settings[f"mdp_n{n_long}"]).init_from.endswith(f"mdp_n{n_short}/rl2/policy.pt")
     assert _warm_starts(cfg, "mdp", lambda n: f"mdp_n{n}") == {str(n_long): f"the n={n_short} policy as is"}
     run_tables(cfg, progress=False)
     from classic.algos.rl2 import RL2Policy
@@ -209,7 +221,7 @@ def test_mdp_warm_start_chains_run_in_order_and_a_retrained_source_reruns_what_s
     cfg.bandit.enabled = cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
     cfg.mdp.episodes_per_trial = [2, 3, 4]
     cfg.mdp.warm_start = {4: 3, 3: 2}  # 4 -> 3 -> 2
-    cfg.mdp.rl2_overrides = {"n3": {"num_iterations": 0}, "n4": {"num_iterations": 0}}
+    cfg.mdp.overrides = {"n3": {"learners.rl2.algo.num_iterations": 0}, "n4": {"learners.rl2.algo.num_iterations": 0}}
     settings = {s.name: s for s in plan_settings(cfg)}
     assert settings["mdp_n4"].after == "mdp_n3" and settings["mdp_n3"].after == "mdp_n2"
     run_tables(cfg, progress=False)  # mdp_n4 must wait for mdp_n3, which waits for mdp_n2
@@ -219,7 +231,7 @@ def test_mdp_warm_start_chains_run_in_order_and_a_retrained_source_reruns_what_s
         assert torch.equal(a, b), name
     stored = json.loads((root / "mdp_n4" / "setting.json").read_text())
     assert _same_setting(stored, _fingerprint(cfg, settings["mdp_n4"]))
-    cfg.mdp.rl2_overrides["n2"] = {"learning_rate": 1e-4}  # retrain the source two links up
+    cfg.mdp.overrides["n2"] = {"learners.rl2.algo.learning_rate": 1e-4}  # retrain the source two links up
     changed = {s.name: s for s in plan_settings(cfg)}
     assert not _same_setting(stored, _fingerprint(cfg, changed["mdp_n4"]))
 
@@ -237,10 +249,34 @@ def test_a_setting_stored_before_an_option_existed_still_matches_while_the_optio
     assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 64, "new_flag": True}}, "agents": ["UCB1"]})
     assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 32}}, "agents": ["UCB1"]})
     assert not _same_setting(stored, {"rl2": {"algo": {}}, "agents": ["UCB1"]})
+    assert not _same_setting({"learners": [{"a": 1}]}, {"learners": [{"a": 1}, {"b": 2}]})
 
 
 def test_protocol_differences_follow_the_recipe(tmp_path):
     cfg = tiny(tmp_path)
     assert any("Beta(1, 1)" in line for line in protocol_differences(cfg))
-    cfg.bandit.baselines.prior_count = 0.0
+    cfg.bandit.baselines[4].prior_count = 0.0
     assert any("prior_count: 1" in line for line in protocol_differences(cfg))
+
+
+def test_ray_executor_gives_the_same_results_json_as_the_local_one(tmp_path):
+    """The same sweep on a local Ray instance (2 CPUs) and on local worker processes: identical
+    results.json, cell by cell, and a rerun on Ray reuses every finished setting."""
+    pytest.importorskip("ray")
+    runs = {}
+    for engine in ("local", "ray"):
+        cfg = tiny(tmp_path / engine, workers=2, executor=engine)
+        cfg.bandit.num_arms, cfg.bandit.episodes_per_trial = [2], [3, 4]
+        cfg.mdp.episodes_per_trial = [2]
+        cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
+        runs[engine] = json.loads((run_tables(cfg, progress=False) / "results.json").read_text())
+    for table in ("table1", "table2"):
+        for name, cell in runs["local"][table].items():
+            assert cell["agents"] == runs["ray"][table][name]["agents"], name
+            assert cell["baseline_params"] == runs["ray"][table][name]["baseline_params"], name
+    cfg = tiny(tmp_path / "ray", workers=2, executor="ray")
+    cfg.bandit.num_arms, cfg.bandit.episodes_per_trial = [2], [3, 4]
+    cfg.mdp.episodes_per_trial = [2]
+    cfg.bayes_optimal.enabled = cfg.horizon.enabled = False
+    again = json.loads((run_tables(cfg, progress=False) / "results.json").read_text())
+    assert all(v["reused_this_run"] for v in again["settings"].values())

@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("stage", ["sft", "grpo"])
 def test_an_unknown_trl_key_is_one_line_naming_it_and_the_file(stage):
-    from mrl_llm.experiment import LLMExperiment
+    from classic.experiments.compare import CompareExperiment
 
     recipe = str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml")
-    with pytest.raises(RecipeError, match=rf"icrl_bandit_tiny.yaml: invalid '{stage}': trl: 'lerning_rate' is not a "
-                                          r"trl\.(SFT|GRPO)Config argument; did you mean 'learning_rate'\?"):
-        load_recipe(LLMExperiment, recipe, [f"{stage}.trl.lerning_rate=1"])
+    with pytest.raises(RecipeError, match=rf"icrl_bandit_tiny.yaml: invalid 'learners\[1\]\.{stage}': trl: 'lerning_rate' "
+                                          r"is not a trl\.(SFT|GRPO)Config argument; did you mean 'learning_rate'\?"):
+        load_recipe(CompareExperiment, recipe, [f"learners.llm.{stage}.trl.lerning_rate=1"])
 
 
 def test_a_known_trl_key_is_set_on_the_built_sft_config(tmp_path):

@@ -45,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -57,7 +58,7 @@ from torch import Tensor, nn
 
 from classic import functional as F
 from classic.algos.rl2_config import RL2Config
-from classic.core import ActOutput, Box, StageRun
+from classic.core import ActOutput, Box, MetaLearner, StageRun
 from classic.registry import LEARNERS
 from classic.rollout import rollout
 
@@ -714,7 +715,7 @@ class RL2LearnerConfig:
         return RL2Learner()
 
 
-class RL2Learner:
+class RL2Learner(MetaLearner):
     """The :class:`~classic.core.MetaLearner` of RL²: trains with :func:`train_rl2` in the stage
     folder (``policy.pt``; ``training_state.pt`` to resume an interrupted training)."""
 
@@ -735,12 +736,20 @@ class RL2Learner:
                 raise FileNotFoundError(f"init_from: no saved policy at {config.init_from}")
             init = RL2Policy.load(config.init_from)
         log_fn = None
-        if run.log is not None:
-            log_fn = lambda step, metrics: run.log(step, {f"{config.name}/{k}": v for k, v in metrics.items()})  # noqa: E731
+        if run.metrics is not None:
+            log_fn = lambda step, metrics: run.metrics.log(step, {f"{config.name}/{k}": v for k, v in metrics.items()})  # noqa: E731
         policy = train_rl2(config.algo, dist, protocol.episodes_per_trial, log_fn=log_fn, progress=run.progress,
                            checkpoint_path=path.parent / "training_state.pt", init_policy=init)
         policy.save(path, config.algo)
         return path
+
+    def stage_fingerprint(self, config: RL2LearnerConfig, task) -> dict:
+        """The task and the config, and with ``init_from`` the digest of that policy file: a
+        policy retrained at the source makes the warm-started stage train again."""
+        out = super().stage_fingerprint(config, task)
+        if config.init_from and Path(config.init_from).is_file():
+            out["init_from_sha256"] = hashlib.sha256(Path(config.init_from).read_bytes()).hexdigest()
+        return out
 
     def agent(self, config: RL2LearnerConfig, checkpoint: Path, dist) -> RL2Agent:
         agent = RL2Agent(RL2Policy.load(checkpoint), greedy=config.greedy_eval)

@@ -28,7 +28,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from classic import seeding
 from classic.agents.base import BaselineConfig
 from classic.config import save_resolved, to_dict
 from classic.core import StageRun, TaskDistribution
+from classic.distributed import is_main_process
 from classic.evaluate import TrialResult, run_trials
 from classic.files import OutputConfig, open_stage, prepare_run_dir, write_atomic
 from classic.metrics import MetricsLogger
@@ -94,6 +95,7 @@ class Protocol:
     num_tasks: int
     seed: int
     batch_size: int | None
+    tune_tasks: int = 2000
 
 
 @dataclass
@@ -146,7 +148,7 @@ class CompareExperiment:
 
     def protocol_for_task(self) -> Protocol:
         p = self.protocol
-        return Protocol(self.task.episodes_per_trial, p.num_tasks, p.seed, p.batch_size)
+        return Protocol(self.task.episodes_per_trial, p.num_tasks, p.seed, p.batch_size, p.tune_tasks)
 
 
 # ---- baselines ------------------------------------------------------------------------------
@@ -205,25 +207,35 @@ def stage_name(config: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or config.name
 
 
-def run_learner(config: Any, cfg: CompareExperiment, dist: TaskDistribution, eval_dist: TaskDistribution,
-                protocol: Protocol, run_dir: Path, logger: MetricsLogger | None, times: dict,
-                progress: bool = True) -> TrialResult:
+def train_learner(config: Any, cfg: CompareExperiment, dist: TaskDistribution, protocol: Protocol, run_dir: Path,
+                  logger: MetricsLogger | None, times: dict, progress: bool = True) -> Any:
     """Train one learner on ``dist`` in its stage folder (reused or resumed when its fingerprint
-    matches) and evaluate its agent on the held-out tasks of ``eval_dist``."""
+    matches, :meth:`~classic.core.MetaLearner.stage_fingerprint`); returns its checkpoint."""
     learner = config.learner()
-    name = config.display_name
     stage = run_dir / stage_name(config)
-    open_stage(stage, {"task": to_dict(cfg.task), "learner": to_dict(config)})
+    fingerprint = learner.stage_fingerprint(config, cfg.task)
+    if fingerprint is not None:
+        open_stage(stage, {k: to_dict(v) if is_dataclass(v) else v for k, v in fingerprint.items()})
     t = time.perf_counter()
-    log = logger.log if logger is not None else None
-    checkpoint = learner.train(config, dist, protocol, StageRun(stage, log, progress, cfg.seed))
-    times[f"train {name}"] = time.perf_counter() - t
-    t = time.perf_counter()
-    agent = learner.agent(config, checkpoint, eval_dist)
-    result = run_trials(agent, eval_dist, protocol.num_tasks, protocol.episodes_per_trial, seed=protocol.seed,
-                        batch_size=protocol.batch_size)
-    times[f"evaluate {name}"] = time.perf_counter() - t
-    return result
+    checkpoint = learner.train(config, dist, protocol, StageRun(stage, logger, progress, cfg.seed, cfg.task))
+    times[f"train {config.display_name}"] = time.perf_counter() - t
+    return checkpoint
+
+
+def evaluate_learner(config: Any, checkpoint: Any, eval_dist: TaskDistribution, protocol: Protocol,
+                     times: dict) -> dict[str, TrialResult]:
+    """Every agent of a trained learner (:meth:`~classic.core.MetaLearner.agents`) on the held-out
+    tasks of ``eval_dist``."""
+    learner = config.learner()
+    batch_size = learner.evaluation_batch_size(config, protocol)
+    results = {}
+    for name, agent in learner.agents(config, checkpoint, eval_dist):
+        t = time.perf_counter()
+        results[name] = run_trials(agent, eval_dist, protocol.num_tasks, protocol.episodes_per_trial,
+                                   seed=protocol.seed, batch_size=batch_size)
+        times[f"evaluate {name}"] = time.perf_counter() - t
+        del agent
+    return results
 
 
 # ---- bounds and the report ------------------------------------------------------------------
@@ -264,8 +276,9 @@ def paper_reference(task: Any) -> dict[str, float]:
 
 
 def write_compare_report(run_dir: Path, cfg: CompareExperiment, results: dict, params: dict, limits: dict,
-                         times: dict, wall: float) -> None:
-    """report.md, regret.png (when regret is known), adaptation.png and results.json."""
+                         times: dict, wall: float, notes: list[str] = (), extra: dict | None = None) -> None:
+    """report.md, regret.png (when regret is known), adaptation.png and results.json (``extra``:
+    more top-level entries, e.g. a learner's benchmark)."""
     task = cfg.task
     title = f"{cfg.name}: {task.describe(short=True)}"
     lines = [f"# {cfg.name}", "", f"{task.describe()}; {cfg.protocol.num_tasks} held-out tasks (seed "
@@ -287,26 +300,54 @@ def write_compare_report(run_dir: Path, cfg: CompareExperiment, results: dict, p
             setting = ", ".join(f"{k} = {v}" for k, v in p["params"].items() if v is not None) or "no hyperparameters"
             lines.append(f"- {n}: {setting}{how}")
         lines.append("")
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     lines += ["## Wall time per stage", "", stage_times_table(times, wall), ""]
     write_atomic(run_dir / "report.md", "\n".join(lines))
     write_results_json(run_dir / "results.json", to_dict(task), results,
-                       extra={"stage_times_s": times, "wall_time_s": wall, "baseline_params": params, "bounds": limits})
+                       extra={**(extra or {}), "stage_times_s": times, "wall_time_s": wall, "baseline_params": params,
+                              "bounds": limits})
 
 
 def run_compare(cfg: CompareExperiment, progress: bool = True) -> Path:
-    """Run a compare experiment end to end; returns the run folder."""
+    """Run a compare experiment end to end; returns the run folder.
+
+    Under a multi-process launch (``accelerate launch``), the learners that train on every rank
+    (:attr:`~classic.core.MetaLearner.trains_on_every_rank`, the LLM) train first, on every
+    process; then the other processes return, and the main process alone runs the baselines and
+    the other learners, evaluates and writes the run's files (nobody waits in a collective while
+    one rank evaluates).
+    """
     start = time.perf_counter()
     set_threads(cfg.threads)
     run_dir = prepare_run_dir(cfg.name, cfg.output)
-    save_resolved(cfg, run_dir / "config.yaml", kind="compare")
+    main = is_main_process()
+    if main:
+        save_resolved(cfg, run_dir / "config.yaml", kind="compare")
     dist, eval_dist = cfg.task.make(), cfg.eval_task_config().make()
     protocol = cfg.protocol_for_task()
     times: dict[str, float] = {}
-    results, params = run_baselines(cfg, dist, eval_dist, protocol, times, progress)
-    with MetricsLogger(run_dir) as logger:
-        for config in cfg.learners:
-            results[config.display_name] = run_learner(config, cfg, dist, eval_dist, protocol, run_dir, logger, times,
-                                                       progress)
+    checkpoints: dict[int, Any] = {}
+    with MetricsLogger(run_dir, enabled=main) as logger:
+        for i, config in enumerate(cfg.learners):
+            if config.learner().trains_on_every_rank:
+                checkpoints[i] = train_learner(config, cfg, dist, protocol, run_dir, logger, times, progress)
+        if not main:
+            return run_dir
+        results, params = run_baselines(cfg, dist, eval_dist, protocol, times, progress)
+        for i, config in enumerate(cfg.learners):
+            if i not in checkpoints:
+                checkpoints[i] = train_learner(config, cfg, dist, protocol, run_dir, logger, times, progress)
+            results.update(evaluate_learner(config, checkpoints[i], eval_dist, protocol, times))
+    notes: list[str] = []
+    extra: dict[str, Any] = {}
+    for i, config in enumerate(cfg.learners):
+        t = time.perf_counter()
+        more_notes, more = config.learner().report(config, checkpoints[i], results, eval_dist, protocol)
+        if more:
+            times[f"report {config.display_name}"] = time.perf_counter() - t
+        notes += more_notes
+        extra.update(more)
     limits = bounds(eval_dist, protocol)
-    write_compare_report(run_dir, cfg, results, params, limits, times, time.perf_counter() - start)
+    write_compare_report(run_dir, cfg, results, params, limits, times, time.perf_counter() - start, notes, extra)
     return run_dir

@@ -18,56 +18,15 @@ in the feedback, and the evaluator counts them (``TrialResult.invalid_rate``); n
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 
-INVALID = -1
-# "Arm: 3", "arm 4", "Arm #1", "arm number 2", "ARM=0" (the last match in a reply counts). The same
-# language and matches as r"arm\s*(?:number\s*)?[:#=]?\s*(-?\d+)", written so that no two "\s*"
-# can share a run of whitespace (there "\s*[:#=]?\s*" split a run in every possible way:
-# quadratic in the whitespace after an "arm"). Here every "\s*" is followed by a character it
-# cannot match, so a failing attempt gives each whitespace character back once: linear time.
-_ARM_RE = re.compile(r"arm\s*(?:number\s*)?(?:[:#=]\s*)?(-?\d+)", re.IGNORECASE)
+from torch import Tensor
 
-
-def _arm_number(digits: str, num_arms: int) -> int:
-    """``int(digits)`` if it is an arm index in [0, num_arms), else ``INVALID``.
-
-    ``digits`` is an optional ``-`` and decimal digits (``\\d``: any Unicode decimal digit, as
-    ``int`` reads them), of any length: ``int`` of more than 4300 digits raises ValueError, so
-    leading zeros are dropped and a number with more digits than ``num_arms`` is rejected first.
-    """
-    sign = digits[:1] == "-"
-    body = digits[1:] if sign else digits
-    significant = body.lstrip("0")
-    if len(significant) > len(str(num_arms)):  # maybe other scripts' zeros ("\u0660"): skip them too
-        first = next((i for i, c in enumerate(significant) if unicodedata.decimal(c)), len(significant))
-        significant = significant[first:]
-        if len(significant) > len(str(num_arms)):
-            return INVALID
-    arm = int(significant or "0")
-    arm = -arm if sign else arm
-    return arm if 0 <= arm < num_arms else INVALID
-
-
-def _whole_int(text: str) -> str | None:
-    """The integer of a reply that is only an integer: ``text`` matches
-    ``\\s*(-?\\d+)\\s*\\.?\\s*`` in full (``" 3"``, ``"4\\n"``, ``"2."``, ``"-1 ."``); else None.
-
-    Linear time (the regex form took over 10 s on ``"3" + " " * 50000 + "x"``): strip the
-    whitespace (``str.strip`` and ``\\s`` agree on what whitespace is), one final ``.`` and the
-    whitespace before it; what is left must be ``-?\\d+`` (``str.isdecimal`` is ``\\d``).
-    """
-    body = text.strip()
-    if body.endswith("."):
-        body = body[:-1].rstrip()
-    digits = body[1:] if body.startswith("-") else body
-    return body if digits.isdecimal() else None
+from mrl_llm.envs.text_env import INVALID, TextEnv, TrialProgress, parse_index, register_text_env
 
 
 @dataclass(frozen=True)
-class BanditText:
+class BanditText(TextEnv):
     """Text rendering of a ``num_arms``-armed Bernoulli bandit trial of ``episodes_per_trial`` pulls.
 
     Args:
@@ -93,12 +52,6 @@ class BanditText:
             "Reply with only your choice, in the form 'Arm: N'. Which arm do you pull first?"
         )
 
-    def prompt(self) -> str | list[dict]:
-        """The prompt as GRPO datasets hold it: a string (plain) or a message list (chat)."""
-        if self.chat:
-            return [{"role": "user", "content": self.instructions()}]
-        return self.instructions()
-
     # ---- actions ------------------------------------------------------------------------------
     def parse_action(self, text: str) -> int:
         """Arm index in [0, num_arms) from the model's reply, or ``INVALID`` (-1).
@@ -116,24 +69,19 @@ class BanditText:
         Returns:
             int: the arm, or ``INVALID``.
         """
-        m = None
-        if self.chat:
-            last = None
-            for last in _ARM_RE.finditer(text):
-                pass
-            if last is not None:
-                m = last.group(1)
-        if m is None:
-            m = _whole_int(text)
-        if m is None:
-            return INVALID
-        return _arm_number(m, self.num_arms)
+        return parse_index(text, self.num_arms, "arm" if self.chat else None)
 
     def format_action(self, arm: int) -> str:
         """The canonical reply for pulling ``arm`` (what a teacher's transcript contains)."""
         return f"Arm: {arm}" if self.chat else str(arm)
 
     # ---- environment feedback -----------------------------------------------------------------
+    def render_step(self, obs: Tensor, action: int, reward: float, terminated: bool, truncated: bool,
+                    progress: TrialProgress) -> str:
+        """:meth:`feedback` (a pull is a one-step episode: the observation and the episode
+        boundary carry nothing to show)."""
+        return self.feedback(action, reward, progress.steps_done, progress.total_reward)
+
     def feedback(self, action: int, reward: float, pulls_done: int, total_reward: float) -> str:
         """Text the environment writes after the agent's reply.
 
@@ -154,3 +102,8 @@ class BanditText:
         )
         tail = f" Total reward {int(round(total_reward))} after {pulls_done} pulls, {left} left."
         return head + tail + (" Which arm next?" if left > 0 else "")
+
+
+@register_text_env("bandit")
+def _bandit_text(task, dist, episodes_per_trial: int, chat: bool) -> BanditText:
+    return BanditText(task.num_arms, episodes_per_trial, chat=chat)

@@ -1,8 +1,10 @@
 """An LLM as a batched in-context RL agent behind the classic Agent interface.
 
-:class:`LLMAgent` plays ``num_tasks`` trials at once: its context starts with the text env's
-instructions, then grows turn by turn with its own replies (model tokens) and the environment's
-feedback (environment tokens), so rewards sit in its context (in-context RL). Because it is an
+:class:`LLMAgent` plays ``num_tasks`` trials of any task with a text rendering
+(:class:`~mrl_llm.envs.text_env.TextEnv`) at once: its context starts with the instructions and
+the first observation, then grows turn by turn with its own replies (model tokens) and the
+environment's text (environment tokens: reward, next observation, episode boundaries), so
+rewards sit in its context (in-context RL). Because it is an
 :class:`~classic.agents.base.Agent`, ``classic.evaluate.run_trials`` scores it exactly like UCB1
 or RL². With ``record=True`` it keeps, per trial, the token ids, the ``env_mask`` (1 = model
 token, trained on; 0 = environment token, masked) and the sampling logprobs that
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mrl_llm.envs.text_bandit import INVALID, BanditText
+from mrl_llm.envs.text_env import INVALID, TextEnv, TrialProgress
 from mrl_llm.rollout.generation import GenerationStats, HFSession, SamplingConfig, VLLMSession
 
 
@@ -74,11 +76,11 @@ class TrialRenderer:
 
     Args:
         tokenizer: the LM's tokenizer (chat template required when ``text_env.chat``).
-        text_env: the text rendering.
+        text_env: the task's text rendering.
         eos_token_id: extra stop id (e.g. from the model's generation config).
     """
 
-    def __init__(self, tokenizer, text_env: BanditText, eos_token_id=None) -> None:
+    def __init__(self, tokenizer, text_env: TextEnv, eos_token_id=None) -> None:
         self.tok = tokenizer
         self.env = text_env
         self.chat = ChatTurns(tokenizer) if text_env.chat else None
@@ -108,25 +110,29 @@ class TrialRenderer:
                 self._ids_cache[text] = ids
         return ids
 
-    def prompt_ids(self) -> list[int]:
-        """Token ids of the trial's prompt (chat template applied in chat mode)."""
+    def prompt_ids(self, obs: Tensor | None = None) -> list[int]:
+        """Token ids of the trial's prompt: the instructions and the first observation ``obs``
+        ((obs_dim,), when given), chat template applied in chat mode."""
+        prompt = self.env.prompt(obs)
         if self.chat is None:
             bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-            return bos + self.encode(self.env.instructions())
-        out = self.tok.apply_chat_template(self.env.prompt(), tokenize=True, add_generation_prompt=True)
+            return bos + self.encode(prompt)
+        out = self.tok.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
 
-    def reply_ids(self, arm: int) -> list[int]:
-        """A teacher's reply pulling ``arm``, ending with the turn's stop token in chat mode."""
-        ids = self.encode(self.env.format_action(arm))
+    def reply_ids(self, action: int) -> list[int]:
+        """A teacher's reply taking ``action``, ending with the turn's stop token in chat mode."""
+        ids = self.encode(self.env.format_action(action))
         if self.chat is not None:
             end = self.tok.convert_tokens_to_ids("<|im_end|>")
             ids = ids + [end if isinstance(end, int) and end != self.tok.unk_token_id else self.tok.eos_token_id]
         return ids
 
-    def feedback_ids(self, action: int, reward: float, pulls_done: int, total: float, last_reply: list[int]) -> list[int]:
-        """Environment tokens after a reply (``last_reply``: its token ids)."""
-        text = self.env.feedback(action, reward, pulls_done, total)
+    def step_ids(self, obs: Tensor, action: int, reward: float, terminated: bool, truncated: bool,
+                 progress: TrialProgress, last_reply: list[int]) -> list[int]:
+        """Environment tokens after a reply (:meth:`TextEnv.render_step`; ``last_reply``: the
+        reply's token ids)."""
+        text = self.env.render_step(obs, action, reward, terminated, truncated, progress)
         end = self.tok.decode(last_reply[-1:]) if last_reply and last_reply[-1] in self.stop_ids else ""
         if self.chat is not None:
             text = self.chat.wrap(text, end)
@@ -134,17 +140,32 @@ class TrialRenderer:
             text = text[len(end) :]
         return self.encode(text)
 
-    def teacher_trial(self, actions: list[int], rewards: list[float]) -> Transcript:
-        """The transcript of a trial whose actions and rewards are given (e.g. Thompson sampling's)."""
-        tr = Transcript(prompt_ids=self.prompt_ids())
-        total = 0.0
+    def teacher_trial(self, actions: list[int], rewards: list[float], obs: Tensor | None = None,
+                      terminated: list[bool] | None = None, truncated: list[bool] | None = None) -> Transcript:
+        """The transcript of a trial whose steps are given (e.g. a teacher agent's).
+
+        Args:
+            actions, rewards: the T steps' actions and rewards.
+            obs: (T, obs_dim) the observation each action was taken on (None: empty observations,
+                for renderings that show none).
+            terminated, truncated: whether step t ended its episode (None: every step does, as
+                in a bandit trial).
+        """
+        T = len(actions)
+        obs = obs if obs is not None else torch.zeros(T, 0)
+        ended = [True] * T if terminated is None else [bool(a) or bool(b) for a, b in zip(terminated, truncated)]
+        tr = Transcript(prompt_ids=self.prompt_ids(obs[0]) if T else self.prompt_ids())
+        total, episodes = 0.0, 0
         for t, (a, r) in enumerate(zip(actions, rewards)):
             reply = self.reply_ids(a)
             tr.completion_ids += reply
             tr.env_mask += [1] * len(reply)
-            if t + 1 < len(actions):
+            if t + 1 < T:
                 total += r
-                fb = self.feedback_ids(a, r, t + 1, total, reply)
+                episodes += ended[t]
+                term = bool(terminated[t]) if terminated is not None else True
+                trunc = bool(truncated[t]) if truncated is not None else False
+                fb = self.step_ids(obs[t + 1], a, r, term, trunc, TrialProgress(t + 1, total, episodes), reply)
                 tr.completion_ids += fb
                 tr.env_mask += [0] * len(fb)
         tr.logprobs = [0.0] * len(tr.completion_ids)
@@ -152,12 +173,12 @@ class TrialRenderer:
 
 
 class LLMAgent:
-    """A causal LM acting in a text-rendered bandit, batched over trials.
+    """A causal LM acting in a text-rendered task, batched over trials.
 
     Args:
         model: transformers causal LM (ignored when ``vllm_llm`` is given).
         tokenizer: its tokenizer (chat template required when ``text_env.chat``).
-        text_env: the text rendering (instructions, feedback, action parser).
+        text_env: the task's text rendering (instructions, observations, rewards, action parser).
         sampling: temperature, top-k, reply length, KV-cache reuse.
         name: agent name in reports.
         record: keep per-trial :class:`Transcript` s for training.
@@ -172,7 +193,7 @@ class LLMAgent:
         self,
         model,
         tokenizer,
-        text_env: BanditText,
+        text_env: TextEnv,
         sampling: SamplingConfig | None = None,
         name: str = "LLM",
         record: bool = False,
@@ -202,17 +223,23 @@ class LLMAgent:
             self.session = VLLMSession(self.vllm_llm, num_tasks)
         else:
             self.session = HFSession(self.model, self.tok.pad_token_id, num_tasks, self.sampling.use_cache)
-        prompt = self.renderer.prompt_ids()
-        self.session.append([prompt] * num_tasks)
-        self._trial = [Transcript(prompt_ids=list(prompt)) for _ in range(num_tasks)]
+        self._trial: list[Transcript] = []  # the prompts wait for the first observations
         self.turn = 0
         self.last_action = [INVALID] * num_tasks
         self.last_reply: list[list[int]] = [[] for _ in range(num_tasks)]
         self.total = [0.0] * num_tasks
+        self.episodes = [0] * num_tasks
 
     def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
-        if self.turn > 0:
-            self._append_feedback(prev_reward)
+        """Sample one reply per trial; returns (B,) long actions (``INVALID`` where a reply does
+        not parse). At the first step the prompt (instructions and ``obs``) opens the context;
+        after it, the previous step's reward and ``obs`` are appended as environment text."""
+        if self.turn == 0:
+            prompts = [self.renderer.prompt_ids(o) for o in obs]
+            self.session.append(prompts)
+            self._trial = [Transcript(prompt_ids=list(p)) for p in prompts]
+        else:
+            self._append_feedback(obs, prev_reward, terminated, truncated)
         s = self.sampling
         tokens, logps = self.session.sample(
             s.max_action_tokens, self.renderer.stop_ids, s.temperature, self.generator, s.top_k, top_p=s.top_p
@@ -234,13 +261,16 @@ class LLMAgent:
         self.turn += 1
         return torch.tensor(actions, dtype=torch.long)
 
-    def _append_feedback(self, prev_reward: Tensor) -> None:
-        rewards = prev_reward.tolist()
+    def _append_feedback(self, obs: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> None:
+        rewards, term, trunc = prev_reward.tolist(), terminated.tolist(), truncated.tolist()
         feed = []
         for i in range(self.n):
             r = rewards[i] if self.last_action[i] != INVALID else 0.0
             self.total[i] += r
-            feed.append(self.renderer.feedback_ids(self.last_action[i], r, self.turn, self.total[i], self.last_reply[i]))
+            self.episodes[i] += bool(term[i] or trunc[i])
+            progress = TrialProgress(self.turn, self.total[i], self.episodes[i])
+            feed.append(self.renderer.step_ids(obs[i], self.last_action[i], r, bool(term[i]), bool(trunc[i]), progress,
+                                               self.last_reply[i]))
         self.session.append(feed)
         if self.record:
             for tr, ids in zip(self._trial, feed):

@@ -24,7 +24,7 @@ import torch
 
 from classic import seeding
 from classic.evaluate import run_trials
-from mrl_llm.envs.text_bandit import BanditText
+from mrl_llm.envs.text_env import TextEnv
 from mrl_llm.rewards import get_reward
 from mrl_llm.rollout.agent import LLMAgent
 from mrl_llm.rollout.generation import SamplingConfig
@@ -219,7 +219,7 @@ class GRPOStageConfig(GRPOCommonConfig):
         return self.tasks_per_step * self.num_generations
 
 
-def make_rollout_func(dist, text_env: BanditText, tokenizer, sampling: SamplingConfig, num_generations: int, episodes_per_trial: int, seed: int = 0):
+def make_rollout_func(dist, text_env: TextEnv, tokenizer, sampling: SamplingConfig, num_generations: int, episodes_per_trial: int, seed: int = 0):
     """Build ``rollout_func(prompts, trainer) -> dict`` playing one trial per prompt.
 
     Consecutive blocks of ``num_generations`` prompts (TRL's RepeatSampler puts a group together)
@@ -396,7 +396,13 @@ def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_comp
     return cfg.trl_arguments(output_dir, use_cpu, reward_weights=cfg.reward_weights, max_completion_length=max_completion_length, shuffle_dataset=False)
 
 
-def prompt_dataset(text_env: BanditText, num_prompts: int):
+def trial_completion_length(steps_per_trial: int, sampling: SamplingConfig) -> int:
+    """Token budget of a whole trial's completion (replies and environment text): each step's reply
+    and up to 64 tokens of environment text, plus the closing tokens."""
+    return steps_per_trial * (sampling.max_action_tokens + 64) + 8
+
+
+def prompt_dataset(text_env: TextEnv, num_prompts: int):
     """A dataset of identical trial prompts; the task is hidden from the model (sampled by the
     rollout function), as meta-RL requires."""
     from datasets import Dataset
@@ -404,7 +410,7 @@ def prompt_dataset(text_env: BanditText, num_prompts: int):
     return Dataset.from_dict({"prompt": [text_env.prompt()] * num_prompts})
 
 
-def build_grpo_trainer(model, tokenizer, dist, text_env: BanditText, cfg: GRPOStageConfig, sampling: SamplingConfig, episodes_per_trial: int, output_dir, peft_config=None, callbacks=()):
+def build_grpo_trainer(model, tokenizer, dist, text_env: TextEnv, cfg: GRPOStageConfig, sampling: SamplingConfig, episodes_per_trial: int, output_dir, peft_config=None, callbacks=()):
     """A ``trl.GRPOTrainer`` whose rollouts are whole trials (see :func:`make_rollout_func`)."""
     from trl import GRPOTrainer
 
@@ -412,7 +418,7 @@ def build_grpo_trainer(model, tokenizer, dist, text_env: BanditText, cfg: GRPOSt
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     sampling = SamplingConfig(**{**vars(sampling), "temperature": cfg.temperature, "top_p": cfg.top_p})
-    max_len = episodes_per_trial * (sampling.max_action_tokens + 64) + 8
+    max_len = trial_completion_length(episodes_per_trial * dist.episode_length, sampling)
     args = grpo_arguments(cfg, output_dir, max_len)
     rollout = make_rollout_func(dist, text_env, tokenizer, sampling, cfg.num_generations, episodes_per_trial, cfg.seed)
     dataset = prompt_dataset(text_env, cfg.max_steps * cfg.tasks_per_step * cfg.num_generations)

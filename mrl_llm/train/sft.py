@@ -84,16 +84,24 @@ SFT_SEED_BASE = seeding.STREAMS["sft"][0]
 
 
 def teacher_transcripts(teacher, dist, renderer: TrialRenderer, num_trials: int, episodes_per_trial: int, seed: int) -> list[Transcript]:
-    """Run ``teacher`` for ``num_trials`` training trials and render each as token ids.
+    """Run ``teacher`` (any :class:`~classic.core.Agent`) for ``num_trials`` training trials
+    (stream ``sft``) and render each as token ids, observations and episode boundaries included.
 
     Returns:
         ``num_trials`` transcripts; ``env_mask`` is 1 on the teacher's reply tokens.
     """
     g = torch.Generator().manual_seed(SFT_SEED_BASE + seed)
     tasks = dist.sample_tasks(num_trials, g)
-    res = run_trials(teacher, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=SFT_SEED_BASE + seed)
-    actions, rewards = res.actions.tolist(), res.rewards.tolist()
-    return [renderer.teacher_trial(a, r) for a, r in zip(actions, rewards)]
+    res = run_trials(teacher, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=SFT_SEED_BASE + seed,
+                     keep_trajectories=True)
+    out = []
+    for traj in res.trajectories:
+        for b in range(traj.num_tasks):
+            steps = traj.valid[:, b]
+            out.append(renderer.teacher_trial(traj.actions[steps, b].tolist(), traj.rewards[steps, b].tolist(),
+                                              traj.obs[steps, b], traj.terminated[steps, b].tolist(),
+                                              traj.truncated[steps, b].tolist()))
+    return out
 
 
 def distillation_dataset(transcripts: list[Transcript]):

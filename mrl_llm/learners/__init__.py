@@ -1,0 +1,1 @@
+"""Meta-learners of the LLM side, registered on the platform (:data:`classic.registry.LEARNERS`)."""
