@@ -128,8 +128,13 @@ class Context:
 
     def fresh_model(self):
         """(model on ``device`` in float32, eval mode, tokenizer): the tiny LM or ``--model``."""
-        from mrl_llm.models import (ModelConfig, TinyLMConfig, build_tiny_model, build_tiny_tokenizer,
-                                    load_model_and_tokenizer)
+        from mrl_llm.models import (
+            ModelConfig,
+            TinyLMConfig,
+            build_tiny_model,
+            build_tiny_tokenizer,
+            load_model_and_tokenizer,
+        )
 
         if self.model_path is None:
             tok = build_tiny_tokenizer()
@@ -199,8 +204,15 @@ def _bandit_sft(model, tok, out: Path) -> None:
         renderer = TrialRenderer(tok, BanditText(k, n))
         trs = teacher_transcripts(ThompsonSamplingAgent(k), BernoulliBandit(k), renderer, trials, n, seed=0)
         parts.append(distillation_dataset(trs))
-    cfg = SFTStageConfig(num_trials=160, num_train_epochs=3.0, learning_rate=3e-3, per_device_train_batch_size=16,
-                         warmup_ratio=0.0, logging_steps=1000, save_steps=100_000)
+    cfg = SFTStageConfig(
+        num_trials=160,
+        num_train_epochs=3.0,
+        learning_rate=3e-3,
+        per_device_train_batch_size=16,
+        warmup_ratio=0.0,
+        logging_steps=1000,
+        save_steps=100_000,
+    )
     run_sft(model, tok, concatenate_datasets(parts), cfg, out, use_cpu=next(model.parameters()).device.type == "cpu")
 
 
@@ -213,8 +225,15 @@ def _search_sft(model, tok, out: Path) -> None:
     from mrl_llm.train.sft import SFTStageConfig, run_sft
 
     data = sft_dataset(SearchTaskConfig(**SEARCH), 256, 1_000, tok)
-    cfg = SFTStageConfig(num_trials=256, num_train_epochs=3.0, learning_rate=3e-3, per_device_train_batch_size=16,
-                         warmup_ratio=0.0, logging_steps=1000, save_steps=100_000)
+    cfg = SFTStageConfig(
+        num_trials=256,
+        num_train_epochs=3.0,
+        learning_rate=3e-3,
+        per_device_train_batch_size=16,
+        warmup_ratio=0.0,
+        logging_steps=1000,
+        save_steps=100_000,
+    )
     run_sft(model, tok, data, cfg, out, use_cpu=next(model.parameters()).device.type == "cpu")
 
 
@@ -274,9 +293,11 @@ def check_generator_device(ctx: Context) -> tuple[bool, str]:
     ok_lp = all(math.isfinite(x) and x <= 1e-6 for r in lp for x in r)
     agree = sum(x == y for ra, rd in zip(a, d) for x, y in zip(ra, rd))
     ok = a == b and a != c and ok_lp and all(len(r) == 8 for r in a)
-    detail = (f"CPU generator, {ctx.device} logits: {n} tokens, same seed same tokens: {a == b}, "
-              f"other seed differs: {a != c}, "
-              f"logprobs finite <= 0: {ok_lp}; KV cache vs re-encoding: {agree}/{n} tokens agree")
+    detail = (
+        f"CPU generator, {ctx.device} logits: {n} tokens, same seed same tokens: {a == b}, "
+        f"other seed differs: {a != c}, "
+        f"logprobs finite <= 0: {ok_lp}; KV cache vs re-encoding: {agree}/{n} tokens agree"
+    )
     if top_p:
         p1, _ = draw(0, True, top_p=0.9)
         p2, _ = draw(0, True, top_p=0.9)
@@ -307,10 +328,12 @@ def check_hf_evaluation(ctx: Context) -> tuple[bool, str]:
     limit = 0.5 if ctx.model_path is None else 1.0
     ok = same and shape_ok and r1.invalid_rate <= limit
     s = r1.summary()
-    return ok, (f"64 tasks x 20 pulls: same seed same actions: {same}, invalid rate {r1.invalid_rate:.3f} "
-                f"(limit {limit}), regret {s['regret']['mean']:.2f} +- {s['regret']['ci95']:.2f}, "
-                f"{r1.extra.get('tokens_per_second', 0):.0f} tok/s, "
-                f"{r1.wall_time:.1f} s/run")
+    return ok, (
+        f"64 tasks x 20 pulls: same seed same actions: {same}, invalid rate {r1.invalid_rate:.3f} "
+        f"(limit {limit}), regret {s['regret']['mean']:.2f} +- {s['regret']['ci95']:.2f}, "
+        f"{r1.extra.get('tokens_per_second', 0):.0f} tok/s, "
+        f"{r1.wall_time:.1f} s/run"
+    )
 
 
 def _prover_inputs(tok, n: int = 6):
@@ -356,6 +379,7 @@ def check_meta_prover_paths(ctx: Context) -> tuple[bool, str]:
                 first: list[torch.Tensor] = []
                 draw = getattr(prover, "_draw", None)
                 if draw is not None:  # record the roots' next-token logits (the first draw)
+
                     def recording(*args, _draw=draw, _first=first, **kwargs):
                         if not _first:
                             _first.append(args[0].detach().float().cpu().clone())
@@ -392,14 +416,18 @@ def check_meta_prover_paths(ctx: Context) -> tuple[bool, str]:
             fewer = enc["tree"] < enc["scratch"] and enc["rows"] < enc["scratch"]
             ok = ok and same["tree"] == 1.0 and same["rows"] == 1.0 and logits_ok and fewer
             logit_diffs = ", ".join(f"{p} {v:.1e}" for p, v in diffs.items())
-            parts.append(f"fp32: same answers as scratch tree {same['tree']:.0%} rows {same['rows']:.0%}, "
-                         f"first-token logits max abs diff {logit_diffs} (tol {tol:.0e}), tokens encoded "
-                         f"tree/rows/scratch {enc['tree']}/{enc['rows']}/{enc['scratch']}, mean J {J_mean:.2f}")
+            parts.append(
+                f"fp32: same answers as scratch tree {same['tree']:.0%} rows {same['rows']:.0%}, "
+                f"first-token logits max abs diff {logit_diffs} (tol {tol:.0e}), tokens encoded "
+                f"tree/rows/scratch {enc['tree']}/{enc['rows']}/{enc['scratch']}, mean J {J_mean:.2f}"
+            )
         else:
             ok = ok and logits_ok
             logit_diffs = ", ".join(f"{p} {v:.2f}" for p, v in diffs.items())
-            parts.append(f"bf16: identical answers tree {same['tree']:.0%} rows {same['rows']:.0%}, "
-                         f"logits max abs diff {logit_diffs} (tol {tol:.2f}), mean J {J_mean:.2f}")
+            parts.append(
+                f"bf16: identical answers tree {same['tree']:.0%} rows {same['rows']:.0%}, "
+                f"logits max abs diff {logit_diffs} (tol {tol:.2f}), mean J {J_mean:.2f}"
+            )
         if not diffs:
             parts.append(f"{name}: first-token logits not compared (MetaProver._draw not found)")
         del m
@@ -426,15 +454,20 @@ def check_lora_merge_drift(ctx: Context, cycles: int = 200, width: int = 1536) -
             model.unmerge_adapter()
         w = layer.base_layer.weight.detach()
         drift = (w.float() - w0.float()).abs()
-        out[name] = (float((w != w0).float().mean()), float(drift.max()) / float(w0.float().abs().max()),
-                     float(drift.max()))
+        out[name] = (
+            float((w != w0).float().mean()),
+            float(drift.max()) / float(w0.float().abs().max()),
+            float(drift.max()),
+        )
         del model, base, layer
         _release()
     bf, fp = out["bf16"], out["fp32"]
     ok = fp[1] <= 1e-5
-    return ok, (f"{cycles} merge/unmerge cycles, Linear({width}): fp32 base {fp[0]:.2%} of weights changed, "
-                f"max abs dW {fp[2]:.1e} ({fp[1]:.1e} of max abs W, limit 1e-5); bf16 base {bf[0]:.2%} changed, "
-                f"max abs dW {bf[2]:.1e} ({bf[1]:.1e} of max abs W)")
+    return ok, (
+        f"{cycles} merge/unmerge cycles, Linear({width}): fp32 base {fp[0]:.2%} of weights changed, "
+        f"max abs dW {fp[2]:.1e} ({fp[1]:.1e} of max abs W, limit 1e-5); bf16 base {bf[0]:.2%} changed, "
+        f"max abs dW {bf[2]:.1e} ({bf[1]:.1e} of max abs W)"
+    )
 
 
 def check_bf16_adamw(ctx: Context, steps: int = 5, lr: float = 1e-6, width: int = 1536) -> tuple[bool, str]:
@@ -442,8 +475,11 @@ def check_bf16_adamw(ctx: Context, steps: int = 5, lr: float = 1e-6, width: int 
     frac = {}
     torch.manual_seed(0)
     x = torch.randn(64, width, device=ctx.device)
-    for name, dtype, autocast in (("bf16 params", torch.bfloat16, False), ("fp32 params", torch.float32, False),
-                                  ("fp32 params + bf16 autocast", torch.float32, True)):
+    for name, dtype, autocast in (
+        ("bf16 params", torch.bfloat16, False),
+        ("fp32 params", torch.float32, False),
+        ("fp32 params + bf16 autocast", torch.float32, True),
+    ):
         torch.manual_seed(1)
         lin = torch.nn.Linear(width, width).to(ctx.device, dtype)
         w0 = lin.weight.detach().clone()
@@ -497,9 +533,18 @@ def _grpo(ctx: Context, use_vllm: bool) -> tuple[bool, str]:
     model, tok = ctx.warm_model("bandit")
     model.train()
     before = _snapshot(model)
-    cfg = GRPOStageConfig(max_steps=2, num_generations=2, tasks_per_step=2, learning_rate=1e-3, warmup_ratio=0.0,
-                          reward_funcs=["negative_regret"], save_steps=100_000, bf16=True, use_vllm=use_vllm,
-                          vllm_gpu_memory_utilization=VLLM_CPU_UTIL if ctx.use_cpu() else VLLM_GPU_UTIL)
+    cfg = GRPOStageConfig(
+        max_steps=2,
+        num_generations=2,
+        tasks_per_step=2,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        reward_funcs=["negative_regret"],
+        save_steps=100_000,
+        bf16=True,
+        use_vllm=use_vllm,
+        vllm_gpu_memory_utilization=VLLM_CPU_UTIL if ctx.use_cpu() else VLLM_GPU_UTIL,
+    )
     out = ctx.workdir / ("grpo_vllm" if use_vllm else "grpo")
     text_env = BanditText(3, 5, chat=ctx.chat)
     sampling = SamplingConfig(max_action_tokens=ctx.action_tokens)
@@ -540,15 +585,31 @@ def _mrt(ctx: Context, use_vllm: bool) -> tuple[bool, str]:
     model.train()
     before = _snapshot(model)
     data = st.prompt_dataset(task, 16, seed=2_000)
-    cfg = ReasoningGRPOConfig(max_steps=1, num_generations=4, prompts_per_step=2, max_completion_length=64,
-                              learning_rate=1e-3, warmup_ratio=0.0, save_steps=100_000, bf16=True, use_vllm=use_vllm,
-                              vllm_gpu_memory_utilization=VLLM_CPU_UTIL if ctx.use_cpu() else VLLM_GPU_UTIL)
-    prover_cfg = MetaProverConfig(termination_suffix=task.termination_suffix, num_samples=4, max_answer_tokens=3,
-                                  temperature=1.0)
+    cfg = ReasoningGRPOConfig(
+        max_steps=1,
+        num_generations=4,
+        prompts_per_step=2,
+        max_completion_length=64,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        save_steps=100_000,
+        bf16=True,
+        use_vllm=use_vllm,
+        vllm_gpu_memory_utilization=VLLM_CPU_UTIL if ctx.use_cpu() else VLLM_GPU_UTIL,
+    )
+    prover_cfg = MetaProverConfig(
+        termination_suffix=task.termination_suffix, num_samples=4, max_answer_tokens=3, temperature=1.0
+    )
     suffix = task.termination_suffix
-    trainer = build_reasoning_trainer(model, tok, data, cfg, ctx.workdir / ("mrt_vllm" if use_vllm else "mrt"),
-                                      mrt=MRTConfig(mode="progress", prover=prover_cfg),
-                                      split_fn=lambda text: st.trace_episodes(text, suffix).episodes)
+    trainer = build_reasoning_trainer(
+        model,
+        tok,
+        data,
+        cfg,
+        ctx.workdir / ("mrt_vllm" if use_vllm else "mrt"),
+        mrt=MRTConfig(mode="progress", prover=prover_cfg),
+        split_fn=lambda text: st.trace_episodes(text, suffix).episodes,
+    )
     how = "vLLM colocate (meta-prover on the engine)" if use_vllm else "HF rollouts and meta-prover"
     parts, ok = [f"bf16, {how}"], True
     if use_vllm:  # the vLLM meta-prover on the trainer's engine, before training
@@ -562,9 +623,11 @@ def _mrt(ctx: Context, use_vllm: bool) -> tuple[bool, str]:
     if trained:
         log = {k: v for h in trainer.state.log_history for k, v in h.items()}
         nan = float("nan")
-        parts.append(f"reward {log.get('reward', nan):.2f} (std {log.get('reward_std', nan):.2f}), episodes/trace "
-                     f"{log.get('mrt/episodes', nan):.1f}, mean progress {log.get('mrt/progress_mean', nan):+.3f}, "
-                     f"J(empty) {log.get('mrt/J_empty', nan):.2f}, prover {log.get('mrt/prover_seconds', nan):.2f} s")
+        parts.append(
+            f"reward {log.get('reward', nan):.2f} (std {log.get('reward_std', nan):.2f}), episodes/trace "
+            f"{log.get('mrt/episodes', nan):.1f}, mean progress {log.get('mrt/progress_mean', nan):+.3f}, "
+            f"J(empty) {log.get('mrt/J_empty', nan):.2f}, prover {log.get('mrt/prover_seconds', nan):.2f} s"
+        )
     del trainer, model
     _release()
     return ok and trained, "; ".join(parts)
@@ -641,7 +704,7 @@ def run_child(name: str, args: argparse.Namespace, workdir: Path) -> Result:
         return Result(name, "FAIL", time.perf_counter() - start, why)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_TAG):
-            r = json.loads(line[len(RESULT_TAG):])
+            r = json.loads(line[len(RESULT_TAG) :])
             if r["status"] == "FAIL":
                 sys.stderr.write(proc.stderr[-4000:])
             return Result(name, r["status"], time.perf_counter() - start, r["detail"])
@@ -711,11 +774,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="a local model directory (default: the tiny LM, built in code)")
     p.add_argument("--vllm", action="store_true", help="require the vLLM checks (FAIL when vllm is not installed)")
-    p.add_argument("--only", type=parse_only, default=None, metavar="NAME[,NAME]",
-                   help=f"run only these checks: {', '.join(CHECKS)}")
+    p.add_argument(
+        "--only",
+        type=parse_only,
+        default=None,
+        metavar="NAME[,NAME]",
+        help=f"run only these checks: {', '.join(CHECKS)}",
+    )
     p.add_argument("--cpu", action="store_true", help="run every check on the CPU (exercises the code without a GPU)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --cpu, torch's own otherwise)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: 1 with --cpu, torch's own otherwise)"
+    )
     p.add_argument("--child-timeout", type=int, default=CHILD_TIMEOUT_S, help="seconds per vLLM check (fresh process)")
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

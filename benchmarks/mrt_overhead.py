@@ -30,7 +30,9 @@ import torch
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="a saved model directory (e.g. runs/mrt_search_tiny/sft/final); default: a fresh tiny LM")
+    p.add_argument(
+        "--model", help="a saved model directory (e.g. runs/mrt_search_tiny/sft/final); default: a fresh tiny LM"
+    )
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--num-generations", type=int, default=8)
@@ -48,20 +50,33 @@ def main(argv: list[str] | None = None) -> dict:
     from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, build_reasoning_trainer
 
     task = st.SearchTaskConfig(function=args.function)
-    prover_cfg = MetaProverConfig(termination_suffix=task.termination_suffix, num_samples=args.prover_samples, max_answer_tokens=3, temperature=1.0)
+    prover_cfg = MetaProverConfig(
+        termination_suffix=task.termination_suffix,
+        num_samples=args.prover_samples,
+        max_answer_tokens=3,
+        temperature=1.0,
+    )
     split = lambda text: st.trace_episodes(text, task.termination_suffix).episodes  # noqa: E731
     data = st.prompt_dataset(task, args.steps * args.prompts_per_step * args.num_generations, seed=7)
 
     def load():
         return load_model_and_tokenizer(ModelConfig(), path=args.model, seed=0)
 
-    grpo = ReasoningGRPOConfig(max_steps=args.steps, num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
-                               max_completion_length=args.max_completion_length, save_steps=10_000, logging_steps=1)
+    grpo = ReasoningGRPOConfig(
+        max_steps=args.steps,
+        num_generations=args.num_generations,
+        prompts_per_step=args.prompts_per_step,
+        max_completion_length=args.max_completion_length,
+        save_steps=10_000,
+        logging_steps=1,
+    )
     rows, step_s = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, mrt in (("GRPO (outcome)", None), ("MRT (progress)", MRTConfig(mode="progress", prover=prover_cfg))):
             model, tok = load()
-            trainer = build_reasoning_trainer(model, tok, data, grpo, Path(tmp) / name.split()[0], mrt=mrt, split_fn=split)
+            trainer = build_reasoning_trainer(
+                model, tok, data, grpo, Path(tmp) / name.split()[0], mrt=mrt, split_fn=split
+            )
             start = time.perf_counter()
             trainer.train()
             wall = time.perf_counter() - start
@@ -71,8 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
             step_s[name] = wall / args.steps
             rows.append((name, wall / args.steps, prover / args.steps, sum(length) / max(len(length), 1)))
 
-    print(f"## Training step, {args.prompts_per_step} prompts x {args.num_generations} completions, up to {args.max_completion_length} tokens, "
-          f"{args.prover_samples} forced answers per episode boundary, {args.threads} threads\n")
+    print(
+        f"## Training step, {args.prompts_per_step} prompts x {args.num_generations} completions, "
+        f"up to {args.max_completion_length} tokens, "
+        f"{args.prover_samples} forced answers per episode boundary, {args.threads} threads\n"
+    )
     print("| trainer | seconds / step | meta-prover s / step | mean completion tokens |")
     print("|---|---:|---:|---:|")
     for name, s, pr, ln in rows:
@@ -82,7 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # the meta-prover alone, shared prefix vs from scratch, on the same traces
     model, tok = load()
-    problems = st.sample_problems(task, args.prompts_per_step * args.num_generations // 2, torch.Generator().manual_seed(11))
+    problems = st.sample_problems(
+        task, args.prompts_per_step * args.num_generations // 2, torch.Generator().manual_seed(11)
+    )
     traces = sample_traces(model, tok, [q.prompt for q in problems], 2, args.max_completion_length, 1.0, seed=3)
     p_ids, c_ids, cuts, refs = [], [], [], []
     for q, per in zip(problems, traces):
@@ -99,7 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     prover_rows, answers = [], {}
     tree_support = progress_module.supports_tree_attention
-    for name, shared, tree in (("shared prefix, tree attention", True, True), ("shared prefix, copied rows", True, False), ("from scratch", False, False)):
+    for name, shared, tree in (
+        ("shared prefix, tree attention", True, True),
+        ("shared prefix, copied rows", True, False),
+        ("from scratch", False, False),
+    ):
         progress_module.supports_tree_attention = tree_support if tree else (lambda model: False)
         try:
             prover = MetaProver(model, tok, replace(prover_cfg, shared_prefix=shared))
@@ -116,8 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {name} | {s:.3f} | {enc} | {r} |")
     same = all(a == answers["from scratch"] for a in answers.values())
     scratch = prover_rows[-1]
-    print("\nagainst from scratch: " + "; ".join(f"{name} {scratch[1] / s:.2f}x faster, {scratch[2] / max(enc, 1):.1f}x fewer tokens encoded"
-                                                  for name, s, enc, _ in prover_rows[:-1]) + f"; same answers: {same}")
+    print(
+        "\nagainst from scratch: "
+        + "; ".join(
+            f"{name} {scratch[1] / s:.2f}x faster, {scratch[2] / max(enc, 1):.1f}x fewer tokens encoded"
+            for name, s, enc, _ in prover_rows[:-1]
+        )
+        + f"; same answers: {same}"
+    )
     return {"step_seconds": step_s, "mrt_over_grpo": ratio, "prover": prover_rows, "same_answers": same}
 
 

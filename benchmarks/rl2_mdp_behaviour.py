@@ -64,7 +64,9 @@ class _RecordStates:
         return getattr(self.agent, key)
 
 
-def behaviour(agent, dist: TabularMDP, tasks, episodes_per_trial: int, windows: list[tuple[int, int]], seed: int = 0) -> dict:
+def behaviour(
+    agent, dist: TabularMDP, tasks, episodes_per_trial: int, windows: list[tuple[int, int]], seed: int = 0
+) -> dict:
     """Exploration and exploitation statistics of one agent on ``tasks``.
 
     Returns:
@@ -90,9 +92,11 @@ def behaviour(agent, dist: TabularMDP, tasks, episodes_per_trial: int, windows: 
     out = {"windows": {}}
     for lo, hi in windows:
         mask = (episode >= lo) & (episode < hi)
-        out["windows"][f"{lo}-{hi}"] = {"return": float(res.episode_returns[:, lo:hi].mean()),
-                                        "optimal": float(took_optimal[:, mask].mean()),
-                                        "myopic": float(took_myopic[:, mask].mean())}
+        out["windows"][f"{lo}-{hi}"] = {
+            "return": float(res.episode_returns[:, lo:hi].mean()),
+            "optimal": float(took_optimal[:, mask].mean()),
+            "myopic": float(took_myopic[:, mask].mean()),
+        }
     tried = torch.zeros(n, dist.num_states, dist.num_actions, dtype=torch.bool)
     valid = actions >= 0
     tried[rows[valid], states[valid], actions[valid]] = True
@@ -130,11 +134,22 @@ def main(argv: list[str] | None = None) -> dict:
         agents[name] = make_mdp_baseline(name, dist.num_states, dist.num_actions, dist.episode_length)
     results = {name: behaviour(agent, dist, tasks, args.n, windows) for name, agent in agents.items()}
     labels = [f"{lo}-{hi}" for lo, hi in windows]
-    print("| agent | " + " | ".join(f"eps {w}: return / optimal / myopic-best" for w in labels) + " | tried per state | best tried |")
+    print(
+        "| agent | "
+        + " | ".join(f"eps {w}: return / optimal / myopic-best" for w in labels)
+        + " | tried per state | best tried |"
+    )
     print("|---|" + "---:|" * (len(labels) + 2))
     for name, r in results.items():
-        cells = [f"{r['windows'][w]['return']:.2f} / {r['windows'][w]['optimal']:.3f} / {r['windows'][w]['myopic']:.3f}" for w in labels]
-        print(f"| {name} | " + " | ".join(cells) + f" | {r['tried_per_state']:.2f} / {dist.num_actions} | {r['best_tried']:.3f} |")
+        cells = [
+            f"{r['windows'][w]['return']:.2f} / {r['windows'][w]['optimal']:.3f} / {r['windows'][w]['myopic']:.3f}"
+            for w in labels
+        ]
+        print(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {r['tried_per_state']:.2f} / {dist.num_actions} | {r['best_tried']:.3f} |"
+        )
     return results
 
 

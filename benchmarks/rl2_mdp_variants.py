@@ -35,8 +35,9 @@ State-gated heads (``state_gated_heads``: the output layers read ``obs outer fea
 readout per state) are the recipe now; the 600-iteration row is a scratch run of the recipe's
 config (615 s at 1 thread; transferred to n=25/50/100 it scores 406.8/839.0/1707.6 against
 395.5/816.6/1666.8 ungated). The ungated 600-iteration row took 19 min at 1 thread with the
-evaluations. The paper's RL² has 156.2, Greedy 156, PSRL 134.5, Random 101. Behaviour cloning of Greedy's actions into the same network
-(cross-entropy, 200 iterations x 256 trials; a scratch script, not in this file) reached 148.7, so the gap is in the RL, not in what
+evaluations. The paper's RL² has 156.2, Greedy 156, PSRL 134.5, Random 101. Behaviour cloning of Greedy's
+actions into the same network (cross-entropy, 200 iterations x 256 trials; a scratch script, not in this
+file) reached 148.7, so the gap is in the RL, not in what
 the network can represent.
 
 Output: a markdown table (variant x evaluation iteration -> mean total reward, with the final
@@ -51,14 +52,24 @@ import multiprocessing as mp
 import sys
 import time
 
-BASE = {"gae_lambda": 0.3, "gamma": 0.99, "num_trials_per_batch": 256, "num_minibatches": 16, "hidden_size": 128,
-        "obs_action_reward_input": True, "obs_action_input": True, "head_hidden_size": 64, "state_gated_heads": True,
-        "ent_coef": 0.05}
+BASE = {
+    "gae_lambda": 0.3,
+    "gamma": 0.99,
+    "num_trials_per_batch": 256,
+    "num_minibatches": 16,
+    "hidden_size": 128,
+    "obs_action_reward_input": True,
+    "obs_action_input": True,
+    "head_hidden_size": 64,
+    "state_gated_heads": True,
+    "ent_coef": 0.05,
+}
 DEFAULT_VARIANTS = {"recipe": {}, "previous": {"state_gated_heads": False}}
 
 
 def run_variant(args: tuple) -> dict:
-    """Train one variant; returns ``{"name", "config", "curve": [{iteration, env_steps, seconds, mean, ci95}], "entropy"}``."""
+    """Train one variant; returns ``{"name", "config", "curve": [{iteration, env_steps, seconds, mean,
+    ci95}], "entropy"}``."""
     name, overrides, n, iterations, eval_every, eval_tasks = args
     import torch
 
@@ -81,8 +92,15 @@ def run_variant(args: tuple) -> dict:
             return
         seconds = time.perf_counter() - start
         summary = run_trials(RL2Agent(policy), dist, eval_tasks, n, seed=0).summary()["total_reward"]
-        curve.append({"iteration": iteration + 1, "env_steps": env_steps, "seconds": seconds,
-                      "mean": summary["mean"], "ci95": summary["ci95"]})
+        curve.append(
+            {
+                "iteration": iteration + 1,
+                "env_steps": env_steps,
+                "seconds": seconds,
+                "mean": summary["mean"],
+                "ci95": summary["ci95"],
+            }
+        )
         print(f"{name}: iteration {iteration + 1}, {summary['mean']:.1f}", file=sys.stderr, flush=True)
 
     train_rl2(config, dist, n, log_fn=log, on_iteration=evaluate)
@@ -104,14 +122,20 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def table(results: list[dict]) -> str:
     """Markdown: one row per variant, one column per evaluation iteration."""
     its = sorted({p["iteration"] for r in results for p in r["curve"]})
-    lines = ["| variant | " + " | ".join(f"it {i}" for i in its) + " | env steps | seconds (with evals) | entropy |",
-             "|---|" + "---:|" * (len(its) + 3)]
+    lines = [
+        "| variant | " + " | ".join(f"it {i}" for i in its) + " | env steps | seconds (with evals) | entropy |",
+        "|---|" + "---:|" * (len(its) + 3),
+    ]
     for r in results:
         at = {p["iteration"]: p for p in r["curve"]}
         cells = [f"{at[i]['mean']:.1f} ± {at[i]['ci95']:.1f}" if i in at else "—" for i in its]
         end = r["curve"][-1] if r["curve"] else {"env_steps": 0, "seconds": 0.0}
         entropy = f"{r['entropy']:.2f}" if r["entropy"] is not None else "—"
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {end['env_steps'] / 1e6:.2f}M | {end['seconds']:.0f} | {entropy} |")
+        lines.append(
+            f"| {r['name']} | "
+            + " | ".join(cells)
+            + f" | {end['env_steps'] / 1e6:.2f}M | {end['seconds']:.0f} | {entropy} |"
+        )
     return "\n".join(lines)
 
 
@@ -135,7 +159,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results = pool.map(run_variant, jobs)
     else:
         results = [run_variant(job) for job in jobs]
-    print(f"RL² on TabularMDP(S=10, A=5, H=10), n={args.n}, {args.eval_tasks} held-out tasks (seed 0), sampled actions\n")
+    print(
+        f"RL² on TabularMDP(S=10, A=5, H=10), n={args.n}, {args.eval_tasks} held-out tasks (seed 0), sampled actions\n"
+    )
     print(table(results))
     if args.out:
         with open(args.out, "w") as f:

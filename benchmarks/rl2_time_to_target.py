@@ -175,9 +175,13 @@ def run_setting(job: dict) -> dict:
             print(f"{tag} {msg}", file=sys.stderr, flush=True)
 
     t = time.perf_counter()
-    gittins = run_trials(GittinsAgent(k, n), dist, episodes_per_trial=n, seed=EVAL_SEED, tasks=tasks).summary()["total_reward"]
+    gittins = run_trials(GittinsAgent(k, n), dist, episodes_per_trial=n, seed=EVAL_SEED, tasks=tasks).summary()[
+        "total_reward"
+    ]
     target = TARGET_FRACTION * gittins["mean"]
-    log(f"Gittins {gittins['mean']:.2f} +- {gittins['ci95']:.2f} ({time.perf_counter() - t:.1f} s); target {target:.2f}")
+    log(
+        f"Gittins {gittins['mean']:.2f} +- {gittins['ci95']:.2f} ({time.perf_counter() - t:.1f} s); target {target:.2f}"
+    )
 
     curve: list[dict] = []
     reached: dict[str, dict | None] = {m: None for m in MODES}
@@ -195,7 +199,9 @@ def run_setting(job: dict) -> dict:
             return False
         point = {"iteration": iteration + 1, "env_steps": env_steps, "train_seconds": round(train_s, 3)}
         for mode in MODES:
-            r = run_trials(RL2Agent(policy, greedy=mode == "greedy"), dist, episodes_per_trial=n, seed=EVAL_SEED, tasks=tasks)
+            r = run_trials(
+                RL2Agent(policy, greedy=mode == "greedy"), dist, episodes_per_trial=n, seed=EVAL_SEED, tasks=tasks
+            )
             stats = mean_ci(r.total_reward)
             point[f"mean_{mode}"] = stats["mean"]
             point[f"ci95_{mode}"] = stats["ci95"]
@@ -268,23 +274,62 @@ def format_table(results: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d = RL2Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--settings", type=parse_settings, default=parse_settings("5x100,10x100"), help="comma-separated KxN (arms x pulls per trial); default 5x100,10x100")
-    p.add_argument("--workers", type=int, default=2, help="settings trained in parallel, one process each (default 2; 1 = in this process)")
+    p.add_argument(
+        "--settings",
+        type=parse_settings,
+        default=parse_settings("5x100,10x100"),
+        help="comma-separated KxN (arms x pulls per trial); default 5x100,10x100",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="settings trained in parallel, one process each (default 2; 1 = in this process)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--eval-every", type=int, default=10, help="iterations between evaluations (default 10)")
-    p.add_argument("--eval-tasks", type=int, default=1000, help="held-out tasks (eval seed 0) per evaluation (default 1000)")
-    p.add_argument("--iterations", type=int, default=None, help=f"iteration budget (RL2Config default {d.num_iterations})")
-    p.add_argument("--trials-per-batch", type=int, default=None, help=f"trials per iteration (default {d.num_trials_per_batch})")
-    p.add_argument("--num-minibatches", type=int, default=None, help=f"PPO minibatches per epoch (default {d.num_minibatches})")
+    p.add_argument(
+        "--eval-tasks", type=int, default=1000, help="held-out tasks (eval seed 0) per evaluation (default 1000)"
+    )
+    p.add_argument(
+        "--iterations", type=int, default=None, help=f"iteration budget (RL2Config default {d.num_iterations})"
+    )
+    p.add_argument(
+        "--trials-per-batch", type=int, default=None, help=f"trials per iteration (default {d.num_trials_per_batch})"
+    )
+    p.add_argument(
+        "--num-minibatches", type=int, default=None, help=f"PPO minibatches per epoch (default {d.num_minibatches})"
+    )
     p.add_argument("--hidden-size", type=int, default=None, help=f"GRU hidden units (default {d.hidden_size})")
     p.add_argument("--lr", type=float, default=None, help=f"Adam step size (default {d.learning_rate:g})")
     p.add_argument("--seed", type=int, default=None, help=f"training seed (default {d.seed})")
-    p.add_argument("--max-train-seconds", type=float, default=None, help="stop a setting after this much training time (default: no limit)")
-    p.add_argument("--stop-when", choices=("both", "any", "never"), default="both", help="stop when both modes / either mode reached the target, or never (full curve); default both")
-    p.add_argument("--out", type=Path, default=Path("runs/benchmarks/rl2_time_to_target.json"), help="JSON output (curve and all numbers)")
+    p.add_argument(
+        "--max-train-seconds",
+        type=float,
+        default=None,
+        help="stop a setting after this much training time (default: no limit)",
+    )
+    p.add_argument(
+        "--stop-when",
+        choices=("both", "any", "never"),
+        default="both",
+        help="stop when both modes / either mode reached the target, or never (full curve); default both",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/benchmarks/rl2_time_to_target.json"),
+        help="JSON output (curve and all numbers)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--setting-config", type=parse_setting_config, action="append", default=[], metavar="KxN=JSON",
-                   help="RL2Config fields for one setting, on top of the flags above (repeatable)")
+    p.add_argument(
+        "--setting-config",
+        type=parse_setting_config,
+        action="append",
+        default=[],
+        metavar="KxN=JSON",
+        help="RL2Config fields for one setting, on top of the flags above (repeatable)",
+    )
     return p
 
 
@@ -323,7 +368,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.max_train_seconds is not None:
         budget += f", at most {args.max_train_seconds:g} s training"
     print(
-        f"RL² budget per setting: {budget}; hidden {config.hidden_size}, lr {config.learning_rate:g}, seed {config.seed}; "
+        f"RL² budget per setting: {budget}; hidden {config.hidden_size}, lr {config.learning_rate:g}, "
+        f"seed {config.seed}; "
         f"eval every {args.eval_every} iterations on {args.eval_tasks} held-out tasks (seed {EVAL_SEED}); "
         f"target {TARGET_FRACTION:g} x Gittins",
         flush=True,
@@ -345,8 +391,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     total = time.perf_counter() - start
 
     print(format_table(results))
-    print(f"\nTotal wall time {total:.0f} s. Times to target are training seconds (evaluation excluded); "
-          "'sampled' acts by sampling the policy, 'greedy' by its argmax.")
+    print(
+        f"\nTotal wall time {total:.0f} s. Times to target are training seconds (evaluation excluded); "
+        "'sampled' acts by sampling the policy, 'greedy' by its argmax."
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "machine": machine,

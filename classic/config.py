@@ -126,8 +126,10 @@ class _RecipeLoader(yaml.SafeLoader):
                     continue
                 if duplicate:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key!r}", key_node.start_mark,
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
                     )
         return super().construct_mapping(node, deep=deep)
 
@@ -319,8 +321,7 @@ def _init_fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
         hints = typing.get_type_hints(cls)
     except (NameError, TypeError) as err:
         raise TypeError(
-            f"cannot resolve the field types of {cls.__qualname__}: {err} "
-            "(define config dataclasses at module level)"
+            f"cannot resolve the field types of {cls.__qualname__}: {err} (define config dataclasses at module level)"
         ) from err
     return {f.name: (f, hints.get(f.name, f.type)) for f in dataclasses.fields(cls) if f.init}
 
@@ -412,8 +413,11 @@ def _convert(value: Any, tp: Any, key: str, ctx: _Ctx, shown: str | None = None)
         registry = tp.registry
         if not isinstance(value, Mapping) or "name" not in value:
             known = ", ".join(registry.names())
-            raise ctx.error(key, f"'{key}' must be a mapping with a 'name' key naming a {registry.what} "
-                                 f"(known: {known}), got {_describe(value)}")
+            raise ctx.error(
+                key,
+                f"'{key}' must be a mapping with a 'name' key naming a {registry.what} "
+                f"(known: {known}), got {_describe(value)}",
+            )
         try:
             cls = registry.get(value["name"])
         except RegistryError as err:
@@ -549,6 +553,7 @@ def _list_item(items: list, part: str, text: str, ctx: _Ctx, where: str) -> dict
     names = [str(i.get("label") or i.get("name")) for i in items if isinstance(i, dict)]
     raise RecipeError(f"{ctx.source}: override '{text}': '{where}' has no item {part!r} (items: {', '.join(names)})")
 
+
 def _type_name(tp: Any) -> str:
     """Human-readable annotation: ``int``, ``list[float]``, ``int or None``, ``one of 'a', 'b'``."""
     if tp is _NONE or tp is None:
@@ -613,11 +618,7 @@ def to_dict(obj: Any) -> dict:
 
 def _plain(value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _plain(getattr(value, f.name), _join(key, f.name))
-            for f in dataclasses.fields(value)
-            if f.init
-        }
+        return {f.name: _plain(getattr(value, f.name), _join(key, f.name)) for f in dataclasses.fields(value) if f.init}
     if value is None or type(value) in (bool, int, float, str):
         return value
     if isinstance(value, enum.Enum):

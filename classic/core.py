@@ -347,8 +347,9 @@ class MetaLearner:
         """Tasks its agents play at once at evaluation (default: the protocol's)."""
         return protocol.batch_size
 
-    def report(self, config: Any, checkpoint: Any, results: dict, dist: TaskDistribution,
-               protocol: Any) -> tuple[list[str], dict]:
+    def report(
+        self, config: Any, checkpoint: Any, results: dict, dist: TaskDistribution, protocol: Any
+    ) -> tuple[list[str], dict]:
         """Lines for the report and entries for ``results.json`` once every agent is evaluated
         (``results``: name -> TrialResult of all agents); default: none."""
         return [], {}

@@ -70,7 +70,6 @@ class TrialResult:
             return 0.0
         return float((self.actions == -1).float().mean())
 
-
     def summary(self) -> dict:
         """Means and 95% CIs (normal approximation, 1.96 * std / sqrt(N))."""
         return {

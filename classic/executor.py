@@ -105,7 +105,9 @@ def make_executor(config: ExecutorConfig, workers: int = 1, threads: int = 1):
         raise ImportError('executor name: ray needs Ray: pip install -e ".[ray]"') from None
     started = not ray.is_initialized()
     if started:
-        kwargs: dict[str, Any] = {"address": config.address} if config.address else {"num_cpus": max(workers, 1) * threads}
+        kwargs: dict[str, Any] = (
+            {"address": config.address} if config.address else {"num_cpus": max(workers, 1) * threads}
+        )
         ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
     try:
         yield RayExecutor(ray, threads)

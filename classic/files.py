@@ -55,8 +55,9 @@ def lock_run(root: str | os.PathLike, name: str) -> Path:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunFolderError(f"run {name!r} in {root} is in use by another process (lock {path}): wait for it "
-                             "or choose another name") from None
+        raise RunFolderError(
+            f"run {name!r} in {root} is in use by another process (lock {path}): wait for it or choose another name"
+        ) from None
     _HELD_LOCKS[key] = fd
     return path
 
@@ -68,10 +69,19 @@ def check_run_name(name: str) -> str:
         ValueError: for an empty name, ``.`` or ``..``, a name with a path separator, an absolute
             name, or one with leading or trailing whitespace.
     """
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or os.path.isabs(name) or name != name.strip() or "\0" in name):
-        raise ValueError(f"name {name!r}: a run name must be one folder name inside output.root "
-                         "(not empty, not '.' or '..', no '/')")
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or os.path.isabs(name)
+        or name != name.strip()
+        or "\0" in name
+    ):
+        raise ValueError(
+            f"name {name!r}: a run name must be one folder name inside output.root (not empty, not '.' or '..', no '/')"
+        )
     return name
 
 
@@ -213,5 +223,7 @@ def prepare_run_dir(name: str, out: OutputConfig) -> Path:
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise RunFolderError(f"output.root {out.root}: cannot make the run folder {run_dir} ({err.strerror or err})") from None
+            raise RunFolderError(
+                f"output.root {out.root}: cannot make the run folder {run_dir} ({err.strerror or err})"
+            ) from None
     return run_dir

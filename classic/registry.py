@@ -78,7 +78,9 @@ class Registry:
                 raise TypeError(f"{cls.__qualname__}: a registered {self.what} config needs a field name = {name!r}")
             old = self._entries.get(name)
             if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-                raise RegistryError(f"{self.what} {name!r} is registered twice ({old.__qualname__}, {cls.__qualname__})")
+                raise RegistryError(
+                    f"{self.what} {name!r} is registered twice ({old.__qualname__}, {cls.__qualname__})"
+                )
             self._entries[name] = cls
             return cls
 

@@ -336,7 +336,9 @@ def plot_regret(results: Mapping[str, Result], path: str | Path, title: str | No
 
 
 def plot_adaptation(
-    results: Mapping[str, Result], path: str | Path, bounds: Mapping[str, list[float]] | None = None,
+    results: Mapping[str, Result],
+    path: str | Path,
+    bounds: Mapping[str, list[float]] | None = None,
     title: str | None = None,
 ) -> Path:
     """PNG of the mean return per episode index of the trial (the adaptation curve), one line per
@@ -360,11 +362,23 @@ def plot_adaptation(
         mean, ci = [float(m) for m in curve["mean"]], [float(c) for c in curve["ci95"]]
         x = list(range(1, len(mean) + 1))
         (line,) = ax.plot(x, mean, label=name, lw=1.8, marker="o" if len(mean) <= 12 else None, ms=3)
-        ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
-                        color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(
+            x,
+            [m - c for m, c in zip(mean, ci)],
+            [m + c for m, c in zip(mean, ci)],
+            color=line.get_color(),
+            alpha=0.2,
+            lw=0,
+        )
     for name, values in (bounds or {}).items():
-        ax.plot(range(1, len(values) + 1), values, ls="--", lw=1.2, color="black" if "oracle" in name else "gray",
-                label=name)
+        ax.plot(
+            range(1, len(values) + 1),
+            values,
+            ls="--",
+            lw=1.2,
+            color="black" if "oracle" in name else "gray",
+            label=name,
+        )
     ax.set_xlabel("episode of the trial")
     ax.set_ylabel("mean episode return")
     if title:
@@ -374,16 +388,23 @@ def plot_adaptation(
     return save_figure(fig, path, format="png", bbox_inches="tight")
 
 
-def adaptation_table(results: Mapping[str, Result], bounds: Mapping[str, list[float]] | None = None,
-                     max_columns: int = 8) -> str:
+def adaptation_table(
+    results: Mapping[str, Result], bounds: Mapping[str, list[float]] | None = None, max_columns: int = 8
+) -> str:
     """Markdown table of the mean return per episode index (± 95% CI), one row per agent, then
     one row per bound; a last column gives the trial return's gap to the first bound (oracle or
     Bayes-optimal) in return units. With more than ``max_columns`` episodes, evenly spaced
     ones are shown (always the first and the last)."""
-    curves = {name: (adaptation_curve(r) if isinstance(r, TrialResult) else dict(r).get("episode_returns") or {})
-              for name, r in results.items()}
+    curves = {
+        name: (adaptation_curve(r) if isinstance(r, TrialResult) else dict(r).get("episode_returns") or {})
+        for name, r in results.items()
+    }
     E = max((len(c.get("mean", [])) for c in curves.values()), default=0)
-    cols = list(range(E)) if E <= max_columns else sorted({round(i * (E - 1) / (max_columns - 1)) for i in range(max_columns)})
+    cols = (
+        list(range(E))
+        if E <= max_columns
+        else sorted({round(i * (E - 1) / (max_columns - 1)) for i in range(max_columns)})
+    )
     bounds = dict(bounds or {})
     ref_name, ref = next(iter(bounds.items()), (None, None))
     header = ["agent"] + [f"ep. {c + 1}" for c in cols] + ["trial return"]
@@ -393,8 +414,11 @@ def adaptation_table(results: Mapping[str, Result], bounds: Mapping[str, list[fl
 
     def row(name, mean, ci):
         total = sum(mean)
-        cells = [_cell(name)] + [_fmt_mean_ci({"mean": mean[c], "ci95": ci[c]}) if ci else _fmt_number(mean[c])
-                                 for c in cols] + [_fmt_number(total)]
+        cells = (
+            [_cell(name)]
+            + [_fmt_mean_ci({"mean": mean[c], "ci95": ci[c]}) if ci else _fmt_number(mean[c]) for c in cols]
+            + [_fmt_number(total)]
+        )
         if ref is not None:
             cells.append(_fmt_number(sum(ref) - total))
         lines.append(_row(cells))

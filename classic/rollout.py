@@ -165,8 +165,23 @@ def rollout(
             step = dist.step(tasks, state, action, generator)
             reward = step.reward * valid
             expected = reward if expected is None else expected * valid
-            rows.append((obs, prev_action, prev_reward, prev_terminated, prev_truncated, action, reward, expected,
-                         step.terminated, step.truncated, valid, episode, t_in_episode))
+            rows.append(
+                (
+                    obs,
+                    prev_action,
+                    prev_reward,
+                    prev_terminated,
+                    prev_truncated,
+                    action,
+                    reward,
+                    expected,
+                    step.terminated,
+                    step.truncated,
+                    valid,
+                    episode,
+                    t_in_episode,
+                )
+            )
             if info is not None:
                 infos.append(info)
             ended = step.terminated | step.truncated

@@ -18,17 +18,17 @@ import torch
 
 #: stream -> (base, multiplier): seed of ``stream`` for run seed s is base + multiplier * s.
 STREAMS: dict[str, tuple[int, int]] = {
-    "rl2": (0, 1),                   # RL² training (its config's seed as is)
-    "tune": (30_000, 1),             # baselines' tuning tasks and their play
-    "sft": (20_000, 1),              # distillation trials of the SFT teacher
-    "grpo": (40_000, 1),             # GRPO rollout task stream (per rank, see mrl_llm.train.grpo)
-    "eval_tasks": (1_000_003, 1),    # held-out tasks
+    "rl2": (0, 1),  # RL² training (its config's seed as is)
+    "tune": (30_000, 1),  # baselines' tuning tasks and their play
+    "sft": (20_000, 1),  # distillation trials of the SFT teacher
+    "grpo": (40_000, 1),  # GRPO rollout task stream (per rank, see mrl_llm.train.grpo)
+    "eval_tasks": (1_000_003, 1),  # held-out tasks
     "eval_play": (1_000_003 + 7919, 7919),  # the environment and agents' randomness at evaluation
     "meta_prover": (10_007, 10_007),  # MRT meta-prover samples
-    "prefix": (20_011, 20_011),      # MRT episode-prefix sampling
-    "mrt_sft": (1_000, 1),           # MRT warm-start problems
-    "mrt_train": (2_000, 1),         # MRT training problems
-    "mrt_eval": (3_000, 1),          # MRT held-out problems
+    "prefix": (20_011, 20_011),  # MRT episode-prefix sampling
+    "mrt_sft": (1_000, 1),  # MRT warm-start problems
+    "mrt_train": (2_000, 1),  # MRT training problems
+    "mrt_eval": (3_000, 1),  # MRT held-out problems
 }
 
 

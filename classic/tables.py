@@ -50,13 +50,27 @@ def _baselines(*specs: dict) -> list:
 
 
 def _table1_baselines() -> list:
-    return _baselines({"name": "Random"}, {"name": "Gittins"}, {"name": "Thompson sampling"}, {"name": "OTS"},
-                      {"name": "UCB1"}, {"name": "epsilon-greedy"}, {"name": "Greedy"})
+    return _baselines(
+        {"name": "Random"},
+        {"name": "Gittins"},
+        {"name": "Thompson sampling"},
+        {"name": "OTS"},
+        {"name": "UCB1"},
+        {"name": "epsilon-greedy"},
+        {"name": "Greedy"},
+    )
 
 
 def _table2_baselines() -> list:
-    return _baselines({"name": "Random"}, {"name": "PSRL"}, {"name": "OPSRL"}, {"name": "UCRL2"}, {"name": "BEB"},
-                      {"name": "epsilon-greedy"}, {"name": "Greedy"})
+    return _baselines(
+        {"name": "Random"},
+        {"name": "PSRL"},
+        {"name": "OPSRL"},
+        {"name": "UCRL2"},
+        {"name": "BEB"},
+        {"name": "epsilon-greedy"},
+        {"name": "Greedy"},
+    )
 
 
 def _rl2() -> list:
@@ -66,7 +80,9 @@ def _rl2() -> list:
 def _check_warm_start(warm_start: dict[int, int], episodes_per_trial: list[int]) -> None:
     for n, source in warm_start.items():
         if source not in episodes_per_trial or n not in episodes_per_trial or source == n:
-            raise ValueError(f"warm_start {{{n}: {source}}}: both must be distinct values of episodes_per_trial {episodes_per_trial}")
+            raise ValueError(
+                f"warm_start {{{n}: {source}}}: both must be distinct values of episodes_per_trial {episodes_per_trial}"
+            )
     for n in warm_start:  # chains (100 -> 25 -> 10) are fine; cycles are not
         seen, m = [n], warm_start[n]
         while m in warm_start:
@@ -138,8 +154,9 @@ class MDPTable:
     warm_start: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        TASKS.get("tabular_mdp")(num_states=self.num_states, num_actions=self.num_actions,
-                                 episode_length=self.episode_length)  # validates
+        TASKS.get("tabular_mdp")(
+            num_states=self.num_states, num_actions=self.num_actions, episode_length=self.episode_length
+        )  # validates
         if self.tune_tasks < 1:
             raise ValueError(f"tune_tasks must be >= 1, got {self.tune_tasks}")
         _check_warm_start(self.warm_start, self.episodes_per_trial)
@@ -156,7 +173,9 @@ class BayesOptimalStudy:
     """
 
     enabled: bool = True
-    settings: list[tuple[int, int]] = field(default_factory=lambda: [(2, 10), (2, 100), (3, 10), (3, 30), (5, 10), (10, 10), (50, 10)])
+    settings: list[tuple[int, int]] = field(
+        default_factory=lambda: [(2, 10), (2, 100), (3, 10), (3, 30), (5, 10), (10, 10), (50, 10)]
+    )
     rl2: bool = True
 
 
@@ -214,12 +233,15 @@ class TablesExperiment:
 
             bad = [list(s) for s in self.bayes_optimal.settings if not bayes_optimal_supported(*s)]
             if bad:
-                raise ValueError(f"bayes_optimal.settings {bad} are not supported by the exact DP (classic/agents/bayes_optimal.py)")
+                raise ValueError(
+                    f"bayes_optimal.settings {bad} are not supported by the exact DP (classic/agents/bayes_optimal.py)"
+                )
         for setting in plan_settings(self):  # a bad override fails now, naming its cell
             setting.recipe
 
 
 # ---- settings ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Setting:
@@ -279,10 +301,16 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
 
     def compare_data(name, task: dict, part, learners: list, after: str | None, tune_tasks: int) -> dict:
         learners = _init_from(learners, root / after) if after else [to_dict(c) for c in learners]
-        return {"name": name, "seed": cfg.seed, "threads": cfg.threads, "task": task,
-                "protocol": {**to_dict(cfg.protocol), "tune_tasks": tune_tasks},
-                "baselines": [to_dict(c) for c in part.baselines], "learners": learners,
-                "output": {"root": str(root), "overwrite": False}}
+        return {
+            "name": name,
+            "seed": cfg.seed,
+            "threads": cfg.threads,
+            "task": task,
+            "protocol": {**to_dict(cfg.protocol), "tune_tasks": tune_tasks},
+            "baselines": [to_dict(c) for c in part.baselines],
+            "learners": learners,
+            "output": {"root": str(root), "overwrite": False},
+        }
 
     def rl2_steps(data: dict, steps_per_trial: int) -> float:
         from classic.algos.rl2_config import RL2Config
@@ -294,8 +322,9 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
         name = f"bandit_k{k}_n{n}"
         learners = b.learners if learners_on else []
         after = f"bandit_k{k}_n{b.warm_start[n]}" if learners and n in b.warm_start and k in b.num_arms else None
-        data = compare_data(name, {"name": "bandit", "num_arms": k, "episodes_per_trial": n}, b, learners, after,
-                            b.tune_tasks)
+        data = compare_data(
+            name, {"name": "bandit", "num_arms": k, "episodes_per_trial": n}, b, learners, after, b.tune_tasks
+        )
         overrides = _cell_overrides(b.overrides, [f"n{n}", f"k{k}", f"k{k}_n{n}"]) if learners else []
         s = Setting(name, "bandit", data, overrides, 0.0, after)
         s.cost = (rl2_steps(to_dict(s.recipe), n) * (1 + k / 50) if learners else 0.0) + 2e3 * n * k
@@ -317,10 +346,21 @@ def plan_settings(cfg: TablesExperiment) -> list[Setting]:
         for n in m.episodes_per_trial:
             name = f"mdp_n{n}"
             after = f"mdp_n{m.warm_start[n]}" if m.learners and n in m.warm_start else None
-            task = {"name": "tabular_mdp", "num_states": m.num_states, "num_actions": m.num_actions,
-                    "episode_length": m.episode_length, "episodes_per_trial": n}
-            s = Setting(name, "mdp", compare_data(name, task, m, m.learners, after, m.tune_tasks),
-                        _cell_overrides(m.overrides, [f"n{n}"]), 0.0, after)
+            task = {
+                "name": "tabular_mdp",
+                "num_states": m.num_states,
+                "num_actions": m.num_actions,
+                "episode_length": m.episode_length,
+                "episodes_per_trial": n,
+            }
+            s = Setting(
+                name,
+                "mdp",
+                compare_data(name, task, m, m.learners, after, m.tune_tasks),
+                _cell_overrides(m.overrides, [f"n{n}"]),
+                0.0,
+                after,
+            )
             s.cost = rl2_steps(to_dict(s.recipe), n * m.episode_length) * 1.5 + 5e4 * n
             out[name] = s
     return sorted(out.values(), key=lambda s: -s.cost)
@@ -346,7 +386,9 @@ def _same_setting(stored: Any, current: Any) -> bool:
     if isinstance(stored, dict) and isinstance(current, dict):
         if any(k not in current for k in stored):
             return False
-        return all(_same_setting(stored[k], current[k]) if k in stored else current[k] in (None, False) for k in current)
+        return all(
+            _same_setting(stored[k], current[k]) if k in stored else current[k] in (None, False) for k in current
+        )
     return stored == current
 
 
@@ -361,7 +403,11 @@ def run_setting(cfg: TablesExperiment, setting: Setting) -> dict:
     fingerprint = _fingerprint(cfg, setting)
     if marker.exists() and (run_dir / "results.json").exists():
         if _same_setting(json.loads(marker.read_text()), fingerprint):
-            return {"name": setting.name, "reused": True, "wall_time_s": load_results_json(run_dir / "results.json").get("wall_time_s")}
+            return {
+                "name": setting.name,
+                "reused": True,
+                "wall_time_s": load_results_json(run_dir / "results.json").get("wall_time_s"),
+            }
     if marker.exists():
         marker.unlink()
     start = time.perf_counter()
@@ -371,6 +417,7 @@ def run_setting(cfg: TablesExperiment, setting: Setting) -> dict:
 
 
 # ---- the run ---------------------------------------------------------------------------------
+
 
 def run_tables(cfg: TablesExperiment, progress: bool = True) -> Path:
     """Run every setting through the executor (in waves: a warm-started setting after its source),
@@ -426,14 +473,34 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
     if cfg.bandit.enabled and b_rl2 is not None and cfg.horizon.bandit_num_arms in cfg.bandit.num_arms:
         k = cfg.horizon.bandit_num_arms
         bandit = TASKS.get("bandit")
-        parts.append(("bandit", sorted(cfg.bandit.episodes_per_trial), lambda n: f"bandit_k{k}_n{n}",
-                      lambda n: bandit(num_arms=k, episodes_per_trial=n), ("Gittins", "UCB1"), b_rl2))
+        parts.append(
+            (
+                "bandit",
+                sorted(cfg.bandit.episodes_per_trial),
+                lambda n: f"bandit_k{k}_n{n}",
+                lambda n: bandit(num_arms=k, episodes_per_trial=n),
+                ("Gittins", "UCB1"),
+                b_rl2,
+            )
+        )
     if cfg.horizon.mdp and cfg.mdp.enabled and m_rl2 is not None:
         m = cfg.mdp
         mdp = TASKS.get("tabular_mdp")
-        parts.append(("mdp", sorted(m.episodes_per_trial), lambda n: f"mdp_n{n}",
-                      lambda n: mdp(num_states=m.num_states, num_actions=m.num_actions, episode_length=m.episode_length,
-                                    episodes_per_trial=n), ("PSRL", "OPSRL"), m_rl2))
+        parts.append(
+            (
+                "mdp",
+                sorted(m.episodes_per_trial),
+                lambda n: f"mdp_n{n}",
+                lambda n: mdp(
+                    num_states=m.num_states,
+                    num_actions=m.num_actions,
+                    episode_length=m.episode_length,
+                    episodes_per_trial=n,
+                ),
+                ("PSRL", "OPSRL"),
+                m_rl2,
+            )
+        )
     protocol = cfg.protocol
     for label, ns, name_of, task_of, ref_agents, rl2 in parts:
         from classic.experiments.compare import stage_name
@@ -454,7 +521,9 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
                 task = task_of(n_test)
                 dist = task.make()
                 tasks = sample_eval_tasks(dist, protocol.num_tasks, protocol.seed)
-                res = run_trials(RL2Agent(policy, greedy=greedy), dist, tasks=tasks, episodes_per_trial=n_test, seed=protocol.seed)
+                res = run_trials(
+                    RL2Agent(policy, greedy=greedy), dist, tasks=tasks, episodes_per_trial=n_test, seed=protocol.seed
+                )
                 row[str(n_test)] = _strip(res.summary())
             table[str(n_train)] = row
         reference = {}
@@ -476,7 +545,9 @@ def _warm_starts(cfg: TablesExperiment, label: str, name_of) -> dict[str, str]:
         if not rl2:
             continue
         its = rl2[0].algo.num_iterations
-        out[str(n)] = f"the n={source} policy as is" if its == 0 else f"the n={source} policy fine-tuned for {its} iterations"
+        out[str(n)] = (
+            f"the n={source} policy as is" if its == 0 else f"the n={source} policy fine-tuned for {its} iterations"
+        )
     return out
 
 
@@ -499,28 +570,51 @@ def _setting_label(setting: Setting) -> str:
     return f"k={t.num_arms}, n={t.episodes_per_trial}" if setting.kind == "bandit" else f"n={t.episodes_per_trial}"
 
 
-def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Setting], done: dict, horizon: dict, horizon_time: float, wall: float) -> None:
+def write_tables_report(
+    cfg: TablesExperiment,
+    run_dir: Path,
+    settings: list[Setting],
+    done: dict,
+    horizon: dict,
+    horizon_time: float,
+    wall: float,
+) -> None:
     """The top-level ``report.md`` and ``results.json``."""
     root = run_dir / "settings"
     docs = {s.name: _load(root, s.name) for s in settings}
     paper = json.loads(REFERENCE_PATH.read_text()) if REFERENCE_PATH.exists() else {}
     lines = [f"# {cfg.name}: RL² (Duan et al. 2016, arXiv 1611.02779) Tables 1 and 2, reproduced", ""]
     lines += [
-        f"Mean total reward per trial ± 95% CI over {cfg.protocol.num_tasks} held-out tasks (eval seed {cfg.protocol.seed}); "
+        f"Mean total reward per trial ± 95% CI over {cfg.protocol.num_tasks} held-out tasks "
+        f"(eval seed {cfg.protocol.seed}); "
         "the paper's number in parentheses; † marks a cell that differs from the paper by more than our CI "
         "(plus 0.05 for the paper's rounding). Baselines' hyperparameters are tuned on training tasks "
-        "(values in each setting's results.json). RL² is trained per setting by this project (GRU + PPO; the paper used TRPO).",
+        "(values in each setting's results.json). RL² is trained per setting by this project "
+        "(GRU + PPO; the paper used TRPO).",
         "",
     ]
     out: dict[str, Any] = {"source": paper.get("source"), "protocol": to_dict(cfg.protocol)}
     deviations: list[str] = []
-    for part, kind, columns, cells_key in (("Table 1: Bernoulli bandits", "bandit", _columns(cfg.bandit), "table1"),
-                                           ("Table 2: random tabular MDPs", "mdp", _columns(cfg.mdp), "table2")):
+    for part, kind, columns, cells_key in (
+        ("Table 1: Bernoulli bandits", "bandit", _columns(cfg.bandit), "table1"),
+        ("Table 2: random tabular MDPs", "mdp", _columns(cfg.mdp), "table2"),
+    ):
         rows, refs, table_json = {}, {}, {}
         enabled = cfg.bandit.enabled if kind == "bandit" else cfg.mdp.enabled
         if not enabled:
             continue
-        grid_settings = [s for s in settings if s.kind == kind and (kind == "mdp" or (s.task.num_arms in cfg.bandit.num_arms and s.task.episodes_per_trial in cfg.bandit.episodes_per_trial))]
+        grid_settings = [
+            s
+            for s in settings
+            if s.kind == kind
+            and (
+                kind == "mdp"
+                or (
+                    s.task.num_arms in cfg.bandit.num_arms
+                    and s.task.episodes_per_trial in cfg.bandit.episodes_per_trial
+                )
+            )
+        ]
         grid_settings.sort(key=lambda s: (s.task.episodes_per_trial, getattr(s.task, "num_arms", 0)))
         for s in grid_settings:
             doc = docs.get(s.name)
@@ -529,16 +623,28 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
             label = _setting_label(s)
             rows[label] = doc["agents"]
             refs[label] = {a: v for a, v in paper_reference(s.task).items() if a in columns}
-            table_json[s.name] = {"task": doc["task"], "agents": {a: _strip(v) for a, v in doc["agents"].items()},
-                                  "paper": refs[label], "baseline_params": _params_without_grid(doc.get("baseline_params")),
-                                  "wall_time_s": doc.get("wall_time_s")}
+            table_json[s.name] = {
+                "task": doc["task"],
+                "agents": {a: _strip(v) for a, v in doc["agents"].items()},
+                "paper": refs[label],
+                "baseline_params": _params_without_grid(doc.get("baseline_params")),
+                "wall_time_s": doc.get("wall_time_s"),
+            }
         text, dev = comparison_table(rows, columns, refs)
         deviations += [f"{part.split(':')[0]} · {d}" for d in dev]
         lines += [f"## {part}", "", text, ""]
-        lines += ["Regret plots: " + ", ".join(f"[{_setting_label(s)}](settings/{s.name}/regret.png)" for s in grid_settings if docs.get(s.name)), ""]
+        lines += [
+            "Regret plots: "
+            + ", ".join(
+                f"[{_setting_label(s)}](settings/{s.name}/regret.png)" for s in grid_settings if docs.get(s.name)
+            ),
+            "",
+        ]
         out[cells_key] = table_json
     if deviations:
-        lines += ["### Cells that differ from the paper by more than the CI", ""] + [f"- {d}" for d in deviations] + [""]
+        lines += (
+            ["### Cells that differ from the paper by more than the CI", ""] + [f"- {d}" for d in deviations] + [""]
+        )
         lines += ["Where our protocol differs from the paper's, and so where to expect differences:", ""]
         lines += [f"- {d}" for d in protocol_differences(cfg)] + [""]
     out["deviations"] = deviations
@@ -547,16 +653,34 @@ def write_tables_report(cfg: TablesExperiment, run_dir: Path, settings: list[Set
     out["bayes_optimal"] = gap_json
     lines += horizon_section(horizon)
     out["horizon_generalization"] = horizon
-    lines += ["## Wall time", "", f"{cfg.workers} worker process(es) x {cfg.threads} torch thread(s).", "",
-              "| setting | minutes | learners' training (min) |", "|---|---:|---:|"]
+    lines += [
+        "## Wall time",
+        "",
+        f"{cfg.workers} worker process(es) x {cfg.threads} torch thread(s).",
+        "",
+        "| setting | minutes | learners' training (min) |",
+        "|---|---:|---:|",
+    ]
     times = {}
     for s in sorted(settings, key=lambda s: (s.kind, getattr(s.task, "num_arms", 0), s.task.episodes_per_trial)):
         doc = docs.get(s.name) or {}
         secs = doc.get("wall_time_s")
         rl2_secs = sum(v for k, v in (doc.get("stage_times_s") or {}).items() if k.startswith("train "))
-        times[s.name] = {"wall_time_s": secs, "train_rl2_s": rl2_secs, "reused_this_run": done.get(s.name, {}).get("reused")}
-        lines.append(f"| {s.name} | {secs / 60:.1f} | {rl2_secs / 60 if rl2_secs else 0:.1f} |" if secs else f"| {s.name} | — | — |")
-    lines += [f"| horizon study (evaluation only) | {horizon_time / 60:.1f} | |", f"| **total (wall clock, this run)** | **{wall / 60:.1f}** | |", ""]
+        times[s.name] = {
+            "wall_time_s": secs,
+            "train_rl2_s": rl2_secs,
+            "reused_this_run": done.get(s.name, {}).get("reused"),
+        }
+        lines.append(
+            f"| {s.name} | {secs / 60:.1f} | {rl2_secs / 60 if rl2_secs else 0:.1f} |"
+            if secs
+            else f"| {s.name} | — | — |"
+        )
+    lines += [
+        f"| horizon study (evaluation only) | {horizon_time / 60:.1f} | |",
+        f"| **total (wall clock, this run)** | **{wall / 60:.1f}** | |",
+        "",
+    ]
     out["settings"] = times
     out["wall_time_s"] = wall
     write_atomic(run_dir / "report.md", "\n".join(lines))
@@ -573,18 +697,30 @@ def protocol_differences(cfg: TablesExperiment) -> list[str]:
     ]
     if "UCB1" in by_name:
         a = by_name["UCB1"].prior_count
-        out.append(prior_count_note(a) + ("" if a > 0 else " The paper started UCB1's statistics at one success and "
-                                                            "one failure (`prior_count: 1` on UCB1, Greedy, ε-greedy)."))
+        out.append(
+            prior_count_note(a)
+            + (
+                ""
+                if a > 0
+                else " The paper started UCB1's statistics at one success and "
+                "one failure (`prior_count: 1` on UCB1, Greedy, ε-greedy)."
+            )
+        )
     if "OTS" in by_name:
         ots = by_name["OTS"]
         grid = ots.tuning_grid(TASKS.get("bandit")().make())
         reshaped = ots.reshape != 1.0 or any(r != 1.0 for r in grid.get("reshape", []))
-        out.append("OTS: the paper names it without its settings; ours scores max(K posterior draws, mean) with draws "
-                   "from the posterior reshaped to Beta(a/ρ, b/ρ) (Chapelle & Li 2011, Sec. 4)"
-                   + (", K and ρ tuned jointly on training tasks; ρ < 1 explores less, and the tuned OTS scores near "
-                      "Gittins, far above the paper's OTS." if reshaped else
-                      " at ρ = 1, the exact posterior, K tuned on training tasks; it scores below the paper's OTS, and "
-                      "with ρ tuned too (`grid: {num_samples: [...], reshape: [1, 0.5, 0.25]}`) near Gittins, far above it."))
+        out.append(
+            "OTS: the paper names it without its settings; ours scores max(K posterior draws, mean) with draws "
+            "from the posterior reshaped to Beta(a/ρ, b/ρ) (Chapelle & Li 2011, Sec. 4)"
+            + (
+                ", K and ρ tuned jointly on training tasks; ρ < 1 explores less, and the tuned OTS scores near "
+                "Gittins, far above the paper's OTS."
+                if reshaped
+                else " at ρ = 1, the exact posterior, K tuned on training tasks; it scores below the paper's OTS, and "
+                "with ρ tuned too (`grid: {num_samples: [...], reshape: [1, 0.5, 0.25]}`) near Gittins, far above it."
+            )
+        )
     return out + [
         "MDP Greedy and ε-greedy plan in the posterior-mean MDP of the task prior (an untried action keeps the prior "
         "mean reward 1, so they explore); the paper's MAP-based versions scored lower.",
@@ -595,8 +731,10 @@ def protocol_differences(cfg: TablesExperiment) -> list[str]:
 def prior_count_note(prior_count: float) -> str:
     """How UCB1, Greedy and ε-greedy start their arm statistics (for reports)."""
     if prior_count > 0:
-        return (f"UCB1, epsilon-greedy and Greedy start every arm's statistics at {prior_count:g} success(es) and "
-                f"{prior_count:g} failure(s) (Beta({prior_count:g}, {prior_count:g}); the paper's initialization).")
+        return (
+            f"UCB1, epsilon-greedy and Greedy start every arm's statistics at {prior_count:g} success(es) and "
+            f"{prior_count:g} failure(s) (Beta({prior_count:g}, {prior_count:g}); the paper's initialization)."
+        )
     return "UCB1, epsilon-greedy and Greedy pull every arm once before using its empirical mean."
 
 
@@ -623,23 +761,33 @@ def bayes_gap_section(cfg: TablesExperiment, settings: list[Setting], docs: dict
             # E[regret_a] - E[regret_BO] = V_0 - E[reward_a] exactly (the optimal arm's value
             # cancels), and on the same tasks it is far less noisy than V_0 - mean reward.
             ci = math.hypot(s["regret"]["ci95"], bo["ci95"]) if a != "Bayes-optimal" else 0.0
-            gaps[a] = {"mean": s["regret"]["mean"] - bo["mean"], "ci95": ci,
-                       "v0_minus_mean_reward": v0 - s["total_reward"]["mean"]}
+            gaps[a] = {
+                "mean": s["regret"]["mean"] - bo["mean"],
+                "ci95": ci,
+                "v0_minus_mean_reward": v0 - s["total_reward"]["mean"],
+            }
         out[f"k{k}_n{n}"] = {"bayes_optimal_value": v0, "gap": gaps}
         rows.append((f"k={k}, n={n}", v0, gaps, doc["agents"]["Bayes-optimal"]["total_reward"]))
         agents += [a for a in gaps if a not in agents and a != "Bayes-optimal"]
     if not rows:
         return [], out
-    lines = ["## Gap to the Bayes-optimal policy", "",
-             "V_0 = the exact Bayes-optimal expected total reward under the task prior (dynamic programming over Beta "
-             "posteriors, classic/agents/bayes_optimal.py); the Bayes-optimal agent's measured mean is beside it as a "
-             "check. Each agent's cell: its gap V_0 - E[total reward], estimated on the same held-out tasks as its mean "
-             "cumulative regret minus the Bayes-optimal agent's (the two are equal in expectation; the difference "
-             "cancels the per-task luck), ± 95% CI (the two CIs combined as if independent, so conservative).", "",
-             "| setting | V_0 | Bayes-optimal measured | " + " | ".join(agents) + " |", "|---|---:|---:|" + "---:|" * len(agents)]
+    lines = [
+        "## Gap to the Bayes-optimal policy",
+        "",
+        "V_0 = the exact Bayes-optimal expected total reward under the task prior (dynamic programming over Beta "
+        "posteriors, classic/agents/bayes_optimal.py); the Bayes-optimal agent's measured mean is beside it as a "
+        "check. Each agent's cell: its gap V_0 - E[total reward], estimated on the same held-out tasks as its mean "
+        "cumulative regret minus the Bayes-optimal agent's (the two are equal in expectation; the difference "
+        "cancels the per-task luck), ± 95% CI (the two CIs combined as if independent, so conservative).",
+        "",
+        "| setting | V_0 | Bayes-optimal measured | " + " | ".join(agents) + " |",
+        "|---|---:|---:|" + "---:|" * len(agents),
+    ]
     for label, v0, gaps, measured in rows:
         cells = [f"{gaps[a]['mean']:.2f} ± {gaps[a]['ci95']:.2f}" if a in gaps else "—" for a in agents]
-        lines.append(f"| {label} | {v0:.3f} | {measured['mean']:.2f} ± {measured['ci95']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {label} | {v0:.3f} | {measured['mean']:.2f} ± {measured['ci95']:.2f} | " + " | ".join(cells) + " |"
+        )
     return lines + [""], out
 
 
@@ -648,23 +796,46 @@ def horizon_section(horizon: dict) -> list[str]:
     for label, part in horizon.items():
         ns = part["n"]
         title = "bandit" if label == "bandit" else "tabular MDP"
-        lines += [f"## Horizon generalization ({title})", "",
-                  "RL² trained with trials of n_train episodes (rows), evaluated with trials of n_test (columns): mean total "
-                  "reward ± 95% CI on the held-out tasks; the last rows are baselines built for each n_test.", "",
-                  "| n_train \\ n_test | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---:|" * len(ns)]
+        lines += [
+            f"## Horizon generalization ({title})",
+            "",
+            "RL² trained with trials of n_train episodes (rows), evaluated with trials of n_test (columns): mean total "
+            "reward ± 95% CI on the held-out tasks; the last rows are baselines built for each n_test.",
+            "",
+            "| n_train \\ n_test | " + " | ".join(str(n) for n in ns) + " |",
+            "|---|" + "---:|" * len(ns),
+        ]
         for n_train, row in part["rl2"].items():
-            cells = [f"{row[str(n)]['total_reward']['mean']:.1f} ± {row[str(n)]['total_reward']['ci95']:.1f}" if str(n) in row else "—" for n in ns]
+            cells = [
+                f"{row[str(n)]['total_reward']['mean']:.1f} ± {row[str(n)]['total_reward']['ci95']:.1f}"
+                if str(n) in row
+                else "—"
+                for n in ns
+            ]
             origin = part.get("trained_from", {}).get(str(n_train))
             lines.append(f"| RL² (n_train={n_train}{'; ' + origin if origin else ''}) | " + " | ".join(cells) + " |")
         ref_agents = sorted({a for r in part["reference"].values() for a in r})
         for a in ref_agents:
-            cells = [f"{part['reference'][str(n)][a]['total_reward']['mean']:.1f}" if a in part["reference"].get(str(n), {}) else "—" for n in ns]
+            cells = [
+                f"{part['reference'][str(n)][a]['total_reward']['mean']:.1f}"
+                if a in part["reference"].get(str(n), {})
+                else "—"
+                for n in ns
+            ]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
 
 __all__ = [
-    "BanditTable", "BayesOptimalStudy", "HorizonStudy", "MDPTable", "Setting", "TablesExperiment",
-    "horizon_study", "plan_settings", "run_setting", "run_tables",
+    "BanditTable",
+    "BayesOptimalStudy",
+    "HorizonStudy",
+    "MDPTable",
+    "Setting",
+    "TablesExperiment",
+    "horizon_study",
+    "plan_settings",
+    "run_setting",
+    "run_tables",
 ]

@@ -67,8 +67,12 @@ def worker_pool(max_workers: int, initializer=None, initargs: tuple = ()):
     block with an exception terminates the workers instead of waiting for them."""
     import multiprocessing as mp
 
-    pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
-                               initargs=(os.getpid(), initializer, *initargs))
+    pool = ProcessPoolExecutor(
+        max_workers=max_workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(), initializer, *initargs),
+    )
     try:
         yield pool
     except BaseException:
@@ -79,8 +83,18 @@ def worker_pool(max_workers: int, initializer=None, initargs: tuple = ()):
 
 
 #: What ``accelerate launch`` / ``torchrun`` set for a rank; a fresh process runs on its own.
-_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
-                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+_LAUNCH_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def _standalone_process() -> None:

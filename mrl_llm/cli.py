@@ -24,8 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a recipe (YAML) end to end")
     run.add_argument("recipe", help="path to a recipe YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. --set grpo.max_steps=10 (repeatable)")
-    run.add_argument("--dry-run", action="store_true", help="resolve the config and build trainer arguments without loading weights or training")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set grpo.max_steps=10 (repeatable)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the config and build trainer arguments without loading weights or training",
+    )
     return p
 
 
@@ -65,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mrl: error: {err}", file=sys.stderr)
         return 2
     if not load_yaml(args.recipe):
-        print(f"mrl: error: {args.recipe}: the recipe is empty (a run needs at least its kind: and name:)", file=sys.stderr)
+        print(
+            f"mrl: error: {args.recipe}: the recipe is empty (a run needs at least its kind: and name:)",
+            file=sys.stderr,
+        )
         return 2
     if args.dry_run:
         print(f"# {args.recipe} (kind: {kind}) resolves to:")
@@ -74,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             from classic.experiments.compare import stage_name
 
             run_dir = Path(cfg.output.root) / cfg.name
-            described = {c.display_name: c.learner().dry_run(c, cfg.task, cfg.protocol_for_task(), run_dir / stage_name(c))
-                         for c in cfg.learners}
+            described = {
+                c.display_name: c.learner().dry_run(c, cfg.task, cfg.protocol_for_task(), run_dir / stage_name(c))
+                for c in cfg.learners
+            }
             described = {k: v for k, v in described.items() if v is not None}
             if described:
                 print("# trainer arguments (no weights loaded):")

@@ -68,11 +68,15 @@ class ReasoningEvalConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(b < 1 or b > self.max_new_tokens for b in self.budgets) or self.budgets != sorted(set(self.budgets)):
-            raise ValueError(f"budgets must be increasing values in [1, max_new_tokens={self.max_new_tokens}], got {self.budgets}")
+            raise ValueError(
+                f"budgets must be increasing values in [1, max_new_tokens={self.max_new_tokens}], got {self.budgets}"
+            )
         if self.progress_samples < 0:
             raise ValueError(f"progress_samples must be >= 0, got {self.progress_samples}")
         if any(k < 1 or k > self.samples_per_problem for k in self.maj_k):
-            raise ValueError(f"maj_k values must be in [1, samples_per_problem={self.samples_per_problem}], got {self.maj_k}")
+            raise ValueError(
+                f"maj_k values must be in [1, samples_per_problem={self.samples_per_problem}], got {self.maj_k}"
+            )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -94,7 +98,17 @@ def mean_ci(per_problem: Sequence[float]) -> dict:
 
 
 @torch.no_grad()
-def sample_traces(model, tokenizer, prompts: Sequence[str], num_samples: int, max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64, vllm_llm=None) -> list[list[list[int]]]:
+def sample_traces(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 64,
+    vllm_llm=None,
+) -> list[list[list[int]]]:
     """``num_samples`` completions (token ids, EOS included when the model stopped) per prompt.
 
     Sampling uses ``model.generate`` with ``torch.manual_seed`` set from ``seed`` per batch
@@ -113,8 +127,13 @@ def sample_traces(model, tokenizer, prompts: Sequence[str], num_samples: int, ma
 
         from mrl_llm.rollout.generation import seeded_sampling_params
 
-        params = seeded_sampling_params(len(prompts), torch.Generator().manual_seed(int(seed)), n=num_samples,
-                                        temperature=temperature, max_tokens=max_new_tokens)
+        params = seeded_sampling_params(
+            len(prompts),
+            torch.Generator().manual_seed(int(seed)),
+            n=num_samples,
+            temperature=temperature,
+            max_tokens=max_new_tokens,
+        )
         ids = [TokensPrompt(prompt_token_ids=tokenizer(p)["input_ids"]) for p in prompts]
         out = []
         for o in vllm_llm.generate(ids, params, use_tqdm=False):
@@ -137,9 +156,17 @@ def sample_traces(model, tokenizer, prompts: Sequence[str], num_samples: int, ma
         for b, lo in enumerate(range(0, len(flat), batch_size)):
             enc = tokenizer(flat[lo : lo + batch_size], return_tensors="pt", padding=True).to(device)
             torch.manual_seed(seed * 1_000_003 + b)
-            gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+            gen = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
                 ids = []
                 for t in row:
                     ids.append(t)
@@ -183,7 +210,16 @@ def tokens_to_reach(budgets: Sequence[float], accuracy: Sequence[float], target:
     return float("inf")
 
 
-def evaluate_reasoning(model, tokenizer, prompts: Sequence[str], references: Sequence[str], cfg: ReasoningEvalConfig, prover_cfg: MetaProverConfig, split_fn=None, vllm_llm=None) -> dict:
+def evaluate_reasoning(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    cfg: ReasoningEvalConfig,
+    prover_cfg: MetaProverConfig,
+    split_fn=None,
+    vllm_llm=None,
+) -> dict:
     """Accuracy, tokens, the forced-termination budget curve, normalized regret and maj@k.
 
     Args:
@@ -197,14 +233,27 @@ def evaluate_reasoning(model, tokenizer, prompts: Sequence[str], references: Seq
 
     Returns:
         A JSON-able dict: ``accuracy`` {mean, ci95} (natural answers, unlimited up to
-        ``max_new_tokens``) and ``per_problem_accuracy``, ``mean_tokens``, ``finished`` (fraction that stopped on their own),
+        ``max_new_tokens``) and ``per_problem_accuracy``, ``mean_tokens``, ``finished`` (fraction that
+        stopped on their own),
         ``budget_curve`` {budgets, accuracy, ci95, mean_tokens}, ``normalized_regret``,
         ``maj_at_k`` {k: {accuracy, ci95, mean_tokens}}, and with ``split_fn`` the
         :func:`progress_statistics` of the traces.
     """
     eos = tokenizer.eos_token_id
-    traces = sample_traces(model, tokenizer, prompts, cfg.samples_per_problem, cfg.max_new_tokens, cfg.temperature, cfg.seed, vllm_llm=vllm_llm)
-    texts = [[tokenizer.decode(t, skip_special_tokens=True, clean_up_tokenization_spaces=False) for t in per] for per in traces]
+    traces = sample_traces(
+        model,
+        tokenizer,
+        prompts,
+        cfg.samples_per_problem,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.seed,
+        vllm_llm=vllm_llm,
+    )
+    texts = [
+        [tokenizer.decode(t, skip_special_tokens=True, clean_up_tokenization_spaces=False) for t in per]
+        for per in traces
+    ]
     lengths = [[len(t) - (1 if t and t[-1] == eos else 0) for t in per] for per in traces]
     finished = [[bool(t) and t[-1] == eos for t in per] for per in traces]
     natural = [[verify_answer(x, ref) for x in per] for per, ref in zip(texts, references)]
@@ -255,16 +304,39 @@ def evaluate_reasoning(model, tokenizer, prompts: Sequence[str], references: Seq
     out["normalized_regret"] = normalized_regret(budgets, acc_b)
     maj = {}
     for k in cfg.maj_k:
-        per_problem = [float(verify_answer(f"Answer: {a}", ref)) if (a := majority_answer(per[:k])) is not None else 0.0 for per, ref in zip(texts, references)]
+        per_problem = [
+            float(verify_answer(f"Answer: {a}", ref)) if (a := majority_answer(per[:k])) is not None else 0.0
+            for per, ref in zip(texts, references)
+        ]
         m = mean_ci(per_problem)
-        maj[str(k)] = {"accuracy": m["mean"], "ci95": m["ci95"], "mean_tokens": sum(sum(l[:k]) for l in lengths) / len(lengths)}
+        maj[str(k)] = {
+            "accuracy": m["mean"],
+            "ci95": m["ci95"],
+            "mean_tokens": sum(sum(l[:k]) for l in lengths) / len(lengths),
+        }
     out["maj_at_k"] = maj
     if split_fn is not None:
-        out.update(progress_statistics(model, tokenizer, p_ids, traces, lengths, texts, references, split_fn, prover_cfg, cfg, vllm_llm))
+        out.update(
+            progress_statistics(
+                model, tokenizer, p_ids, traces, lengths, texts, references, split_fn, prover_cfg, cfg, vllm_llm
+            )
+        )
     return out
 
 
-def progress_statistics(model, tokenizer, prompt_ids, traces, lengths, texts, references, split_fn, prover_cfg: MetaProverConfig, cfg: ReasoningEvalConfig, vllm_llm=None) -> dict:
+def progress_statistics(
+    model,
+    tokenizer,
+    prompt_ids,
+    traces,
+    lengths,
+    texts,
+    references,
+    split_fn,
+    prover_cfg: MetaProverConfig,
+    cfg: ReasoningEvalConfig,
+    vllm_llm=None,
+) -> dict:
     """Episodes per trace and, with ``cfg.progress_samples`` > 0, the progress of the episodes
     of the evaluation traces: ``J`` before any episode and after each (the meta-prover with
     ``progress_samples`` answers), ``r_prg = J(c_j) - J(c_{j-1})`` (arXiv 2503.07572, Def. 6.1).
@@ -294,10 +366,12 @@ def progress_statistics(model, tokenizer, prompt_ids, traces, lengths, texts, re
     prover = MetaProver(model, tokenizer, replace(prover_cfg, num_samples=cfg.progress_samples), vllm_llm=vllm_llm)
     J = prover.success_rates(flat_p, flat_c, flat_cuts, refs, generator=torch.Generator().manual_seed(cfg.seed + 1))
     prg = torch.cat([progress_rewards(j) for j in J]) if J else torch.zeros(0)
-    out.update({
-        "progress_per_episode": float(prg.mean()) if prg.numel() else float("nan"),
-        "episodes_with_progress": float((prg > 0).float().mean()) if prg.numel() else float("nan"),
-        "J_start": float(torch.stack([j[0] for j in J]).mean()),
-        "J_end": float(torch.stack([j[-1] for j in J]).mean()),
-    })
+    out.update(
+        {
+            "progress_per_episode": float(prg.mean()) if prg.numel() else float("nan"),
+            "episodes_with_progress": float((prg > 0).float().mean()) if prg.numel() else float("nan"),
+            "J_start": float(torch.stack([j[0] for j in J]).mean()),
+            "J_end": float(torch.stack([j[-1] for j in J]).mean()),
+        }
+    )
     return out

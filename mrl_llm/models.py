@@ -69,7 +69,8 @@ def tiny_vocab() -> dict[str, int]:
 def build_tiny_tokenizer():
     """A word-level ``PreTrainedTokenizerFast`` defined in code (no download).
 
-    Pre-tokenization isolates the feedback pieces " 0\\n" / " 1\\n", every digit, whitespace character, punctuation mark and word, so
+    Pre-tokenization isolates the feedback pieces " 0\\n" / " 1\\n", every digit, whitespace character,
+    punctuation mark and word, so
     numbers are spelled digit by digit ("42" -> "4", "2") and decoding is plain concatenation.
     It carries a ChatML chat template so the conversational path can be tested locally.
     """
@@ -326,7 +327,9 @@ def activation_checkpointing_kwargs(args_cls, enabled: bool) -> dict:
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(args_cls)}
-    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": bool(enabled)}
+    return {
+        "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": bool(enabled)
+    }
 
 
 def attention_implementation(model) -> str | None:

@@ -151,15 +151,20 @@ class MRTExperiment:
                     f"grpo.vllm_gpu_memory_utilization ({self.grpo.vllm_gpu_memory_utilization}) + "
                     f"eval.vllm_gpu_memory_utilization ({self.eval.vllm_gpu_memory_utilization}) = {total:.2f} > "
                     f"{MAX_VLLM_MEMORY_UTILIZATION}: under accelerate launch the main process evaluates while its "
-                    "trainer's colocated vLLM engine may still hold its share of the GPU; lower one of them")
+                    "trainer's colocated vLLM engine may still hold its share of the GPU; lower one of them"
+                )
         if self.model.trust_remote_code:  # TRL's vLLM engine loads the model by name too
             self.grpo.trust_remote_code = True
         if self.eval.use_vllm and self.model.is_tiny and not self.sft.enabled:
-            raise ValueError("eval.use_vllm: vLLM loads a model from disk, and the tiny LM without SFT exists only in memory; "
-                             "enable sft or evaluate with transformers")
+            raise ValueError(
+                "eval.use_vllm: vLLM loads a model from disk, and the tiny LM without SFT exists only in memory; "
+                "enable sft or evaluate with transformers"
+            )
         if self.workers > 1 and uses_vllm(self):
-            raise ValueError("workers > 1 trains several runs at once on the CPU cores; with vLLM (grpo.use_vllm or "
-                             "eval.use_vllm) use workers: 1, and several GPUs through accelerate launch")
+            raise ValueError(
+                "workers > 1 trains several runs at once on the CPU cores; with vLLM (grpo.use_vllm or "
+                "eval.use_vllm) use workers: 1, and several GPUs through accelerate launch"
+            )
 
     def prover(self) -> MetaProverConfig:
         """The meta-prover config; the search task brings its own termination suffix."""
@@ -169,6 +174,7 @@ class MRTExperiment:
 
 
 # ---- data --------------------------------------------------------------------------------------
+
 
 def split_fn_for(cfg: MRTExperiment):
     """``text -> episodes``: the search task's attempt episodes, or the paper's marker split."""
@@ -190,10 +196,12 @@ def render_math_prompt(cfg: ReasoningTaskConfig, tokenizer, problem: str) -> str
     """
     text = cfg.prompt_template.format(problem=problem)
     if cfg.chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
         bos = tokenizer.bos_token
         if bos and text.startswith(bos) and _adds_bos(tokenizer):
-            text = text[len(bos):]
+            text = text[len(bos) :]
     return text
 
 
@@ -211,7 +219,10 @@ def train_prompts(cfg: MRTExperiment, tokenizer):
     from mrl_llm.envs.math_data import load_math_dataset
 
     ds = load_math_dataset(t.train_dataset, path=t.train_path, limit=t.num_train)
-    return ds.map(lambda r: {"prompt": render_math_prompt(t, tokenizer, r["problem"]), "answer": r["answer"]}, remove_columns=[c for c in ds.column_names if c not in ("answer",)])
+    return ds.map(
+        lambda r: {"prompt": render_math_prompt(t, tokenizer, r["problem"]), "answer": r["answer"]},
+        remove_columns=[c for c in ds.column_names if c not in ("answer",)],
+    )
 
 
 def eval_problems(cfg: MRTExperiment, tokenizer) -> tuple[list[str], list[str]]:
@@ -227,6 +238,7 @@ def eval_problems(cfg: MRTExperiment, tokenizer) -> tuple[list[str], list[str]]:
 
 
 # ---- stages ------------------------------------------------------------------------------------
+
 
 def _save(model, tokenizer, path: Path):
     if hasattr(model, "merge_and_unload"):
@@ -260,7 +272,13 @@ def start_fingerprint(cfg: MRTExperiment) -> dict:
 
 def run_fingerprint(cfg: MRTExperiment, method: str, seed: int) -> dict:
     """What the trained policy of one (method, seed) run depends on."""
-    out = {"method": method, "seed": seed, "task": to_dict(cfg.task), "start": start_fingerprint(cfg), "prover": to_dict(cfg.prover())}
+    out = {
+        "method": method,
+        "seed": seed,
+        "task": to_dict(cfg.task),
+        "start": start_fingerprint(cfg),
+        "prover": to_dict(cfg.prover()),
+    }
     if method == "mrt_star":
         out.update(star=to_dict(cfg.star), sft=to_dict(cfg.sft))
     else:
@@ -273,7 +291,9 @@ def run_fingerprint(cfg: MRTExperiment, method: str, seed: int) -> dict:
 def eval_fingerprint(cfg: MRTExperiment, key: str) -> dict:
     """What an entry of ``evals.json`` depends on: the protocol and the policy evaluated."""
     policy = start_fingerprint(cfg) if key == "start" else run_fingerprint(cfg, *_method_seed(key))
-    return canonical({"eval": to_dict(cfg.eval), "prover": to_dict(cfg.prover()), "task": to_dict(cfg.task), "policy": policy})
+    return canonical(
+        {"eval": to_dict(cfg.eval), "prover": to_dict(cfg.prover()), "task": to_dict(cfg.task), "policy": policy}
+    )
 
 
 def _method_seed(key: str) -> tuple[str, int]:
@@ -291,18 +311,30 @@ def start_policy(cfg: MRTExperiment, run_dir: Path, logger: MetricsLogger) -> Pa
     if (final / "config.json").exists():
         return final
     if cfg.task.kind != "search":
-        raise ValueError("sft.enabled warm-starts on generated search traces; set sft.enabled: false for task.kind 'math'")
+        raise ValueError(
+            "sft.enabled warm-starts on generated search traces; set sft.enabled: false for task.kind 'math'"
+        )
     from mrl_llm.train.stages import MetricsCallback
 
     model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seeds[0], training=True)
     data = sft_dataset(cfg.task.search, cfg.sft.num_trials, SFT_SEED + cfg.sft.seed, tok)
-    trainer = run_sft(model, tok, data, cfg.sft, run_dir / "sft", callbacks=[MetricsCallback(logger, "sft/")], peft_config=cfg.model.lora.to_peft())
+    trainer = run_sft(
+        model,
+        tok,
+        data,
+        cfg.sft,
+        run_dir / "sft",
+        callbacks=[MetricsCallback(logger, "sft/")],
+        peft_config=cfg.model.lora.to_peft(),
+    )
     _save_trained(trainer, tok, final, cfg.model.lora.to_peft() is not None)
     release_memory(trainer)
     return final
 
 
-def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None, run_dir: Path, logger: MetricsLogger) -> Path:
+def train_method(
+    cfg: MRTExperiment, method: str, seed: int, start: Path | None, run_dir: Path, logger: MetricsLogger
+) -> Path:
     """Train one method from the start policy; returns its final directory (reused if present)."""
     from mrl_llm.train.stages import MetricsCallback
 
@@ -320,7 +352,9 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
         g = torch.Generator().manual_seed(seed)
         from mrl_llm.models import inference_device
 
-        data, stats = mrt_star_dataset(model.to(inference_device()), tok, prompts["prompt"], prompts["answer"], cfg.star, cfg.prover(), split, g)
+        data, stats = mrt_star_dataset(
+            model.to(inference_device()), tok, prompts["prompt"], prompts["answer"], cfg.star, cfg.prover(), split, g
+        )
         (out).mkdir(parents=True, exist_ok=True)
         write_atomic(out / "star_stats.json", json.dumps(stats, indent=2))
         if len(data) == 0:  # nothing made progress: the method's policy is the start policy
@@ -330,13 +364,19 @@ def train_method(cfg: MRTExperiment, method: str, seed: int, start: Path | None,
             if is_main_process():
                 _save(model, tok, final)
             return final
-        trainer = run_sft(model, tok, data, dataclasses.replace(cfg.sft, seed=seed), out, callbacks=cb, peft_config=peft)
+        trainer = run_sft(
+            model, tok, data, dataclasses.replace(cfg.sft, seed=seed), out, callbacks=cb, peft_config=peft
+        )
     else:
         grpo = dataclasses.replace(cfg.grpo, seed=seed)
         mrt = None
         if method != "grpo":
-            mrt = dataclasses.replace(cfg.mrt, mode="progress" if method == "mrt" else "termination", prover=cfg.prover())
-        trainer = build_reasoning_trainer(model, tok, train_prompts(cfg, tok), grpo, out, mrt=mrt, split_fn=split, peft_config=peft, callbacks=cb)
+            mrt = dataclasses.replace(
+                cfg.mrt, mode="progress" if method == "mrt" else "termination", prover=cfg.prover()
+            )
+        trainer = build_reasoning_trainer(
+            model, tok, train_prompts(cfg, tok), grpo, out, mrt=mrt, split_fn=split, peft_config=peft, callbacks=cb
+        )
         run_grpo(trainer, out)
     _save_trained(trainer, tok, final, peft is not None)
     release_memory(trainer)
@@ -354,8 +394,14 @@ def evaluate_policy(cfg: MRTExperiment, path: Path | None, seed_offset: int = 0)
 
         source = str(path) if path is not None else cfg.model.name_or_path
         tok = load_tokenizer(cfg.model, path)
-        llm = LLM(model=source, dtype=cfg.model.dtype if cfg.model.dtype != "float32" else "auto", gpu_memory_utilization=ev.vllm_gpu_memory_utilization,
-                  enable_prefix_caching=True, seed=ev.seed, trust_remote_code=cfg.model.trust_remote_code)
+        llm = LLM(
+            model=source,
+            dtype=cfg.model.dtype if cfg.model.dtype != "float32" else "auto",
+            gpu_memory_utilization=ev.vllm_gpu_memory_utilization,
+            enable_prefix_caching=True,
+            seed=ev.seed,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         prompts, refs = eval_problems(cfg, tok)
         return evaluate_reasoning(None, tok, prompts, refs, ev, cfg.prover(), split_fn_for(cfg), vllm_llm=llm)
     model, tok = load_model_and_tokenizer(cfg.model, path=path, seed=cfg.seeds[0])
@@ -377,7 +423,15 @@ def release_memory(trainer=None) -> None:
 
     if trainer is not None:
         trainer.accelerator.free_memory()
-        for name in ("model", "model_wrapped", "optimizer", "lr_scheduler", "ref_model", "vllm_generation", "deepspeed"):
+        for name in (
+            "model",
+            "model_wrapped",
+            "optimizer",
+            "lr_scheduler",
+            "ref_model",
+            "vllm_generation",
+            "deepspeed",
+        ):
             if hasattr(trainer, name):
                 setattr(trainer, name, None)
     gc.collect()
@@ -385,9 +439,8 @@ def release_memory(trainer=None) -> None:
         torch.cuda.empty_cache()
 
 
-
-
 # ---- aggregation and report ----------------------------------------------------------------
+
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
     """Pool a method's evaluations over seeds: means of the per-seed numbers; the accuracy's CI
@@ -408,7 +461,10 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
         "finished": sum(r["finished"] for r in runs) / len(runs),
         "normalized_regret": sum(r["normalized_regret"] for r in runs) / len(runs),
         "budget_curve": curve,
-        "maj_at_k": {k: {m: sum(r["maj_at_k"][k][m] for r in runs) / len(runs) for m in ("accuracy", "mean_tokens")} for k in runs[0]["maj_at_k"]},
+        "maj_at_k": {
+            k: {m: sum(r["maj_at_k"][k][m] for r in runs) / len(runs) for m in ("accuracy", "mean_tokens")}
+            for k in runs[0]["maj_at_k"]
+        },
         "seeds": {str(s): r for s, r in per_seed.items()},
     }
     for k in ("episodes", "progress_per_episode", "episodes_with_progress", "J_start", "J_end"):
@@ -430,8 +486,14 @@ def token_efficiency(results: dict, reference: str = "grpo") -> dict:
     for name, r in results.items():
         c = r["budget_curve"]
         t = tokens_to_reach(c["mean_tokens"], c["accuracy"], target)
-        out[name] = {"target_accuracy": target, "tokens": t, "ratio_vs_" + reference: (ref_tokens / t) if t not in (0, float("inf")) else None,
-                     "mean_tokens_ratio_vs_" + reference: results[reference]["mean_tokens"] / r["mean_tokens"] if r["mean_tokens"] else None}
+        out[name] = {
+            "target_accuracy": target,
+            "tokens": t,
+            "ratio_vs_" + reference: (ref_tokens / t) if t not in (0, float("inf")) else None,
+            "mean_tokens_ratio_vs_" + reference: results[reference]["mean_tokens"] / r["mean_tokens"]
+            if r["mean_tokens"]
+            else None,
+        }
     return out
 
 
@@ -446,9 +508,21 @@ def plot(results: dict, path: Path) -> None:
         c = r["budget_curve"]
         axes[0].plot([0] + c["mean_tokens"], [0] + c["accuracy"], marker="o", ms=3, label=name)
         ks = sorted(r["maj_at_k"], key=int)
-        axes[1].plot([r["maj_at_k"][k]["mean_tokens"] for k in ks], [r["maj_at_k"][k]["accuracy"] for k in ks], marker="o", ms=3, label=name)
-    axes[0].set(xlabel="tokens per trace (forced termination at the budget)", ylabel="pass@1", title="accuracy vs tokens")
-    axes[1].set(xlabel="total tokens of k traces", ylabel="maj@k", title="maj@k vs tokens (k = " + ", ".join(sorted(next(iter(results.values()))["maj_at_k"], key=int)) + ")")
+        axes[1].plot(
+            [r["maj_at_k"][k]["mean_tokens"] for k in ks],
+            [r["maj_at_k"][k]["accuracy"] for k in ks],
+            marker="o",
+            ms=3,
+            label=name,
+        )
+    axes[0].set(
+        xlabel="tokens per trace (forced termination at the budget)", ylabel="pass@1", title="accuracy vs tokens"
+    )
+    axes[1].set(
+        xlabel="total tokens of k traces",
+        ylabel="maj@k",
+        title="maj@k vs tokens (k = " + ", ".join(sorted(next(iter(results.values()))["maj_at_k"], key=int)) + ")",
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -457,23 +531,41 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: dict, train_stats: dict, times: dict, wall: float) -> None:
+def write_report(
+    cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: dict, train_stats: dict, times: dict, wall: float
+) -> None:
     lines = [f"# {cfg.name}: outcome-GRPO vs MRT (Qu et al. 2025, arXiv 2503.07572)", ""]
-    lines.append(f"Task: {cfg.task.kind}; model: {cfg.model.name_or_path}; seeds {cfg.seeds}; "
-                 f"{cfg.eval.num_problems} held-out problems x {cfg.eval.samples_per_problem} traces (temperature {cfg.eval.temperature}); "
-                 f"RL budget {cfg.grpo.max_steps} steps x {cfg.grpo.prompts_per_step} prompts x {cfg.grpo.num_generations} completions per method and seed.")
-    lines += ["", "| model | accuracy | mean tokens | finished | normalized regret | episodes | progress / episode | J start -> end | tokens to GRPO's accuracy |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines.append(
+        f"Task: {cfg.task.kind}; model: {cfg.model.name_or_path}; seeds {cfg.seeds}; "
+        f"{cfg.eval.num_problems} held-out problems x {cfg.eval.samples_per_problem} traces "
+        f"(temperature {cfg.eval.temperature}); "
+        f"RL budget {cfg.grpo.max_steps} steps x {cfg.grpo.prompts_per_step} prompts x "
+        f"{cfg.grpo.num_generations} completions per method and seed."
+    )
+    lines += [
+        "",
+        "| model | accuracy | mean tokens | finished | normalized regret | episodes | progress / episode "
+        "| J start -> end | tokens to GRPO's accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         eff = efficiency.get(name, {})
         tok = eff.get("tokens")
         tok_s = "—" if tok is None else ("never" if tok == float("inf") else f"{tok:.1f}")
         prog = f"{r['progress_per_episode']:+.3f}" if "progress_per_episode" in r else "—"
         js = f"{r['J_start']:.2f} -> {r['J_end']:.2f}" if "J_start" in r else "—"
-        lines.append(f"| {name} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['ci95']:.3f} | {r['mean_tokens']:.1f} | {r['finished']:.2f} | "
-                     f"{r['normalized_regret']:.3f} | {r.get('episodes', float('nan')):.2f} | {prog} | {js} | {tok_s} |")
-    lines += ["", "Accuracy: natural final answers, up to the largest budget; ± = 95% CI over (seed, problem) pairs; "
-              "per seed: " + "; ".join(f"{n} " + ", ".join(f"{a:.3f}" for a in r.get("seed_accuracy", [])) for n, r in results.items()) + "."]
+        lines.append(
+            f"| {name} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['ci95']:.3f} | {r['mean_tokens']:.1f} "
+            f"| {r['finished']:.2f} | "
+            f"{r['normalized_regret']:.3f} | {r.get('episodes', float('nan')):.2f} | {prog} | {js} | {tok_s} |"
+        )
+    lines += [
+        "",
+        "Accuracy: natural final answers, up to the largest budget; ± = 95% CI over (seed, problem) pairs; "
+        "per seed: "
+        + "; ".join(f"{n} " + ", ".join(f"{a:.3f}" for a in r.get("seed_accuracy", [])) for n, r in results.items())
+        + ".",
+    ]
     if "grpo" in efficiency:
         lines.append("")
         for name, eff in efficiency.items():
@@ -481,10 +573,19 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
                 continue
             ratio = eff.get("ratio_vs_grpo")
             mt = eff.get("mean_tokens_ratio_vs_grpo")
-            reach = (f"reaches GRPO's pass@1 at the largest budget ({eff['target_accuracy']:.3f}) with {ratio:.2f}x fewer tokens "
-                     "on its budget curve" if ratio is not None else
-                     f"does not reach GRPO's pass@1 at the largest budget ({eff['target_accuracy']:.3f}) within the budgets")
-            lines.append(f"- **{name}** vs grpo: {reach}" + (f"; its traces are {mt:.2f}x shorter on average" if mt else "") + ".")
+            reach = (
+                f"reaches GRPO's pass@1 at the largest budget ({eff['target_accuracy']:.3f}) "
+                f"with {ratio:.2f}x fewer tokens "
+                "on its budget curve"
+                if ratio is not None
+                else f"does not reach GRPO's pass@1 at the largest budget ({eff['target_accuracy']:.3f}) "
+                "within the budgets"
+            )
+            lines.append(
+                f"- **{name}** vs grpo: {reach}"
+                + (f"; its traces are {mt:.2f}x shorter on average" if mt else "")
+                + "."
+            )
     lines += ["", "## Accuracy against the token budget (pass@1 after forced termination)", ""]
     names = list(results)
     budgets = results[names[0]]["budget_curve"]["budgets"]
@@ -492,17 +593,41 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
     lines.append("|---|" + "---|" * len(names))
     for i, b in enumerate(budgets):
         lines.append(f"| {b} | " + " | ".join(f"{results[n]['budget_curve']['accuracy'][i]:.3f}" for n in names) + " |")
-    lines += ["", "## maj@k", "", "| k | " + " | ".join(f"{n} (acc / tokens)" for n in names) + " |", "|---|" + "---|" * len(names)]
+    lines += [
+        "",
+        "## maj@k",
+        "",
+        "| k | " + " | ".join(f"{n} (acc / tokens)" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for k in sorted(results[names[0]]["maj_at_k"], key=int):
-        lines.append(f"| {k} | " + " | ".join(f"{results[n]['maj_at_k'][k]['accuracy']:.3f} / {results[n]['maj_at_k'][k]['mean_tokens']:.0f}" for n in names) + " |")
+        lines.append(
+            f"| {k} | "
+            + " | ".join(
+                f"{results[n]['maj_at_k'][k]['accuracy']:.3f} / {results[n]['maj_at_k'][k]['mean_tokens']:.0f}"
+                for n in names
+            )
+            + " |"
+        )
     if train_stats:
         lines += ["", "## Training (means over logged steps)", ""]
         for name, stats in train_stats.items():
             lines.append(f"- {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(stats.items())))
     main_threads, worker_threads = _threads(cfg)
-    lines += ["", "![accuracy vs tokens](accuracy_vs_tokens.png)", "", "## Time", "",
-              f"SFT and the start's evaluation: 1 process x {main_threads} torch thread(s); the runs: "
-              + (f"{cfg.workers} worker processes x {worker_threads} thread(s), so their times overlap." if cfg.workers > 1 else f"one after another, {main_threads} thread(s)."), ""]
+    lines += [
+        "",
+        "![accuracy vs tokens](accuracy_vs_tokens.png)",
+        "",
+        "## Time",
+        "",
+        f"SFT and the start's evaluation: 1 process x {main_threads} torch thread(s); the runs: "
+        + (
+            f"{cfg.workers} worker processes x {worker_threads} thread(s), so their times overlap."
+            if cfg.workers > 1
+            else f"one after another, {main_threads} thread(s)."
+        ),
+        "",
+    ]
     lines += [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
     lines.append(f"- total: {wall / 60:.1f} min")
     write_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
@@ -510,7 +635,8 @@ def write_report(cfg: MRTExperiment, run_dir: Path, results: dict, efficiency: d
 
 def _train_stats(run_dir: Path, runs: set[str] | None = None) -> dict:
     """Means of the MRT, reward and vLLM-sampling (TRL's importance ratios) metrics each method logged
-    while training (from metrics.jsonl), keyed by ``<method>_s<seed>``; only the ``runs`` given, if any (a run folder reused with other
+    while training (from metrics.jsonl), keyed by ``<method>_s<seed>``; only the ``runs`` given, if any
+    (a run folder reused with other
     methods or seeds keeps the earlier runs' lines)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -624,14 +750,18 @@ def run_mrt(cfg: MRTExperiment) -> Path:
         if key in evals:
             return
         t = time.perf_counter()
-        record(key, in_fresh_process(evaluate_policy, cfg, path, 0) if cfg.eval.use_vllm else evaluate_policy(cfg, path, 0))
+        record(
+            key, in_fresh_process(evaluate_policy, cfg, path, 0) if cfg.eval.use_vllm else evaluate_policy(cfg, path, 0)
+        )
         times[f"evaluate {label}"] = time.perf_counter() - t
 
     runs = [(m, seed) for m in cfg.methods for seed in cfg.seeds]
     finals: dict[str, Path] = {}
     with MetricsLogger(run_dir, enabled=main) as logger:
         t = time.perf_counter()
-        start = in_fresh_process(_start_policy_worker, cfg, str(run_dir)) if isolate else start_policy(cfg, run_dir, logger)
+        start = (
+            in_fresh_process(_start_policy_worker, cfg, str(run_dir)) if isolate else start_policy(cfg, run_dir, logger)
+        )
         times["start policy (SFT)"] = time.perf_counter() - t
         if single:
             evaluate("start", "start", start)
@@ -674,8 +804,14 @@ def run_mrt(cfg: MRTExperiment) -> Path:
     wall = time.perf_counter() - start_time
     train_stats = _train_stats(run_dir, {f"{m}_s{seed}" for m in cfg.methods for seed in cfg.seeds})
     write_report(cfg, run_dir, results, efficiency, train_stats, times, wall)
-    write_atomic(run_dir / "results.json", json.dumps({**results, "token_efficiency": efficiency, "training": train_stats,
-                                                      "times_s": times, "wall_s": wall}, indent=2, default=str))
+    write_atomic(
+        run_dir / "results.json",
+        json.dumps(
+            {**results, "token_efficiency": efficiency, "training": train_stats, "times_s": times, "wall_s": wall},
+            indent=2,
+            default=str,
+        ),
+    )
     return run_dir
 
 
@@ -692,27 +828,55 @@ def dry_run(cfg: MRTExperiment, out=print) -> dict:
     summary = {
         "model": cfg.model.name_or_path,
         "task": cfg.task.kind,
-        "data": {"train": cfg.task.train_dataset if cfg.task.kind == "math" else "search (generated)", "eval": cfg.task.eval_dataset if cfg.task.kind == "math" else "search (generated)"},
+        "data": {
+            "train": cfg.task.train_dataset if cfg.task.kind == "math" else "search (generated)",
+            "eval": cfg.task.eval_dataset if cfg.task.kind == "math" else "search (generated)",
+        },
         "methods": cfg.methods,
         "seeds": cfg.seeds,
-        "grpo": {"max_steps": args.max_steps, "learning_rate": args.learning_rate, "num_generations": args.num_generations,
-                 "per_device_train_batch_size": args.per_device_train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                 "max_completion_length": args.max_completion_length, "temperature": args.temperature, "beta": args.beta,
-                 "loss_type": args.loss_type, "use_vllm": cfg.grpo.use_vllm, "vllm_mode": args.vllm_mode, "bf16": cfg.grpo.bf16},
-        "gpu": {**gpu_settings(cfg.grpo, args, cfg.model),
-                "eval_vllm": {"use_vllm": cfg.eval.use_vllm, "gpu_memory_utilization": cfg.eval.vllm_gpu_memory_utilization if cfg.eval.use_vllm else 0.0},
-                "vllm_memory_utilization_sum": (cfg.grpo.vllm_gpu_memory_utilization if cfg.grpo.use_vllm else 0.0)
-                + (cfg.eval.vllm_gpu_memory_utilization if cfg.eval.use_vllm else 0.0),
-                "vllm_memory_utilization_max": MAX_VLLM_MEMORY_UTILIZATION,
-                "meta_prover_sequences_per_generation": (req := prover_requests(args, dataclasses.replace(cfg.mrt, mode="progress"))),
-                "mrt_engine_max_num_seqs": max(trl_engine_max_num_seqs(args), min(req, MAX_ENGINE_SEQS))},
-        "mrt": {"alpha": cfg.mrt.alpha, "credit": cfg.mrt.credit, "max_episodes": cfg.mrt.max_episodes,
-                "prover": dataclasses.asdict(cfg.prover()), "markers": list(cfg.mrt.episodes.markers)},
+        "grpo": {
+            "max_steps": args.max_steps,
+            "learning_rate": args.learning_rate,
+            "num_generations": args.num_generations,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "max_completion_length": args.max_completion_length,
+            "temperature": args.temperature,
+            "beta": args.beta,
+            "loss_type": args.loss_type,
+            "use_vllm": cfg.grpo.use_vllm,
+            "vllm_mode": args.vllm_mode,
+            "bf16": cfg.grpo.bf16,
+        },
+        "gpu": {
+            **gpu_settings(cfg.grpo, args, cfg.model),
+            "eval_vllm": {
+                "use_vllm": cfg.eval.use_vllm,
+                "gpu_memory_utilization": cfg.eval.vllm_gpu_memory_utilization if cfg.eval.use_vllm else 0.0,
+            },
+            "vllm_memory_utilization_sum": (cfg.grpo.vllm_gpu_memory_utilization if cfg.grpo.use_vllm else 0.0)
+            + (cfg.eval.vllm_gpu_memory_utilization if cfg.eval.use_vllm else 0.0),
+            "vllm_memory_utilization_max": MAX_VLLM_MEMORY_UTILIZATION,
+            "meta_prover_sequences_per_generation": (
+                req := prover_requests(args, dataclasses.replace(cfg.mrt, mode="progress"))
+            ),
+            "mrt_engine_max_num_seqs": max(trl_engine_max_num_seqs(args), min(req, MAX_ENGINE_SEQS)),
+        },
+        "mrt": {
+            "alpha": cfg.mrt.alpha,
+            "credit": cfg.mrt.credit,
+            "max_episodes": cfg.mrt.max_episodes,
+            "prover": dataclasses.asdict(cfg.prover()),
+            "markers": list(cfg.mrt.episodes.markers),
+        },
         "run_dir": str(run_dir),
         "gpu_flags_validated_only": not gpu,
     }
     if cfg.sft.enabled:
         sft = cfg.sft if gpu else dataclasses.replace(cfg.sft, bf16=False)
-        summary["sft"] = {"learning_rate": sft_arguments(sft, run_dir / "sft").learning_rate, "num_examples": cfg.sft.num_trials}
+        summary["sft"] = {
+            "learning_rate": sft_arguments(sft, run_dir / "sft").learning_rate,
+            "num_examples": cfg.sft.num_trials,
+        }
     out(json.dumps(summary, indent=2, default=str))
     return summary

@@ -25,4 +25,6 @@ def tiny_tok():
 def tiny_model(tiny_tok):
     from mrl_llm.models import TinyLMConfig, build_tiny_model
 
-    return build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0).eval()
+    return build_tiny_model(
+        TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0
+    ).eval()

@@ -116,8 +116,20 @@ def test_greedy_with_beta11_prior_stays_on_a_winner_and_leaves_a_loser():
     # Beta(1, 1) counts: a first success lifts the arm to 2/3 > 1/2, a first failure drops it to 1/3.
     agent = GreedyAgent(6, prior_count=1.0)
     agent.reset(2, torch.Generator().manual_seed(0))
-    first = agent.act(torch.zeros(2, 1), torch.full((2,), -1), torch.zeros(2), torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
-    second = agent.act(torch.zeros(2, 1), first, torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    first = agent.act(
+        torch.zeros(2, 1),
+        torch.full((2,), -1),
+        torch.zeros(2),
+        torch.ones(2, dtype=torch.bool),
+        torch.zeros(2, dtype=torch.bool),
+    )
+    second = agent.act(
+        torch.zeros(2, 1),
+        first,
+        torch.tensor([1.0, 0.0]),
+        torch.ones(2, dtype=torch.bool),
+        torch.zeros(2, dtype=torch.bool),
+    )
     assert second[0] == first[0] and second[1] != first[1]
     assert agent.scores()[0, first[0]] == pytest.approx(2 / 3) and agent.scores()[1, first[1]] == pytest.approx(1 / 3)
     # UCB1 with 0 prior counts (the default) pulls every arm once before any is repeated
@@ -150,7 +162,9 @@ def test_tiebreak_is_uniform_over_maxima():
     assert abs(float((picks == 1).float().mean()) - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("agent_cls", [RandomAgent, GreedyAgent, UCB1Agent, ThompsonSamplingAgent, OptimisticThompsonSamplingAgent])
+@pytest.mark.parametrize(
+    "agent_cls", [RandomAgent, GreedyAgent, UCB1Agent, ThompsonSamplingAgent, OptimisticThompsonSamplingAgent]
+)
 def test_same_seed_same_numbers(agent_cls):
     dist = BernoulliBandit(5)
     r1 = run_trials(agent_cls(5), dist, 64, 30, seed=11)
@@ -203,7 +217,13 @@ def test_reshaped_ots_score_matches_numerical_integration(num_samples, reshape):
         agent.update(torch.zeros(n, dtype=torch.long), torch.full((n,), r))
     scores = agent.scores()[:, 0].double()
     x = torch.linspace(1e-6, 1 - 1e-6, 200_001, dtype=torch.float64)
-    pdf = torch.distributions.Beta(torch.tensor(9 / reshape, dtype=torch.float64), torch.tensor(3 / reshape, dtype=torch.float64)).log_prob(x).exp()
+    pdf = (
+        torch.distributions.Beta(
+            torch.tensor(9 / reshape, dtype=torch.float64), torch.tensor(3 / reshape, dtype=torch.float64)
+        )
+        .log_prob(x)
+        .exp()
+    )
     cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumulative_trapezoid(pdf, x)])
     m = 0.75
     above = x >= m
@@ -228,8 +248,12 @@ def test_ots_tuning_searches_samples_and_reshaping_jointly_on_training_tasks():
     dist = BanditConfig(num_arms=5, episodes_per_trial=10).make()
     tasks = dist.sample_tasks(300, seeding.generator("tune", 0))
     best, grid = tune_baseline(ots, dist, 10, tasks, seed=0)
-    assert set(grid) == {"num_samples=1,reshape=1.0", "num_samples=1,reshape=0.1",
-                         "num_samples=2,reshape=1.0", "num_samples=2,reshape=0.1"}
+    assert set(grid) == {
+        "num_samples=1,reshape=1.0",
+        "num_samples=1,reshape=0.1",
+        "num_samples=2,reshape=1.0",
+        "num_samples=2,reshape=0.1",
+    }
     assert max(grid, key=grid.get) == f"num_samples={best.num_samples},reshape={best.reshape}"
     # At n = 10 pulls, exploiting pays: the sharper posterior must win (closed-form intuition, and
     # 6.7 vs 6.0 mean reward measured on 1000 tasks).

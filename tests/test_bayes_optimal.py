@@ -79,6 +79,7 @@ def random_states(rng, k, n, count, max_pulls=None):
 
 # ------------------------------------------------------------------ values
 
+
 @pytest.mark.parametrize("k,n", [(1, 4), (2, 1), (2, 5), (2, 9), (3, 1), (3, 4), (3, 6), (4, 5), (5, 4), (6, 4)])
 @pytest.mark.parametrize("prior", [(1.0, 1.0), (2.0, 0.5)])
 def test_dp_matches_brute_force_recursion(k, n, prior):
@@ -126,6 +127,7 @@ def test_value_grows_with_arms_then_saturates_and_stays_below_clairvoyant():
 
 # ------------------------------------------------------------------ states, symmetry, decisions
 
+
 @pytest.mark.parametrize("k,n", [(3, 7), (2, 8), (5, 4)])
 def test_state_values_and_optimal_arms_match_brute_force(k, n):
     rng = np.random.default_rng(k * 100 + n)
@@ -172,6 +174,7 @@ def test_state_lookup_errors():
 
 
 # ------------------------------------------------------------------ agent in the evaluator
+
 
 def test_agent_earns_v0_and_beats_gittins_and_thompson_three_arms():
     n, tasks, k = 10, 2000, 3
@@ -232,6 +235,7 @@ def test_agent_past_the_horizon_is_greedy():
 
 
 # ------------------------------------------------------------------ limits and cache
+
 
 def test_unsupported_sizes_raise():
     assert bayes_optimal_max_horizon(3) == BAYES_OPTIMAL_LIMITS[3] >= 30

@@ -23,14 +23,40 @@ def test_rl2_time_to_target_smoke(tmp_path, monkeypatch, capsys):
     bench = _load()
     assert bench.parse_settings("5x100, 10x100") == [(5, 100), (10, 100)]
     out = tmp_path / "ttt.json"
-    argv = ["--settings", "3x10", "--workers", "1", "--iterations", "3", "--eval-every", "2", "--eval-tasks", "20",
-            "--trials-per-batch", "8", "--num-minibatches", "2", "--hidden-size", "8", "--stop-when", "never", "--out", str(out), "--quiet",
-            "--setting-config", '3x10={"head_hidden_size": 4, "ent_coef": 0.05}']
+    argv = [
+        "--settings",
+        "3x10",
+        "--workers",
+        "1",
+        "--iterations",
+        "3",
+        "--eval-every",
+        "2",
+        "--eval-tasks",
+        "20",
+        "--trials-per-batch",
+        "8",
+        "--num-minibatches",
+        "2",
+        "--hidden-size",
+        "8",
+        "--stop-when",
+        "never",
+        "--out",
+        str(out),
+        "--quiet",
+        "--setting-config",
+        '3x10={"head_hidden_size": 4, "ent_coef": 0.05}',
+    ]
     results = bench.main(argv)
 
     (res,) = results
     assert (res["k"], res["n"]) == (3, 10)
-    assert res["config"]["head_hidden_size"] == 4 and res["config"]["ent_coef"] == 0.05 and res["config"]["hidden_size"] == 8
+    assert (
+        res["config"]["head_hidden_size"] == 4
+        and res["config"]["ent_coef"] == 0.05
+        and res["config"]["hidden_size"] == 8
+    )
     assert res["iterations_run"] == 3 and res["env_steps"] == 3 * 8 * 10
     assert [p["iteration"] for p in res["curve"]] == [2, 3]  # every 2 iterations and at the last one
     assert abs(res["target"] - 0.99 * res["gittins"]["mean"]) < 1e-9
@@ -52,8 +78,13 @@ def test_rl2_time_to_target_rejects_bad_setting_configs():
 
     bench = _load()
     assert bench.parse_setting_config('10x100={"hidden_size": 128}') == ((10, 100), {"hidden_size": 128})
-    for bad, what in (("10x100", "KxN="), ("10x100={oops", "not JSON"), ("10x100=[1]", "JSON object"), ('10x100={"nope": 1}', "nope"),
-                      ('10x100={"hidden_size": 0}', "hidden_size")):
+    for bad, what in (
+        ("10x100", "KxN="),
+        ("10x100={oops", "not JSON"),
+        ("10x100=[1]", "JSON object"),
+        ('10x100={"nope": 1}', "nope"),
+        ('10x100={"hidden_size": 0}', "hidden_size"),
+    ):
         with pytest.raises(argparse.ArgumentTypeError, match=what):
             bench.parse_setting_config(bad)
     with pytest.raises(SystemExit, match="not in --settings"):
@@ -74,8 +105,24 @@ def test_rl2_mdp_variants_smoke(tmp_path, capsys):
             raise AssertionError(f"{bad!r} was accepted")
     out = tmp_path / "curves.json"
     tiny = '{"num_trials_per_batch": 4, "num_minibatches": 2, "hidden_size": 8, "head_hidden_size": 4}'
-    results = bench.main(["--n", "2", "--iterations", "3", "--eval-every", "2", "--eval-tasks", "10", "--workers", "1",
-                          "--variant", f"tiny={tiny}", "--out", str(out)])
+    results = bench.main(
+        [
+            "--n",
+            "2",
+            "--iterations",
+            "3",
+            "--eval-every",
+            "2",
+            "--eval-tasks",
+            "10",
+            "--workers",
+            "1",
+            "--variant",
+            f"tiny={tiny}",
+            "--out",
+            str(out),
+        ]
+    )
     (res,) = results
     assert [p["iteration"] for p in res["curve"]] == [2, 3] and res["curve"][-1]["env_steps"] == 3 * 4 * 2 * 10
     assert res["config"]["head_hidden_size"] == 4 and res["config"]["obs_action_reward_input"] is True
@@ -84,16 +131,34 @@ def test_rl2_mdp_variants_smoke(tmp_path, capsys):
 
 
 def test_mrt_overhead_smoke(capsys):
-    spec = importlib.util.spec_from_file_location("mrt_overhead", Path(__file__).resolve().parent.parent / "benchmarks" / "mrt_overhead.py")
+    spec = importlib.util.spec_from_file_location(
+        "mrt_overhead", Path(__file__).resolve().parent.parent / "benchmarks" / "mrt_overhead.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    res = module.main(["--steps", "1", "--prompts-per-step", "1", "--num-generations", "2", "--max-completion-length", "16",
-                       "--prover-samples", "2", "--threads", "1"])
+    res = module.main(
+        [
+            "--steps",
+            "1",
+            "--prompts-per-step",
+            "1",
+            "--num-generations",
+            "2",
+            "--max-completion-length",
+            "16",
+            "--prover-samples",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert "| GRPO (outcome) |" in out and "| MRT (progress) |" in out and "| shared prefix, tree attention |" in out
     assert res["same_answers"] is True  # both shared-prefix paths sample exactly what the reference path does
     tree, rows, scratch = res["prover"]
-    assert tree[3] == rows[3] == scratch[3] and tree[2] < scratch[2] and rows[2] < scratch[2]  # same answers drawn, fewer tokens encoded
+    assert (
+        tree[3] == rows[3] == scratch[3] and tree[2] < scratch[2] and rows[2] < scratch[2]
+    )  # same answers drawn, fewer tokens encoded
 
 
 def test_rl2_mdp_behaviour_scores_an_oracle_as_always_optimal_and_counts_tried_actions():

@@ -29,8 +29,13 @@ def test_qwen_recipe_builds_chat_lora_vllm_arguments(capsys):
     assert summary["teacher"]["name"] == "Thompson sampling" and "Arm: N" in summary["prompt"][0]["content"]
 
 
-@pytest.mark.parametrize("name, model", [("mrt_r1_distill_1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
-                                         ("mrt_deepscaler_1.5b", "agentica-org/DeepScaleR-1.5B-Preview")])
+@pytest.mark.parametrize(
+    "name, model",
+    [
+        ("mrt_r1_distill_1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
+        ("mrt_deepscaler_1.5b", "agentica-org/DeepScaleR-1.5B-Preview"),
+    ],
+)
 def test_gpu_mrt_recipes_carry_the_papers_settings(name, model, capsys):
     import yaml
 
@@ -43,7 +48,11 @@ def test_gpu_mrt_recipes_carry_the_papers_settings(name, model, capsys):
     assert g["use_vllm"] is True and g["vllm_mode"] == "colocate" and g["bf16"] is True
     assert summary["mrt"]["prover"]["termination_suffix"].startswith("Time is up.")
     acc = yaml.safe_load((ROOT / "recipes/accelerate/deepspeed_zero3.yaml").read_text())
-    assert acc["distributed_type"] == "DEEPSPEED" and acc["deepspeed_config"]["zero_stage"] == 3 and acc["mixed_precision"] == "bf16"
+    assert (
+        acc["distributed_type"] == "DEEPSPEED"
+        and acc["deepspeed_config"]["zero_stage"] == 3
+        and acc["mixed_precision"] == "bf16"
+    )
 
 
 def test_malformed_recipe_names_key_and_file(tmp_path, capsys):
@@ -61,27 +70,43 @@ def test_malformed_recipe_names_key_and_file(tmp_path, capsys):
     assert "num_generations must be >= 2" in capsys.readouterr().err
     assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", "learners.llm.sft.lr=1"]) == 2
     assert "sft.lr" in capsys.readouterr().err
-    assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", "learners.llm.teacher.name=UBC1"]) == 2
+    assert (
+        main(["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", "learners.llm.teacher.name=UBC1"]) == 2
+    )
     assert "did you mean 'UCB1'" in capsys.readouterr().err
 
 
 def test_overrides_apply(tmp_path):
-    kind, cfg = load_experiment(str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"),
-                                ["learners.llm.grpo.max_steps=7", "task.num_arms=3", "learners.llm.teacher={name: UCB1, c: 0.3}"])
+    kind, cfg = load_experiment(
+        str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"),
+        ["learners.llm.grpo.max_steps=7", "task.num_arms=3", "learners.llm.teacher={name: UCB1, c: 0.3}"],
+    )
     llm = cfg.learners[1]
     assert kind == "compare" and llm.grpo.max_steps == 7 and cfg.task.num_arms == 3
     assert llm.teacher.name == "UCB1" and llm.teacher.c == 0.3
 
 
 TINY = [
-    "task.episodes_per_trial=8", "task.num_arms=3", "protocol.tune_tasks=50", "protocol.num_tasks=20",
+    "task.episodes_per_trial=8",
+    "task.num_arms=3",
+    "protocol.tune_tasks=50",
+    "protocol.num_tasks=20",
     "baselines=[{name: Random}, {name: UCB1}, {name: Thompson sampling}]",
-    "learners.rl2.algo.num_iterations=2", "learners.rl2.algo.num_trials_per_batch=16",
-    "learners.llm.model.tiny.hidden_size=32", "learners.llm.model.tiny.num_layers=1", "learners.llm.model.tiny.num_heads=2",
+    "learners.rl2.algo.num_iterations=2",
+    "learners.rl2.algo.num_trials_per_batch=16",
+    "learners.llm.model.tiny.hidden_size=32",
+    "learners.llm.model.tiny.num_layers=1",
+    "learners.llm.model.tiny.num_heads=2",
     "learners.llm.model.tiny.intermediate_size=64",
-    "learners.llm.sft.num_trials=32", "learners.llm.sft.num_train_epochs=1", "learners.llm.sft.per_device_train_batch_size=16",
-    "learners.llm.grpo.max_steps=2", "learners.llm.grpo.num_generations=2", "learners.llm.grpo.tasks_per_step=2",
-    "learners.llm.grpo.save_steps=1", "learners.llm.eval_batch_size=10", "learners.llm.kv_cache_benchmark.num_tasks=4",
+    "learners.llm.sft.num_trials=32",
+    "learners.llm.sft.num_train_epochs=1",
+    "learners.llm.sft.per_device_train_batch_size=16",
+    "learners.llm.grpo.max_steps=2",
+    "learners.llm.grpo.num_generations=2",
+    "learners.llm.grpo.tasks_per_step=2",
+    "learners.llm.grpo.save_steps=1",
+    "learners.llm.eval_batch_size=10",
+    "learners.llm.kv_cache_benchmark.num_tasks=4",
 ]
 
 
@@ -104,7 +129,9 @@ def test_tiny_end_to_end_run_writes_report_and_resumes(tmp_path):
     assert "invalid" in report.lower() and "KV-cache" in report
     assert (run / "regret.png").stat().st_size > 1000
     assert (run / "config.yaml").exists() and (run / "metrics.jsonl").stat().st_size > 0
-    assert (run / "llm" / "sft" / "final" / "config.json").exists() and (run / "llm" / "grpo" / "final" / "config.json").exists()
+    assert (run / "llm" / "sft" / "final" / "config.json").exists() and (
+        run / "llm" / "grpo" / "final" / "config.json"
+    ).exists()
     assert any((run / "llm" / "grpo").glob("checkpoint-*"))
     assert json.loads((run / "results.json").read_text())["kv_cache"]["num_tasks"] == 4
     # A second run reuses the finished stages and reproduces the same numbers.
@@ -115,10 +142,28 @@ def test_tiny_end_to_end_run_writes_report_and_resumes(tmp_path):
 
 
 def test_classic_recipe_end_to_end_with_bayes_optimal_row(tmp_path):
-    args = ["run", str(ROOT / "recipes/classic/rl2_bandit.yaml"), "--set", f"output.root={tmp_path}", "--set", "name=c",
-            "--set", "task.num_arms=2", "--set", "task.episodes_per_trial=10", "--set", "protocol.num_tasks=200",
-            "--set", "baselines=[{name: Random}, {name: UCB1}, {name: Bayes-optimal}]", "--set", "protocol.tune_tasks=50",
-            "--set", "learners.rl2.algo.num_iterations=2", "--set", "learners.rl2.algo.num_trials_per_batch=16"]
+    args = [
+        "run",
+        str(ROOT / "recipes/classic/rl2_bandit.yaml"),
+        "--set",
+        f"output.root={tmp_path}",
+        "--set",
+        "name=c",
+        "--set",
+        "task.num_arms=2",
+        "--set",
+        "task.episodes_per_trial=10",
+        "--set",
+        "protocol.num_tasks=200",
+        "--set",
+        "baselines=[{name: Random}, {name: UCB1}, {name: Bayes-optimal}]",
+        "--set",
+        "protocol.tune_tasks=50",
+        "--set",
+        "learners.rl2.algo.num_iterations=2",
+        "--set",
+        "learners.rl2.algo.num_trials_per_batch=16",
+    ]
     assert main(args) == 0
     results = json.loads((tmp_path / "c" / "results.json").read_text())
     agents = results["agents"]

@@ -17,10 +17,15 @@ TINY_RL2 = {"name": "rl2", "algo": {"num_iterations": 2, "num_trials_per_batch":
 
 
 def _cfg(tmp_path, **over):
-    data = {"name": "c", "threads": 1, "task": {"name": "bandit", "num_arms": 3, "episodes_per_trial": 10},
-            "protocol": {"num_tasks": 50, "tune_tasks": 20},
-            "baselines": [{"name": "Random"}, {"name": "UCB1", "grid": {"c": [0.1, 1.0]}}],
-            "learners": [TINY_RL2], "output": {"root": str(tmp_path)}}
+    data = {
+        "name": "c",
+        "threads": 1,
+        "task": {"name": "bandit", "num_arms": 3, "episodes_per_trial": 10},
+        "protocol": {"num_tasks": 50, "tune_tasks": 20},
+        "baselines": [{"name": "Random"}, {"name": "UCB1", "grid": {"c": [0.1, 1.0]}}],
+        "learners": [TINY_RL2],
+        "output": {"root": str(tmp_path)},
+    }
     data.update(over)
     return from_dict(CompareExperiment, data, source="r.yaml")
 
@@ -29,7 +34,9 @@ def test_registries_list_every_part_and_unknown_names_list_the_known_ones():
     assert {"bandit", "tabular_mdp", "nav2d", "darkroom"} <= set(TASKS.names())
     assert {"Random", "UCB1", "Thompson sampling", "Gittins", "PSRL", "UCRL2"} <= set(AGENTS.names())
     assert "rl2" in LEARNERS.names()
-    with pytest.raises(RegistryError, match=r"unknown task distribution 'bandt'.*known: .*bandit.*did you mean 'bandit'"):
+    with pytest.raises(
+        RegistryError, match=r"unknown task distribution 'bandt'.*known: .*bandit.*did you mean 'bandit'"
+    ):
         TASKS.get("bandt")
 
 
@@ -44,12 +51,14 @@ def test_registry_refuses_a_second_class_under_one_name_and_a_missing_name_field
         name: str = "a"
 
     with pytest.raises(RegistryError, match="registered twice"):
+
         @reg.register("a")
         @dataclass
         class B:
             name: str = "a"
 
     with pytest.raises(TypeError, match="needs a field name = 'c'"):
+
         @reg.register("c")
         @dataclass
         class C:
@@ -75,8 +84,11 @@ def test_recipe_errors_name_the_dotted_key_and_the_file(tmp_path):
 
 def test_overrides_reach_list_items_by_name_label_or_index():
     path = str(ROOT / "recipes/classic/rl2_bandit.yaml")
-    cfg = load_recipe(CompareExperiment, path, ["learners.rl2.algo.num_iterations=7", "baselines.UCB1.c=0.3",
-                                                "baselines.0.label=uniform", "task.num_arms=3"])
+    cfg = load_recipe(
+        CompareExperiment,
+        path,
+        ["learners.rl2.algo.num_iterations=7", "baselines.UCB1.c=0.3", "baselines.0.label=uniform", "task.num_arms=3"],
+    )
     assert cfg.learners[0].algo.num_iterations == 7 and cfg.task.num_arms == 3
     ucb = next(b for b in cfg.baselines if b.name == "UCB1")
     assert ucb.c == 0.3 and cfg.baselines[0].display_name == "uniform"

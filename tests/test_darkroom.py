@@ -7,7 +7,13 @@ import torch
 from classic.config import RecipeError, from_dict, to_dict
 from classic.core import Discrete, TaskDistribution
 from classic.envs.darkroom import (
-    ACTION_NAMES, DarkRoom, DarkRoomConfig, DarkRoomState, DarkRoomTasks, dpt_goal_split, goal_cells,
+    ACTION_NAMES,
+    DarkRoom,
+    DarkRoomConfig,
+    DarkRoomState,
+    DarkRoomTasks,
+    dpt_goal_split,
+    goal_cells,
 )
 from classic.registry import TASKS
 
@@ -38,13 +44,25 @@ def _play(dist, tasks, actions):
 def test_registry_config_and_presets():
     assert TASKS.get("darkroom") is DarkRoomConfig
     cfg = DarkRoomConfig()
-    assert (cfg.size, cfg.episode_length, cfg.episodes_per_trial, cfg.start, cfg.goal_split) == (9, 20, 10, "center", "all")
+    assert (cfg.size, cfg.episode_length, cfg.episodes_per_trial, cfg.start, cfg.goal_split) == (
+        9,
+        20,
+        10,
+        "center",
+        "all",
+    )
     dist = cfg.make()
     assert isinstance(dist, DarkRoom) and isinstance(dist, TaskDistribution)
     assert dist.action_space == Discrete(5) and dist.obs_dim == 2 and dist.episode_length == 20
     assert len(ACTION_NAMES) == 5 and ACTION_NAMES[0] == "no-op"
     dpt = DarkRoomConfig.dpt()
-    assert (dpt.size, dpt.episode_length, dpt.episodes_per_trial, dpt.start, dpt.goal_at_start) == (10, 100, 40, "corner", True)
+    assert (dpt.size, dpt.episode_length, dpt.episodes_per_trial, dpt.start, dpt.goal_at_start) == (
+        10,
+        100,
+        40,
+        "corner",
+        True,
+    )
     assert DarkRoomConfig.dpt(goal_split="test").goal_split == "test"
     assert "9x9" in cfg.describe() and "80 goals" in cfg.describe() and "H=20" in cfg.describe(short=True)
     assert "20 goals (test split)" in DarkRoomConfig.dpt(goal_split="test").describe()
@@ -54,15 +72,24 @@ def test_registry_config_and_presets():
     assert from_dict(DarkRoomConfig, to_dict(dpt)) == dpt
     with pytest.raises(RecipeError):
         from_dict(DarkRoomConfig, {"start": "middle"})
-    for field, bad in [("size", 1), ("episode_length", 0), ("episodes_per_trial", 0), ("start", "middle"),
-                       ("goal_split", "val")]:
+    for field, bad in [
+        ("size", 1),
+        ("episode_length", 0),
+        ("episodes_per_trial", 0),
+        ("start", "middle"),
+        ("goal_split", "val"),
+    ]:
         with pytest.raises(ValueError, match=field):
             DarkRoomConfig(**{field: bad})
 
 
 def test_start_positions():
-    for cfg, start in [(DarkRoomConfig(), (4, 4)), (DarkRoomConfig.dpt(), (0, 0)),
-                       (DarkRoomConfig(size=10), (5, 5)), (DarkRoomConfig(start="corner"), (0, 0))]:
+    for cfg, start in [
+        (DarkRoomConfig(), (4, 4)),
+        (DarkRoomConfig.dpt(), (0, 0)),
+        (DarkRoomConfig(size=10), (5, 5)),
+        (DarkRoomConfig(start="corner"), (0, 0)),
+    ]:
         dist = cfg.make()
         tasks = dist.sample_tasks(5, _gen())
         state, obs = dist.reset(tasks, _gen())
@@ -190,8 +217,16 @@ def _greedy_return(dist, tasks):
     return total
 
 
-@pytest.mark.parametrize("cfg", [DarkRoomConfig(), DarkRoomConfig.dpt(), DarkRoomConfig(episode_length=5),
-                                 DarkRoomConfig.dpt(episode_length=12), DarkRoomConfig(size=4, start="corner")])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DarkRoomConfig(),
+        DarkRoomConfig.dpt(),
+        DarkRoomConfig(episode_length=5),
+        DarkRoomConfig.dpt(episode_length=12),
+        DarkRoomConfig(size=4, start="corner"),
+    ],
+)
 def test_oracle_equals_greedy_rollout_on_every_goal(cfg):
     dist = cfg.make()
     tasks = DarkRoomTasks(goal=dist.goals.clone())

@@ -100,8 +100,18 @@ def test_word_boundary():
     waiting = "Start.\n\nWaiting for the sum.\n\nDone."
     assert num_episodes(waiting, ONE) == 1
     assert num_episodes(waiting, EpisodeSplitConfig(min_paragraphs_between=1, word_boundary=False)) == 2
-    for opener in ("Wait,", "Wait.", "Wait!", "Wait", "But wait,", "But wait", "Alternatively,",
-                   "But let me double-check:", "But hold on", "Is there another way to think about this?"):
+    for opener in (
+        "Wait,",
+        "Wait.",
+        "Wait!",
+        "Wait",
+        "But wait,",
+        "But wait",
+        "Alternatively,",
+        "But let me double-check:",
+        "But hold on",
+        "Is there another way to think about this?",
+    ):
         text = f"Start.\n\n{opener} more text.\n\nDone."
         eps = split_episodes(text, ONE)
         assert len(eps) == 2, opener

@@ -120,7 +120,9 @@ def test_ppo_clip_loss_matches_reference(eps, use_mask):
     g = torch.Generator().manual_seed(5)
     shape = (9, 7)
     logp_old = torch.randn(shape, generator=g, dtype=torch.float64) - 1.0
-    logp_new = logp_old + 0.4 * torch.randn(shape, generator=g, dtype=torch.float64)  # many ratios outside the clip range
+    logp_new = logp_old + 0.4 * torch.randn(
+        shape, generator=g, dtype=torch.float64
+    )  # many ratios outside the clip range
     adv = torch.randn(shape, generator=g, dtype=torch.float64)
     mask = (torch.rand(shape, generator=g) < 0.7) if use_mask else None
     loss, info = F.ppo_clip_loss(logp_new, logp_old, adv, eps, mask)
@@ -188,4 +190,6 @@ def test_normalize_with_mask_uses_only_kept_entries():
 def test_categorical_entropy():
     logits = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1e-30], [0.25, 0.75]], dtype=torch.float64))
     expected = [math.log(2), 0.0, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
-    torch.testing.assert_close(F.categorical_entropy(logits), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        F.categorical_entropy(logits), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0
+    )

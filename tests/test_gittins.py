@@ -210,7 +210,13 @@ def test_agent_first_pull_uniform_and_past_horizon():
     agent = GittinsAgent(3, horizon=4)
     g = torch.Generator().manual_seed(0)
     agent.reset(3000, g)
-    first = agent.act(torch.zeros(3000, 1), torch.full((3000,), -1), torch.zeros(3000), torch.ones(3000, dtype=torch.bool), torch.zeros(3000, dtype=torch.bool))
+    first = agent.act(
+        torch.zeros(3000, 1),
+        torch.full((3000,), -1),
+        torch.zeros(3000),
+        torch.ones(3000, dtype=torch.bool),
+        torch.zeros(3000, dtype=torch.bool),
+    )
     counts = torch.bincount(first, minlength=3).float() / 3000
     assert torch.all((counts - 1 / 3).abs() < 0.04), counts
     # A trial longer than the planning horizon falls back to the posterior mean.

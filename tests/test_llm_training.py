@@ -35,16 +35,27 @@ def test_distillation_masks_only_teacher_replies(tiny_tok):
 
 def test_teacher_transcripts_are_seeded(tiny_tok):
     env = BanditText(5, 8)
-    make = lambda s: teacher_transcripts(ThompsonSamplingAgent(5), BernoulliBandit(5), TrialRenderer(tiny_tok, env), 3, 8, seed=s)  # noqa: E731
+    make = lambda s: teacher_transcripts(
+        ThompsonSamplingAgent(5), BernoulliBandit(5), TrialRenderer(tiny_tok, env), 3, 8, seed=s
+    )  # noqa: E731
     assert [t.completion_ids for t in make(1)] == [t.completion_ids for t in make(1)]
     assert [t.completion_ids for t in make(1)] != [t.completion_ids for t in make(2)]
 
 
 def test_tiny_sft_changes_parameters_and_lowers_loss(tmp_path, tiny_model, tiny_tok):
     env = BanditText(5, 10)
-    trs = teacher_transcripts(ThompsonSamplingAgent(5), BernoulliBandit(5), TrialRenderer(tiny_tok, env), 64, 10, seed=0)
+    trs = teacher_transcripts(
+        ThompsonSamplingAgent(5), BernoulliBandit(5), TrialRenderer(tiny_tok, env), 64, 10, seed=0
+    )
     before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
-    cfg = SFTStageConfig(num_trials=64, num_train_epochs=3, learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=1, save_steps=1000)
+    cfg = SFTStageConfig(
+        num_trials=64,
+        num_train_epochs=3,
+        learning_rate=3e-3,
+        per_device_train_batch_size=16,
+        logging_steps=1,
+        save_steps=1000,
+    )
     trainer = run_sft(tiny_model, tiny_tok, distillation_dataset(trs), cfg, tmp_path / "sft")
     assert _changed(before, trainer.model) > 0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -71,7 +82,9 @@ def test_rollout_func_groups_share_a_task(tiny_model, tiny_tok):
         _metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     env = BanditText(5, 6)
-    fn = make_rollout_func(BernoulliBandit(5), env, tiny_tok, SamplingConfig(), num_generations=4, episodes_per_trial=6, seed=0)
+    fn = make_rollout_func(
+        BernoulliBandit(5), env, tiny_tok, SamplingConfig(), num_generations=4, episodes_per_trial=6, seed=0
+    )
     out = fn([env.prompt()] * 8, FakeTrainer())
     assert len(out["completion_ids"]) == 8
     for c, m, lp in zip(out["completion_ids"], out["env_mask"], out["logprobs"]):
@@ -86,8 +99,17 @@ def test_rollout_func_groups_share_a_task(tiny_model, tiny_tok):
 def test_tiny_grpo_step_changes_parameters(tmp_path, tiny_model, tiny_tok):
     model = copy.deepcopy(tiny_model).train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = GRPOStageConfig(max_steps=2, num_generations=4, tasks_per_step=2, learning_rate=1e-2, reward_funcs=["negative_regret"], save_steps=1000)
-    trainer = build_grpo_trainer(model, tiny_tok, BernoulliBandit(5), BanditText(5, 8), cfg, SamplingConfig(), 8, tmp_path / "grpo")
+    cfg = GRPOStageConfig(
+        max_steps=2,
+        num_generations=4,
+        tasks_per_step=2,
+        learning_rate=1e-2,
+        reward_funcs=["negative_regret"],
+        save_steps=1000,
+    )
+    trainer = build_grpo_trainer(
+        model, tiny_tok, BernoulliBandit(5), BanditText(5, 8), cfg, SamplingConfig(), 8, tmp_path / "grpo"
+    )
     run_grpo(trainer, tmp_path / "grpo")
     assert trainer.state.global_step == 2
     assert _changed(before, trainer.model) > 0
@@ -98,7 +120,9 @@ def test_tiny_grpo_step_changes_parameters(tmp_path, tiny_model, tiny_tok):
 def _search_sft_data(tok, n=48):
     from mrl_llm.envs.search_task import SearchTaskConfig, sft_dataset
 
-    return sft_dataset(SearchTaskConfig(num_candidates=6, p_find=0.5, p_double_check=0.25), n, 0, tok)  # traces of ~15-150 tokens
+    return sft_dataset(
+        SearchTaskConfig(num_candidates=6, p_find=0.5, p_double_check=0.25), n, 0, tok
+    )  # traces of ~15-150 tokens
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -110,15 +134,26 @@ def test_packed_batch_has_the_padded_batchs_loss_and_gradients(tmp_path, tiny_to
     from mrl_llm.models import TinyLMConfig, build_tiny_model
     from mrl_llm.train.sft import PackedBatchCollator, sft_arguments
 
-    model = build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=1)
+    model = build_tiny_model(
+        TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=1
+    )
     model.set_attn_implementation(attn)
-    trainer = SFTTrainer(model=model, args=sft_arguments(SFTStageConfig(), tmp_path), train_dataset=_search_sft_data(tiny_tok), processing_class=tiny_tok)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_arguments(SFTStageConfig(), tmp_path),
+        train_dataset=_search_sft_data(tiny_tok),
+        processing_class=tiny_tok,
+    )
     examples = [trainer.train_dataset[i] for i in range(16)]
     padded = trainer.data_collator(examples)
-    packed = PackedBatchCollator(trainer.data_collator, width=64, mask="bool" if attn == "sdpa" else "additive")(examples)
+    packed = PackedBatchCollator(trainer.data_collator, width=64, mask="bool" if attn == "sdpa" else "additive")(
+        examples
+    )
     assert int(packed.pop("num_real_tokens")) == int(padded["attention_mask"].sum())
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
-    assert (packed["labels"][:, 1:] != -100).sum() == (padded["labels"][:, 1:] != -100).sum()  # transformers' loss normalizer
+    assert (packed["labels"][:, 1:] != -100).sum() == (
+        padded["labels"][:, 1:] != -100
+    ).sum()  # transformers' loss normalizer
     grads = []
     for batch in (padded, packed):
         model.zero_grad()
@@ -136,11 +171,26 @@ def test_packed_sft_trains_like_padded_sft(tmp_path, tiny_tok):
     from mrl_llm.models import TinyLMConfig, build_tiny_model
 
     params, tokens = {}, {}
-    start = [p.detach().clone() for p in build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0).parameters()]
+    start = [
+        p.detach().clone()
+        for p in build_tiny_model(
+            TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0
+        ).parameters()
+    ]
     for packed in (False, True):
-        model = build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0)
-        cfg = SFTStageConfig(num_trials=48, num_train_epochs=1, learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=1, save_steps=1000,
-                             packed_batches=packed, pack_width=64)
+        model = build_tiny_model(
+            TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0
+        )
+        cfg = SFTStageConfig(
+            num_trials=48,
+            num_train_epochs=1,
+            learning_rate=3e-3,
+            per_device_train_batch_size=16,
+            logging_steps=1,
+            save_steps=1000,
+            packed_batches=packed,
+            pack_width=64,
+        )
         trainer = run_sft(model, tiny_tok, _search_sft_data(tiny_tok), cfg, tmp_path / f"sft{packed}")
         params[packed] = [p.detach().clone() for p in trainer.model.parameters()]
         tokens[packed] = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]

@@ -14,27 +14,71 @@ from mrl_llm.envs.math_data import KNOWN_DATASETS
 COLUMNS = ["problem", "answer", "source", "id"]
 
 MATH500_ROWS = [
-    {"problem": "Convert $(0,3)$ to polar coordinates.", "solution": r"So it is $\boxed{\left( 3, \frac{\pi}{2} \right)}.$",
-     "answer": r"\left( 3, \frac{\pi}{2} \right)", "subject": "Precalculus", "level": 2, "unique_id": "test/precalculus/807.json"},
-    {"problem": "Who wins?", "solution": r"$\boxed{\text{Evelyn}}$", "answer": r"\text{Evelyn}",
-     "subject": "Algebra", "level": 2, "unique_id": "test/algebra/924.json"},
-    {"problem": "Compute $1+1$.", "solution": r"It is \boxed{2}.", "answer": "2",
-     "subject": "Prealgebra", "level": 1, "unique_id": "test/prealgebra/1.json"},
+    {
+        "problem": "Convert $(0,3)$ to polar coordinates.",
+        "solution": r"So it is $\boxed{\left( 3, \frac{\pi}{2} \right)}.$",
+        "answer": r"\left( 3, \frac{\pi}{2} \right)",
+        "subject": "Precalculus",
+        "level": 2,
+        "unique_id": "test/precalculus/807.json",
+    },
+    {
+        "problem": "Who wins?",
+        "solution": r"$\boxed{\text{Evelyn}}$",
+        "answer": r"\text{Evelyn}",
+        "subject": "Algebra",
+        "level": 2,
+        "unique_id": "test/algebra/924.json",
+    },
+    {
+        "problem": "Compute $1+1$.",
+        "solution": r"It is \boxed{2}.",
+        "answer": "2",
+        "subject": "Prealgebra",
+        "level": 1,
+        "unique_id": "test/prealgebra/1.json",
+    },
 ]
 AIME24_ROWS = [
-    {"id": 60, "problem": "Every morning Aya goes for a walk...", "solution": r"... $\framebox{204}$ minutes",
-     "answer": "204", "url": "https://example.org/1", "question": "Every morning Aya goes for a walk..."},
-    {"id": 61, "problem": "Let $ABC$ be a triangle...", "solution": "...", "answer": "113",
-     "url": "https://example.org/2", "question": "Let $ABC$ be a triangle..."},
+    {
+        "id": 60,
+        "problem": "Every morning Aya goes for a walk...",
+        "solution": r"... $\framebox{204}$ minutes",
+        "answer": "204",
+        "url": "https://example.org/1",
+        "question": "Every morning Aya goes for a walk...",
+    },
+    {
+        "id": 61,
+        "problem": "Let $ABC$ be a triangle...",
+        "solution": "...",
+        "answer": "113",
+        "url": "https://example.org/2",
+        "question": "Let $ABC$ be a triangle...",
+    },
 ]
 AMC23_ROWS = [
-    {"id": 0, "problem": "Cities $A$ and $B$ are $45$ miles apart...", "answer": 27.0, "url": "u", "question": "Cities..."},
+    {
+        "id": 0,
+        "problem": "Cities $A$ and $B$ are $45$ miles apart...",
+        "answer": 27.0,
+        "url": "u",
+        "question": "Cities...",
+    },
     {"id": 1, "problem": "Positive reals with $y^3=x^2$...", "answer": 36.0, "url": "u", "question": "Positive..."},
     {"id": 2, "problem": "A ratio?", "answer": 1.5, "url": "u", "question": "A ratio?"},
 ]
 GSM8K_ROWS = [
-    {"question": "Janet's ducks lay 16 eggs per day...", "answer": "She sells 16 - 3 - 4 = <<16-3-4=9>>9.\n#### 18", "idx": 0},
-    {"question": "Josh flips a house...", "answer": "200,000-130,000=$<<200000-130000=70000>>70,000\n#### 70,000", "idx": 1},
+    {
+        "question": "Janet's ducks lay 16 eggs per day...",
+        "answer": "She sells 16 - 3 - 4 = <<16-3-4=9>>9.\n#### 18",
+        "idx": 0,
+    },
+    {
+        "question": "Josh flips a house...",
+        "answer": "200,000-130,000=$<<200000-130000=70000>>70,000\n#### 70,000",
+        "idx": 1,
+    },
     {"question": "Too many?", "answer": "#### 1,234,567", "idx": 2},
 ]
 ROWS = {"math500": MATH500_ROWS, "aime24": AIME24_ROWS, "amc23": AMC23_ROWS, "gsm8k": GSM8K_ROWS}
@@ -55,8 +99,12 @@ def data_dir(tmp_path):
 @pytest.mark.parametrize(
     "name, problems0, answers, ids",
     [
-        ("math500", "Convert $(0,3)$ to polar coordinates.", [r"\left( 3, \frac{\pi}{2} \right)", r"\text{Evelyn}", "2"],
-         ["test/precalculus/807.json", "test/algebra/924.json", "test/prealgebra/1.json"]),
+        (
+            "math500",
+            "Convert $(0,3)$ to polar coordinates.",
+            [r"\left( 3, \frac{\pi}{2} \right)", r"\text{Evelyn}", "2"],
+            ["test/precalculus/807.json", "test/algebra/924.json", "test/prealgebra/1.json"],
+        ),
         ("aime24", "Every morning Aya goes for a walk...", ["204", "113"], ["60", "61"]),
         ("amc23", "Cities $A$ and $B$ are $45$ miles apart...", ["27", "36", "1.5"], ["0", "1", "2"]),
         ("gsm8k", "Janet's ducks lay 16 eggs per day...", ["18", "70000", "1234567"], ["0", "1", "2"]),
@@ -82,8 +130,10 @@ def test_file_path_limit_and_case(data_dir):
 
 
 def test_math_answer_from_solution_when_no_answer_field(tmp_path):
-    rows = [{"problem": "p1", "solution": r"first \boxed{1}, finally $\boxed{\frac{1}{2}}$."},
-            {"problem": "p2", "solution": r"\boxed{\{1,2\}}"}]
+    rows = [
+        {"problem": "p1", "solution": r"first \boxed{1}, finally $\boxed{\frac{1}{2}}$."},
+        {"problem": "p2", "solution": r"\boxed{\{1,2\}}"},
+    ]
     ds = load_math_dataset("math500", path=str(write_jsonl(tmp_path / "m.jsonl", rows)))
     assert ds["answer"] == [r"\frac{1}{2}", r"\{1,2\}"]
     assert ds["id"] == ["0", "1"]  # no id column: row index
@@ -93,7 +143,9 @@ def test_question_and_capitalised_columns(tmp_path):
     rows = [{"id": "2025-I-1", "question": "Find the sum...", "answer": 70}]
     ds = load_math_dataset("aime25", path=str(write_jsonl(tmp_path / "aime25.jsonl", rows)))
     assert ds[0] == {"problem": "Find the sum...", "answer": "70", "source": "aime25", "id": "2025-I-1"}
-    rows = [{"ID": "2024-II-4", "Problem": "Let $x$...", "Solution": r"so \boxed{33}", "Answer": 33}]  # Maxwell-Jia style
+    rows = [
+        {"ID": "2024-II-4", "Problem": "Let $x$...", "Solution": r"so \boxed{33}", "Answer": 33}
+    ]  # Maxwell-Jia style
     ds = load_math_dataset("aime24", path=str(write_jsonl(tmp_path / "aime24.jsonl", rows)))
     assert ds[0] == {"problem": "Let $x$...", "answer": "33", "source": "aime24", "id": "2024-II-4"}
 
@@ -160,10 +212,38 @@ def test_hub_sources(monkeypatch, name, repo, config, split, rows):
 
 
 AIME_HISTORY_ROWS = [  # the columns of di-zhang-fdu/AIME_1983_2024
-    {"ID": "1983-1", "Year": 1983, "Problem Number": 1, "Question": "Let $x$, $y$ and $z$ all exceed $1$...", "Answer": 60.0, "Part": None},
-    {"ID": "2023-II-15", "Year": 2023, "Problem Number": 15, "Question": "For each positive integer $n$...", "Answer": 363.0, "Part": "II"},
-    {"ID": "2024-II-1", "Year": 2024, "Problem Number": 1, "Question": "Among the 900 residents of Aimeville...", "Answer": 73.0, "Part": "II"},
-    {"ID": "1984-2", "Year": 1984, "Problem Number": 2, "Question": "The integer $n$ is the smallest...", "Answer": 592.0, "Part": None},
+    {
+        "ID": "1983-1",
+        "Year": 1983,
+        "Problem Number": 1,
+        "Question": "Let $x$, $y$ and $z$ all exceed $1$...",
+        "Answer": 60.0,
+        "Part": None,
+    },
+    {
+        "ID": "2023-II-15",
+        "Year": 2023,
+        "Problem Number": 15,
+        "Question": "For each positive integer $n$...",
+        "Answer": 363.0,
+        "Part": "II",
+    },
+    {
+        "ID": "2024-II-1",
+        "Year": 2024,
+        "Problem Number": 1,
+        "Question": "Among the 900 residents of Aimeville...",
+        "Answer": 73.0,
+        "Part": "II",
+    },
+    {
+        "ID": "1984-2",
+        "Year": 1984,
+        "Problem Number": 2,
+        "Question": "The integer $n$ is the smallest...",
+        "Answer": 592.0,
+        "Part": None,
+    },
 ]
 
 
@@ -174,7 +254,9 @@ def test_aime_history_keeps_contests_before_2024_on_the_hub_and_locally(tmp_path
     assert ds["answer"] == ["60", "363", "592"] and ds["source"] == ["aime_1983_2023"] * 3
     assert load_math_dataset("aime_1983_2023", limit=2)["id"] == ["1983-1", "2023-II-15"]  # limit after the filter
     monkeypatch.undo()
-    rows = [{"id": r["ID"], "year": r["Year"], "problem": r["Question"], "answer": r["Answer"]} for r in AIME_HISTORY_ROWS]
+    rows = [
+        {"id": r["ID"], "year": r["Year"], "problem": r["Question"], "answer": r["Answer"]} for r in AIME_HISTORY_ROWS
+    ]
     ds = load_math_dataset("aime_1983_2023", path=str(write_jsonl(tmp_path / "aime.jsonl", rows)))
     assert ds["id"] == ["1983-1", "2023-II-15", "1984-2"]
     f = write_jsonl(tmp_path / "noyear.jsonl", [{"problem": "p", "answer": 1}])

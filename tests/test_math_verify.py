@@ -163,7 +163,7 @@ def test_integer_fast_path_agrees_with_math_verify():
 
     rng = random.Random(0)
     numbers = ["0", "-0", "+0", "5", "05", "007", "+5", "-5", "10", "12345678901234567890", "12345678901234567891"]
-    numbers += [str(rng.randint(-10**6, 10**6)) for _ in range(20)]
+    numbers += [str(rng.randint(-(10**6), 10**6)) for _ in range(20)]
     pairs = [(a, b) for a in numbers for b in numbers]
     pairs += [(str(n), str(n + d)) for n in (rng.randint(0, 10**9) for _ in range(30)) for d in (0, 1)]
     checked = 0
@@ -211,8 +211,32 @@ def _extract_answer_reference(completion):
     return None
 
 
-_PIECES = ["\\boxed", "\\fbox", "\\boxedx", "\\", "\\\\", "\\{", "\\}", "{", "{", "}", "}", " ", "\t", "\n", "$",
-           ".", "#", "####", "Answer:", "answer is", "*", "1", "x", "\u00a0"]
+_PIECES = [
+    "\\boxed",
+    "\\fbox",
+    "\\boxedx",
+    "\\",
+    "\\\\",
+    "\\{",
+    "\\}",
+    "{",
+    "{",
+    "}",
+    "}",
+    " ",
+    "\t",
+    "\n",
+    "$",
+    ".",
+    "#",
+    "####",
+    "Answer:",
+    "answer is",
+    "*",
+    "1",
+    "x",
+    "\u00a0",
+]
 
 
 def test_extract_answer_agrees_with_the_quadratic_definition():
@@ -267,8 +291,21 @@ def test_many_unclosed_boxes_are_linear_time():
 
 @pytest.mark.parametrize(
     "unit",
-    ["\\boxed{", "\\boxed ", "\\fbox{\\", "{", "####", "answer:", "answer" + " " * 50, "\\( a+", "\\[ 1 ", "1 ",
-     "$\\frac{", "$$ x ", "final answer to it is "],
+    [
+        "\\boxed{",
+        "\\boxed ",
+        "\\fbox{\\",
+        "{",
+        "####",
+        "answer:",
+        "answer" + " " * 50,
+        "\\( a+",
+        "\\[ 1 ",
+        "1 ",
+        "$\\frac{",
+        "$$ x ",
+        "final answer to it is ",
+    ],
 )
 def test_any_100kb_completion_verifies_within_a_second(unit):
     """100 KB of text that stresses one rule (or math-verify's own extraction, which is

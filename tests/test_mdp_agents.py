@@ -80,7 +80,13 @@ def test_posterior_update_matches_slow_conjugate_formulas():
     for e in range(E + 1):
         for h in range(H if e < E else 1):
             states = [trajs[i][e][h][0] if e < E else 0 for i in range(n)]
-            agent.act(_one_hot(states, S), torch.tensor(prev_a), torch.tensor(prev_r), torch.full((n,), h == 0), torch.zeros(n, dtype=torch.bool))
+            agent.act(
+                _one_hot(states, S),
+                torch.tensor(prev_a),
+                torch.tensor(prev_r),
+                torch.full((n,), h == 0),
+                torch.zeros(n, dtype=torch.bool),
+            )
             if e < E:
                 prev_a = [trajs[i][e][h][1] for i in range(n)]
                 prev_r = [trajs[i][e][h][2] if prev_a[i] >= 0 else 0.0 for i in range(n)]
@@ -103,7 +109,9 @@ def test_replans_only_tasks_whose_episode_ended_and_tracks_step():
     agent = PSRLAgent(S, A, H)
     agent.reset(2, _gen(1))
     obs = _one_hot([0, 0], S)
-    a = agent.act(obs, torch.tensor([-1, -1]), torch.zeros(2), torch.tensor([True, True]), torch.zeros(2, dtype=torch.bool))
+    a = agent.act(
+        obs, torch.tensor([-1, -1]), torch.zeros(2), torch.tensor([True, True]), torch.zeros(2, dtype=torch.bool)
+    )
     q_before = agent.q.clone()
     assert agent.h.tolist() == [1, 1]
     agent.act(_one_hot([2, 0], S), a, torch.ones(2), torch.tensor([False, True]), torch.zeros(2, dtype=torch.bool))
@@ -121,7 +129,10 @@ def test_planner_matches_env_q_and_greedy_plans_in_known_mdp():
     # OPSRL backup with K = 1 and UCRL2's EVI with radius 0 reduce to the same recursion.
     torch.testing.assert_close(optimistic_sample_q(tasks.mean_rewards[:, None], tasks.transitions[:, None], 7), Q_env)
     torch.testing.assert_close(
-        extended_value_iteration_q(tasks.mean_rewards, tasks.transitions, torch.zeros(50, 6, 3), 7), Q_env, rtol=1e-5, atol=1e-5
+        extended_value_iteration_q(tasks.mean_rewards, tasks.transitions, torch.zeros(50, 6, 3), 7),
+        Q_env,
+        rtol=1e-5,
+        atol=1e-5,
     )
     # A Greedy agent whose posterior mean equals the task plans the optimal Q and acts optimally.
     agent = GreedyMDPAgent(6, 3, 7)
@@ -130,7 +141,13 @@ def test_planner_matches_env_q_and_greedy_plans_in_known_mdp():
     agent.reward_count[:] = n_obs
     agent.reward_sum[:] = (1.0 + n_obs) * tasks.mean_rewards - 1.0  # mean = (1 + Y) / (1 + N)
     agent.trans_count[:] = 1000.0 * tasks.transitions - 1.0  # alpha = 1000 P
-    a = agent.act(_one_hot([0] * 50, 6), torch.full((50,), -1), torch.zeros(50), torch.ones(50, dtype=torch.bool), torch.zeros(50, dtype=torch.bool))
+    a = agent.act(
+        _one_hot([0] * 50, 6),
+        torch.full((50,), -1),
+        torch.zeros(50),
+        torch.ones(50, dtype=torch.bool),
+        torch.zeros(50, dtype=torch.bool),
+    )
     torch.testing.assert_close(agent.q, Q_env, rtol=1e-4, atol=1e-4)
     assert torch.equal(a, dist.optimal_policy(tasks)[:, 0, 0])
     V = dist.optimal_values(tasks)
@@ -255,7 +272,10 @@ def test_all_agents_valid_deterministic_and_better_than_random():
     dist = TabularMDP()
     regret = {}
     for name in MDP_BASELINES:
-        res = [run_trials(make_mdp_baseline(name, 10, 5, 10), dist, num_tasks=200, episodes_per_trial=10, seed=0) for _ in range(2)]
+        res = [
+            run_trials(make_mdp_baseline(name, 10, 5, 10), dist, num_tasks=200, episodes_per_trial=10, seed=0)
+            for _ in range(2)
+        ]
         assert res[0].agent == name
         acts = res[0].actions
         assert bool(((acts >= 0) & (acts < 5)).all()), name
@@ -300,4 +320,3 @@ def test_registry():
             assert getattr(make_mdp_baseline(name, 10, 5, 10, **{param: value}), param) == value
         assert getattr(make_mdp_baseline(name, 10, 5, 10), param) == MDP_DEFAULT_PARAMS[name][param]
     assert make_mdp_baseline("epsilon-greedy", 10, 5, 10, epsilon=0.0).name == "epsilon-greedy"
-

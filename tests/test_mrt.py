@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from mrl_llm.envs import search_task as st
-from mrl_llm.evaluate_reasoning import ReasoningEvalConfig, evaluate_reasoning, majority_answer, normalized_regret, tokens_to_reach
+from mrl_llm.evaluate_reasoning import (
+    ReasoningEvalConfig,
+    evaluate_reasoning,
+    majority_answer,
+    normalized_regret,
+    tokens_to_reach,
+)
 from mrl_llm.models import TinyLMConfig, build_tiny_model, build_tiny_tokenizer
 from mrl_llm.rewards.progress import MetaProverConfig, ProverStats, mrt_token_advantages
 from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, STaRConfig, build_reasoning_trainer, mrt_star_dataset
@@ -43,9 +49,25 @@ class FixedProver:
 def _trainer(tok, tmp_path, mode, monkeypatch, prover):
     model = build_tiny_model(TINY, tok, seed=0)
     data = st.prompt_dataset(st.SearchTaskConfig(function="add"), 16, seed=1)
-    cfg = ReasoningGRPOConfig(max_steps=1, num_generations=4, prompts_per_step=2, max_completion_length=48, learning_rate=1e-3, warmup_ratio=0.0, save_steps=100)
+    cfg = ReasoningGRPOConfig(
+        max_steps=1,
+        num_generations=4,
+        prompts_per_step=2,
+        max_completion_length=48,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        save_steps=100,
+    )
     mrt = MRTConfig(mode=mode, alpha=1.0, prover=PROVER)
-    trainer = build_reasoning_trainer(model, tok, data, cfg, tmp_path / mode, mrt=mrt, split_fn=lambda t: [st.Episode(t[:1], 0, 1), st.Episode(t[1:3], 1, 3)] if len(t) >= 3 else [])
+    trainer = build_reasoning_trainer(
+        model,
+        tok,
+        data,
+        cfg,
+        tmp_path / mode,
+        mrt=mrt,
+        split_fn=lambda t: [st.Episode(t[:1], 0, 1), st.Episode(t[1:3], 1, 3)] if len(t) >= 3 else [],
+    )
     monkeypatch.setattr(trainer, "_prover", lambda: contextlib.nullcontext(prover))
     return trainer, model
 
@@ -82,7 +104,11 @@ def test_mrt_progress_mode_puts_each_episodes_progress_on_its_tokens_and_trains(
 def test_mrt_rl_mode_continues_from_a_policy_prefix_with_the_termination_baseline(tok, tmp_path, monkeypatch):
     prover = FixedProver(constant=0.5)
     trainer, model = _trainer(tok, tmp_path, "termination", monkeypatch, prover)
-    monkeypatch.setattr(trainer, "_sample_traces", lambda prompts: ["try 1: 1+2 is 3 no\n\nWait try 2: 2+2 is 4 yes\n\nAnswer: 2"] * len(prompts))
+    monkeypatch.setattr(
+        trainer,
+        "_sample_traces",
+        lambda prompts: ["try 1: 1+2 is 3 no\n\nWait try 2: 2+2 is 4 yes\n\nAnswer: 2"] * len(prompts),
+    )
     inputs = [dict(trainer.train_dataset[0]) for _ in range(4)] + [dict(trainer.train_dataset[1]) for _ in range(4)]
     new = trainer._with_random_prefixes(inputs)
     for g in range(2):
@@ -112,18 +138,31 @@ def test_mrt_rl_scores_a_continuation_on_what_fits_in_the_budget_left_by_its_pre
     filler = tok("1 " * 100, add_special_tokens=False)["input_ids"][: 48 - len(answer)]
     assert len(filler) == 48 - len(answer)
     inputs = [{**dict(trainer.train_dataset[0]), "answer": "3"} for _ in range(4)]
-    monkeypatch.setattr(trainer, "_with_random_prefixes", lambda xs: [{**x, "prompt": x["prompt"] + prefix, "mrt_prefix": prefix} for x in xs])
+    monkeypatch.setattr(
+        trainer,
+        "_with_random_prefixes",
+        lambda xs: [{**x, "prompt": x["prompt"] + prefix, "mrt_prefix": prefix} for x in xs],
+    )
     base = type(trainer).__mro__[1]
 
     def fake(self, xs):
         ids = torch.tensor([filler + answer] * len(xs))
-        return {"prompt_ids": torch.ones(len(xs), 2, dtype=torch.long), "prompt_mask": torch.ones(len(xs), 2, dtype=torch.long),
-                "completion_ids": ids, "completion_mask": torch.ones_like(ids), "advantages": torch.zeros(len(xs))}
+        return {
+            "prompt_ids": torch.ones(len(xs), 2, dtype=torch.long),
+            "prompt_mask": torch.ones(len(xs), 2, dtype=torch.long),
+            "completion_ids": ids,
+            "completion_mask": torch.ones_like(ids),
+            "advantages": torch.zeros(len(xs)),
+        }
 
     monkeypatch.setattr(base, "_generate_and_score_completions", fake)
-    assert torch.equal(trainer._generate_and_score_completions(inputs)["advantages"], torch.zeros(4))  # R = 0: cut before the answer
+    assert torch.equal(
+        trainer._generate_and_score_completions(inputs)["advantages"], torch.zeros(4)
+    )  # R = 0: cut before the answer
     trainer.mrt.prefix_counts_against_budget = False
-    assert torch.equal(trainer._generate_and_score_completions(inputs)["advantages"], torch.ones(4))  # R = 1 - J(prefix) = 1
+    assert torch.equal(
+        trainer._generate_and_score_completions(inputs)["advantages"], torch.ones(4)
+    )  # R = 1 - J(prefix) = 1
 
 
 def test_mrt_star_keeps_the_prefix_where_progress_peaks_and_a_correct_forced_answer(tok, monkeypatch):
@@ -145,16 +184,34 @@ def test_mrt_star_keeps_the_prefix_where_progress_peaks_and_a_correct_forced_ans
             return out
 
         def score(self, answers, reference):
-            return torch.tensor([sum(self.verifier(self.config.termination_suffix + a, reference) for a in per) / len(per) for per in answers])
+            return torch.tensor(
+                [
+                    sum(self.verifier(self.config.termination_suffix + a, reference) for a in per) / len(per)
+                    for per in answers
+                ]
+            )
 
     monkeypatch.setattr(mrt_mod, "MetaProver", StubProver)
     model = build_tiny_model(TINY, tok, seed=0)
-    three = lambda t: [st.Episode(t[:1], 0, 1), st.Episode(t[1:2], 1, 2), st.Episode(t[2:3], 2, 3)] if len(t) >= 3 else []
-    data, stats = mrt_star_dataset(model, tok, ["find x with x+1=4\n"], ["3"], STaRConfig(samples_per_prompt=2, max_new_tokens=8), PROVER, three, torch.Generator().manual_seed(0))
+    three = lambda t: (
+        [st.Episode(t[:1], 0, 1), st.Episode(t[1:2], 1, 2), st.Episode(t[2:3], 2, 3)] if len(t) >= 3 else []
+    )
+    data, stats = mrt_star_dataset(
+        model,
+        tok,
+        ["find x with x+1=4\n"],
+        ["3"],
+        STaRConfig(samples_per_prompt=2, max_new_tokens=8),
+        PROVER,
+        three,
+        torch.Generator().manual_seed(0),
+    )
     assert stats["sampled"] == 2 and stats["kept"] == 1 and len(data) == 1
     row = data[0]
     assert row["completion"].endswith(st.TERMINATION_SUFFIX + " 3" + tok.eos_token)
-    assert len(row["completion"]) == 2 + len(st.TERMINATION_SUFFIX + " 3" + tok.eos_token)  # cut after 2 episodes (2 chars)
+    assert len(row["completion"]) == 2 + len(
+        st.TERMINATION_SUFFIX + " 3" + tok.eos_token
+    )  # cut after 2 episodes (2 chars)
 
 
 def test_budget_metrics_on_hand_examples():
@@ -170,7 +227,9 @@ def test_budget_metrics_on_hand_examples():
 def test_evaluate_reasoning_smoke_and_determinism(tok):
     model = build_tiny_model(TINY, tok, seed=1)
     probs = st.sample_problems(st.SearchTaskConfig(function="add"), 3, torch.Generator().manual_seed(0))
-    ev = ReasoningEvalConfig(num_problems=3, samples_per_problem=2, max_new_tokens=12, budgets=[4, 8, 12], maj_k=[1, 2], progress_samples=2)
+    ev = ReasoningEvalConfig(
+        num_problems=3, samples_per_problem=2, max_new_tokens=12, budgets=[4, 8, 12], maj_k=[1, 2], progress_samples=2
+    )
     a = evaluate_reasoning(model, tok, [p.prompt for p in probs], [p.answer for p in probs], ev, PROVER, split)
     b = evaluate_reasoning(model, tok, [p.prompt for p in probs], [p.answer for p in probs], ev, PROVER, split)
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
@@ -188,10 +247,28 @@ def test_mrt_recipe_end_to_end_on_a_tiny_budget(tmp_path):
     from classic.config import load_recipe
     from mrl_llm.mrt_experiment import MRTExperiment, run_mrt
 
-    sets = [f"output.root={tmp_path}", "seeds=[0]", "methods=[grpo,mrt]", "sft.num_trials=32", "sft.num_train_epochs=1",
-            "grpo.max_steps=1", "grpo.prompts_per_step=2", "grpo.num_generations=2", "task.num_train=4", "eval.num_problems=3",
-            "eval.samples_per_problem=2", "eval.max_new_tokens=16", "eval.budgets=[8,16]", "eval.maj_k=[1,2]", "eval.progress_samples=1",
-            "model.tiny.num_layers=1", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_heads=2", "threads=1"]
+    sets = [
+        f"output.root={tmp_path}",
+        "seeds=[0]",
+        "methods=[grpo,mrt]",
+        "sft.num_trials=32",
+        "sft.num_train_epochs=1",
+        "grpo.max_steps=1",
+        "grpo.prompts_per_step=2",
+        "grpo.num_generations=2",
+        "task.num_train=4",
+        "eval.num_problems=3",
+        "eval.samples_per_problem=2",
+        "eval.max_new_tokens=16",
+        "eval.budgets=[8,16]",
+        "eval.maj_k=[1,2]",
+        "eval.progress_samples=1",
+        "model.tiny.num_layers=1",
+        "model.tiny.hidden_size=32",
+        "model.tiny.intermediate_size=64",
+        "model.tiny.num_heads=2",
+        "threads=1",
+    ]
     cfg = load_recipe(MRTExperiment, "recipes/llm/mrt_search_tiny.yaml", sets)
     run_dir = run_mrt(cfg)
     res = json.loads((run_dir / "results.json").read_text())
@@ -212,13 +289,34 @@ def test_mrt_runs_in_worker_processes_give_the_same_numbers_as_in_one_process(tm
     from classic.config import load_recipe
     from mrl_llm.mrt_experiment import MRTExperiment, run_mrt
 
-    sets = ["seeds=[0]", "methods=[grpo,mrt]", "sft.num_trials=32", "sft.num_train_epochs=1",
-            "grpo.max_steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2", "task.num_train=4", "eval.num_problems=3",
-            "eval.samples_per_problem=2", "eval.max_new_tokens=16", "eval.budgets=[8,16]", "eval.maj_k=[1,2]", "eval.progress_samples=2",
-            "model.tiny.num_layers=1", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_heads=2", "threads=1"]
+    sets = [
+        "seeds=[0]",
+        "methods=[grpo,mrt]",
+        "sft.num_trials=32",
+        "sft.num_train_epochs=1",
+        "grpo.max_steps=2",
+        "grpo.prompts_per_step=2",
+        "grpo.num_generations=2",
+        "task.num_train=4",
+        "eval.num_problems=3",
+        "eval.samples_per_problem=2",
+        "eval.max_new_tokens=16",
+        "eval.budgets=[8,16]",
+        "eval.maj_k=[1,2]",
+        "eval.progress_samples=2",
+        "model.tiny.num_layers=1",
+        "model.tiny.hidden_size=32",
+        "model.tiny.intermediate_size=64",
+        "model.tiny.num_heads=2",
+        "threads=1",
+    ]
     evals = {}
     for workers in (1, 2):
-        cfg = load_recipe(MRTExperiment, "recipes/llm/mrt_search_tiny.yaml", sets + [f"output.root={tmp_path / str(workers)}", f"workers={workers}"])
+        cfg = load_recipe(
+            MRTExperiment,
+            "recipes/llm/mrt_search_tiny.yaml",
+            sets + [f"output.root={tmp_path / str(workers)}", f"workers={workers}"],
+        )
         run_dir = run_mrt(cfg)
         evals[workers] = json.loads((run_dir / "evals.json").read_text())
     assert set(evals[2]) == {"start", "grpo_s0", "mrt_s0"}
@@ -243,9 +341,26 @@ def test_both_grpo_stage_configs_map_their_shared_fields_onto_trl():
     from mrl_llm.train.grpo import grpo_arguments as trial_grpo_arguments
     from mrl_llm.train.mrt import grpo_arguments as reasoning_grpo_arguments
 
-    shared = dict(top_p=0.9, weight_decay=0.01, num_iterations=2, beta=0.04, epsilon=0.3, max_steps=7, gradient_accumulation_steps=2)
-    trial = trial_grpo_arguments(GRPOStageConfig(tasks_per_step=3, num_generations=4, **shared), "/tmp/unused", max_completion_length=64, use_cpu=True)
-    reasoning = reasoning_grpo_arguments(ReasoningGRPOConfig(prompts_per_step=3, num_generations=4, max_completion_length=64, **shared), "/tmp/unused", use_cpu=True)
+    shared = dict(
+        top_p=0.9,
+        weight_decay=0.01,
+        num_iterations=2,
+        beta=0.04,
+        epsilon=0.3,
+        max_steps=7,
+        gradient_accumulation_steps=2,
+    )
+    trial = trial_grpo_arguments(
+        GRPOStageConfig(tasks_per_step=3, num_generations=4, **shared),
+        "/tmp/unused",
+        max_completion_length=64,
+        use_cpu=True,
+    )
+    reasoning = reasoning_grpo_arguments(
+        ReasoningGRPOConfig(prompts_per_step=3, num_generations=4, max_completion_length=64, **shared),
+        "/tmp/unused",
+        use_cpu=True,
+    )
     for args in (trial, reasoning):
         for name, value in shared.items():
             assert getattr(args, name) == value, name
@@ -265,11 +380,23 @@ def test_both_grpo_stage_configs_map_their_shared_fields_onto_trl():
 def test_training_statistics_are_means_per_run_and_only_of_this_runs_methods_and_seeds(tmp_path):
     from mrl_llm.mrt_experiment import _train_stats
 
-    lines = [{"step": 1, "grpo_s0/reward": 0.2, "grpo_s0/loss": 9.0, "mrt_rl_s0/reward": 0.9},
-             {"step": 2, "grpo_s0/reward": 0.4, "grpo_s0/mrt/progress_mean": 0.1, "note": "text",
-              "grpo_s0/sampling/importance_sampling_ratio/min": 0.5}]
+    lines = [
+        {"step": 1, "grpo_s0/reward": 0.2, "grpo_s0/loss": 9.0, "mrt_rl_s0/reward": 0.9},
+        {
+            "step": 2,
+            "grpo_s0/reward": 0.4,
+            "grpo_s0/mrt/progress_mean": 0.1,
+            "note": "text",
+            "grpo_s0/sampling/importance_sampling_ratio/min": 0.5,
+        },
+    ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     stats = _train_stats(tmp_path, {"grpo_s0", "mrt_s0"})
-    assert stats == {"grpo_s0": {"reward": pytest.approx(0.3), "mrt/progress_mean": pytest.approx(0.1),
-                                 "sampling/importance_sampling_ratio/min": pytest.approx(0.5)}}
+    assert stats == {
+        "grpo_s0": {
+            "reward": pytest.approx(0.3),
+            "mrt/progress_mean": pytest.approx(0.1),
+            "sampling/importance_sampling_ratio/min": pytest.approx(0.5),
+        }
+    }
     assert set(_train_stats(tmp_path)) == {"grpo_s0", "mrt_rl_s0"}

@@ -30,7 +30,9 @@ def test_registry_config_and_make():
     assert dist.episode_length == 100 and dist.obs_dim == 2
     assert dist.action_space == Box(-0.1, 0.1, (2,))
     assert "2D navigation" in cfg.describe() and "H=100" in cfg.describe(short=True)
-    assert from_dict(Nav2DConfig, {"episode_length": 20, "max_speed": 0.2}) == Nav2DConfig(episode_length=20, max_speed=0.2)
+    assert from_dict(Nav2DConfig, {"episode_length": 20, "max_speed": 0.2}) == Nav2DConfig(
+        episode_length=20, max_speed=0.2
+    )
     with pytest.raises(RecipeError):
         from_dict(Nav2DConfig, {"episode_length": "long"})
     for field, bad in [("episodes_per_trial", 0), ("episode_length", 0), ("max_speed", 0.0), ("goal_tolerance", -1.0)]:
@@ -173,10 +175,16 @@ def test_oracle_equals_greedy_rollout_and_beats_other_policies():
     rand = _rollout_return(dist, tasks, lambda pos, goal: dist.action_space.sample(pos.shape[0], g))
     zero = _rollout_return(dist, tasks, lambda pos, goal: torch.zeros_like(pos))
     assert bool((oracle >= rand - 1e-5).all()) and bool((oracle >= zero - 1e-5).all())
+
     # Rescaled "head straight for the goal" (same direction, slower in the minor coordinate) is no better.
     def straight(pos, goal):
         d = goal - pos
-        return d / d.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) * torch.minimum(d.abs().amax(-1, keepdim=True), torch.tensor(0.1))
+        return (
+            d
+            / d.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
+            * torch.minimum(d.abs().amax(-1, keepdim=True), torch.tensor(0.1))
+        )
+
     assert bool((oracle >= _rollout_return(dist, tasks, straight) - 1e-5).all())
     torch.testing.assert_close(zero, -dist.episode_length * torch.linalg.vector_norm(tasks.goal, dim=-1))
     assert -1.0 < float(oracle.mean()) < -0.2

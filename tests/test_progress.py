@@ -51,13 +51,15 @@ class StubProver(torch.nn.Module):
         self.right, self.wrong = tok.convert_tokens_to_ids(correct), tok.convert_tokens_to_ids(wrong)
         self.eos = tok.eos_token_id
 
-    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0):
+    def forward(
+        self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True, logits_to_keep=0
+    ):
         ids = input_ids if past_key_values is None else torch.cat([past_key_values.ids, input_ids], dim=1)
         if attention_mask.dim() == 4:  # (N, 1, Lb, kv): what each new token sees
             plus = ((attention_mask[:, 0] == 0) & (ids == self.plus).unsqueeze(1)).sum(-1)
         else:
             visible = attention_mask.bool()
-            plus = torch.cumsum((ids == self.plus) & visible, dim=1)[:, -input_ids.shape[1]:]  # (N, Lb) count so far
+            plus = torch.cumsum((ids == self.plus) & visible, dim=1)[:, -input_ids.shape[1] :]  # (N, Lb) count so far
         p = (plus.float() / 4).clamp(max=1.0)
         after_digit = (input_ids == self.right) | (input_ids == self.wrong)
         never = torch.full_like(p, -1e9)
@@ -82,7 +84,17 @@ def test_stub_policy_success_rates_and_progress_match_the_hand_computed_example(
     eps = ["try + .\n\n", "wait .\n\n", "so + + .\n\n"]
     trace = _ids(tok, "".join(eps))
     cuts = [0] + torch.tensor([len(_ids(tok, e)) for e in eps]).cumsum(0).tolist()
-    prover = MetaProver(StubProver(tok, tree=tree), tok, MetaProverConfig(termination_suffix=" answer is ", num_samples=4000, max_answer_tokens=3, temperature=1.0, shared_prefix=shared))
+    prover = MetaProver(
+        StubProver(tok, tree=tree),
+        tok,
+        MetaProverConfig(
+            termination_suffix=" answer is ",
+            num_samples=4000,
+            max_answer_tokens=3,
+            temperature=1.0,
+            shared_prefix=shared,
+        ),
+    )
     J = prover.success_rates([prompt], [trace], [cuts], ["4"], generator=torch.Generator().manual_seed(0))[0]
     torch.testing.assert_close(J, torch.tensor([0.25, 0.5, 0.5, 1.0]), atol=0.03, rtol=0)
     assert J[-1] == 1.0  # deterministic at p = 1
@@ -97,7 +109,13 @@ def test_shared_prefix_and_reference_paths_sample_the_same_answers_on_a_real_mod
     cuts = [[0, 6, len(comps[0])], [2]]
     out = {}
     for shared in (True, False):
-        prover = MetaProver(model, tok, MetaProverConfig(termination_suffix=" so the answer is", num_samples=3, max_answer_tokens=4, shared_prefix=shared))
+        prover = MetaProver(
+            model,
+            tok,
+            MetaProverConfig(
+                termination_suffix=" so the answer is", num_samples=3, max_answer_tokens=4, shared_prefix=shared
+            ),
+        )
         queries = [(i, k) for i in range(2) for k in cuts[i]]
         out[shared] = prover._answers_hf(prompts, comps, queries, torch.Generator().manual_seed(1))
         enc = prover.stats.encoded_tokens
@@ -142,11 +160,15 @@ def test_trie_sampler_draws_the_same_answers_as_decoding_every_sample_on_its_own
     model.forward = forward
 
     K, R = cfg.num_samples, len(queries) * cfg.num_samples
-    rows = [list(prompts[i]) + list(comps[i][:k]) + prover.suffix_for(comps[i][:k]) for i, k in queries for _ in range(K)]
+    rows = [
+        list(prompts[i]) + list(comps[i][:k]) + prover.suffix_for(comps[i][:k]) for i, k in queries for _ in range(K)
+    ]
     sampled, running, g = [[] for _ in range(R)], [True] * R, torch.Generator().manual_seed(2)
     with torch.no_grad():
         for step in range(cfg.max_answer_tokens):
-            logits = torch.stack([model(input_ids=torch.tensor([rows[r] + sampled[r]])).logits[0, -1] for r in range(R)])
+            logits = torch.stack(
+                [model(input_ids=torch.tensor([rows[r] + sampled[r]])).logits[0, -1] for r in range(R)]
+            )
             fast_logits, fast_running = drawn[step]  # same context, same positions: same logits
             assert fast_running.tolist() == running
             torch.testing.assert_close(fast_logits[fast_running], logits[fast_running], atol=1e-4, rtol=1e-4)
@@ -169,7 +191,9 @@ def test_trie_sampler_draws_the_same_answers_as_decoding_every_sample_on_its_own
 
 
 def test_same_seed_same_success_rates_and_bad_cuts_are_refused(tok):
-    prover = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix=" answer", num_samples=16, max_answer_tokens=3))
+    prover = MetaProver(
+        StubProver(tok), tok, MetaProverConfig(termination_suffix=" answer", num_samples=16, max_answer_tokens=3)
+    )
     args = ([_ids(tok, "+ +")], [_ids(tok, "a b")], [[0, 2]], ["4"])
     a = prover.success_rates(*args, generator=torch.Generator().manual_seed(5))
     b = prover.success_rates(*args, generator=torch.Generator().manual_seed(5))
@@ -245,7 +269,9 @@ def test_mrt_token_advantages_hand_example_and_errors():
 def test_termination_advantages_replace_the_group_mean_by_the_termination_reward():
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
     term = torch.tensor([0.25] * 3 + [0.5] * 3)
-    torch.testing.assert_close(termination_advantages(rewards, term, 3), torch.tensor([0.75, -0.25, 0.75, 0.5, -0.5, -0.5]))
+    torch.testing.assert_close(
+        termination_advantages(rewards, term, 3), torch.tensor([0.75, -0.25, 0.75, 0.5, -0.5, -0.5])
+    )
     std1 = torch.tensor([1.0, 0.0, 1.0]).std()
     scaled = termination_advantages(rewards, term, 3, scale="group")
     torch.testing.assert_close(scaled[:3], torch.tensor([0.75, -0.25, 0.75]) / (std1 + 1e-4))
@@ -257,7 +283,9 @@ def test_termination_advantages_replace_the_group_mean_by_the_termination_reward
 
 
 def test_suffix_starts_a_new_paragraph_after_a_cut_inside_one(tok):
-    prover = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix="Answer:", num_samples=1, max_answer_tokens=2))
+    prover = MetaProver(
+        StubProver(tok), tok, MetaProverConfig(termination_suffix="Answer:", num_samples=1, max_answer_tokens=2)
+    )
     text = lambda ids: tok.decode(ids)  # noqa: E731
     assert text(prover.suffix_for(_ids(tok, "try 3: no\n\n"))) == "Answer:"  # an episode end: as is
     assert text(prover.suffix_for(_ids(tok, "try 3: no\n"))) == "\nAnswer:"  # half a separator: completed
@@ -269,6 +297,18 @@ def test_suffix_starts_a_new_paragraph_after_a_cut_inside_one(tok):
     prompt, comp = _ids(tok, "find + +\n"), _ids(tok, "try +\n\nwait + +")
     out = {}
     for shared in (True, False):
-        p = MetaProver(StubProver(tok), tok, MetaProverConfig(termination_suffix="Answer: ", num_samples=50, max_answer_tokens=2, temperature=1.0, shared_prefix=shared))
-        out[shared] = p.sample_answers([prompt], [comp], [[0, 4, len(comp)]], generator=torch.Generator().manual_seed(3))
+        p = MetaProver(
+            StubProver(tok),
+            tok,
+            MetaProverConfig(
+                termination_suffix="Answer: ",
+                num_samples=50,
+                max_answer_tokens=2,
+                temperature=1.0,
+                shared_prefix=shared,
+            ),
+        )
+        out[shared] = p.sample_answers(
+            [prompt], [comp], [[0, 4, len(comp)]], generator=torch.Generator().manual_seed(3)
+        )
     assert out[True] == out[False]

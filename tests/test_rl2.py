@@ -41,7 +41,9 @@ def test_encode_shapes_and_values(action_reward_input):
     if action_reward_input:
         torch.testing.assert_close(x[:, 8:], torch.tensor([[0.0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]))
     # any leading shape (time-major batches)
-    xt = policy.encode(torch.zeros(5, 3, 2), torch.zeros(5, 3, dtype=torch.long), torch.zeros(5, 3), torch.ones(5, 3, dtype=torch.bool))
+    xt = policy.encode(
+        torch.zeros(5, 3, 2), torch.zeros(5, 3, dtype=torch.long), torch.zeros(5, 3), torch.ones(5, 3, dtype=torch.bool)
+    )
     assert xt.shape == (5, 3, policy.input_dim)
     logits, values, h = policy(xt, policy.initial_state(3))
     assert logits.shape == (5, 3, 4) and values.shape == (5, 3) and h.shape == (1, 3, 8)
@@ -57,7 +59,17 @@ def test_collect_trials_shapes_and_logprobs_match_sequence_forward():
     tasks = dist.sample_tasks(6, g)
     batch = collect_trials(policy, dist, tasks, EPISODES, g)
     T, B = EPISODES, 6
-    for name in ("prev_actions", "prev_rewards", "prev_dones", "actions", "logprobs", "values", "rewards", "dones", "mask"):
+    for name in (
+        "prev_actions",
+        "prev_rewards",
+        "prev_dones",
+        "actions",
+        "logprobs",
+        "values",
+        "rewards",
+        "dones",
+        "mask",
+    ):
         assert getattr(batch, name).shape == (T, B), name
     assert batch.obs.shape == (T, B, 1)
     assert bool(batch.mask.all())
@@ -146,8 +158,13 @@ def test_agent_runs_in_evaluator_sampled_and_greedy():
 
 def test_smoke_training_changes_parameters_and_logs_finite_losses():
     config, policy, logs = _train()
-    init = RL2Policy(policy.num_actions, policy.obs_dim, config.hidden_size, config.action_reward_input,
-                     generator=torch.Generator().manual_seed(config.seed))
+    init = RL2Policy(
+        policy.num_actions,
+        policy.obs_dim,
+        config.hidden_size,
+        config.action_reward_input,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     for (name, p0), p1 in zip(init.named_parameters(), policy.parameters()):
         assert not torch.equal(p0, p1), f"{name} did not change"
     assert len(logs) == config.num_iterations
@@ -264,7 +281,9 @@ def test_obs_action_reward_block_pairs_the_reward_with_the_state_it_was_earned_i
     policy = RL2Policy(num_actions=3, obs_dim=4, hidden_size=8, obs_action_reward_input=True)
     assert policy.input_dim == 3 + 2 + 4 + 4 * 3
     prev_obs = torch.nn.functional.one_hot(torch.tensor([2, 0]), 4).float()
-    x = policy.encode(torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]), torch.zeros(2, dtype=torch.bool), prev_obs)
+    x = policy.encode(
+        torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]), torch.zeros(2, dtype=torch.bool), prev_obs
+    )
     block = x[:, -12:].reshape(2, 4, 3)
     expected = torch.zeros(2, 4, 3)
     expected[0, 2, 1] = 0.5  # state 2, action 1 paid 0.5; an invalid action (-1) leaves zeros
@@ -275,7 +294,9 @@ def test_obs_action_block_counts_visits_of_the_pair_the_previous_action_was_take
     policy = RL2Policy(num_actions=3, obs_dim=4, hidden_size=8, obs_action_reward_input=True, obs_action_input=True)
     assert policy.input_dim == 3 + 2 + 4 + 4 * 3 + 4 * 3
     prev_obs = torch.nn.functional.one_hot(torch.tensor([2, 0]), 4).float()
-    x = policy.encode(torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]), torch.zeros(2, dtype=torch.bool), prev_obs)
+    x = policy.encode(
+        torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]), torch.zeros(2, dtype=torch.bool), prev_obs
+    )
     rewards, visits = x[:, -24:-12].reshape(2, 4, 3), x[:, -12:].reshape(2, 4, 3)
     expected = torch.zeros(2, 4, 3)
     expected[0, 2, 1] = 1.0  # state 2, action 1 was taken; an invalid action (-1) leaves zeros
@@ -283,8 +304,16 @@ def test_obs_action_block_counts_visits_of_the_pair_the_previous_action_was_take
     torch.testing.assert_close(rewards, expected * 0.5)
     # the visit block alone, and the flag survives a save/load round trip
     alone = RL2Policy(num_actions=3, obs_dim=4, hidden_size=8, obs_action_input=True)
-    torch.testing.assert_close(alone.encode(torch.zeros(2, 4), torch.tensor([1, -1]), torch.tensor([0.5, 7.0]),
-                                            torch.zeros(2, dtype=torch.bool), prev_obs)[:, -12:].reshape(2, 4, 3), expected)
+    torch.testing.assert_close(
+        alone.encode(
+            torch.zeros(2, 4),
+            torch.tensor([1, -1]),
+            torch.tensor([0.5, 7.0]),
+            torch.zeros(2, dtype=torch.bool),
+            prev_obs,
+        )[:, -12:].reshape(2, 4, 3),
+        expected,
+    )
     alone.save(tmp_path / "p.pt")
     assert RL2Policy.load(tmp_path / "p.pt").obs_action_input
 
@@ -296,9 +325,12 @@ def test_obs_action_reward_input_on_an_mdp_is_on_policy_in_the_update_and_trains
 
     dist = TabularMDP(num_states=4, num_actions=3, episode_length=3)
     g = torch.Generator().manual_seed(2)
-    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True,
-                          "obs_action_input": True})
-    policy = RL2Policy(dist.num_actions, dist.obs_dim, config.hidden_size, True, True, generator=g, obs_action_input=True)
+    config = RL2Config(
+        **{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True, "obs_action_input": True}
+    )
+    policy = RL2Policy(
+        dist.num_actions, dist.obs_dim, config.hidden_size, True, True, generator=g, obs_action_input=True
+    )
     batch = collect_trials(policy, dist, dist.sample_tasks(config.num_trials_per_batch, g), 4, g)
     stats = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, config, 0.01, g)
     assert stats.approx_kl == pytest.approx(0.0, abs=1e-6) and stats.clipfrac == 0.0
@@ -316,7 +348,9 @@ def test_init_policy_must_have_the_same_shape():
 
 def test_zero_iterations_from_a_warm_start_returns_the_initial_policy():
     _, source, _ = _train()
-    policy = train_rl2(RL2Config(**{**TINY, "num_iterations": 0}), BernoulliBandit(num_arms=3), EPISODES, init_policy=source)
+    policy = train_rl2(
+        RL2Config(**{**TINY, "num_iterations": 0}), BernoulliBandit(num_arms=3), EPISODES, init_policy=source
+    )
     for (name, a), b in zip(source.state_dict().items(), policy.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -338,7 +372,9 @@ def test_mlp_heads_read_the_current_state_and_train_on_policy(tmp_path):
     torch.testing.assert_close(logits, expected_logits)
     assert values.shape == (1, 2)
     # on-policy first epoch (the update rebuilds the same inputs), and a save/load round trip
-    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True, "head_hidden_size": 6})
+    config = RL2Config(
+        **{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True, "head_hidden_size": 6}
+    )
     batch = collect_trials(policy, dist, dist.sample_tasks(config.num_trials_per_batch, g), 4, g)
     before = [p.detach().clone() for p in policy.parameters()]
     stats = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, config, 0.01, g)
@@ -361,14 +397,24 @@ def test_state_gated_heads_are_one_readout_per_state_against_a_slow_loop(head_hi
 
     dist = TabularMDP(num_states=4, num_actions=3, episode_length=3)
     g = torch.Generator().manual_seed(5)
-    policy = RL2Policy(dist.num_actions, dist.obs_dim, 8, True, True, generator=g, head_hidden_size=head_hidden_size,
-                       state_gated_heads=True)
+    policy = RL2Policy(
+        dist.num_actions,
+        dist.obs_dim,
+        8,
+        True,
+        True,
+        generator=g,
+        head_hidden_size=head_hidden_size,
+        state_gated_heads=True,
+    )
     with torch.no_grad():  # the actor's output layer starts at gain 0.01; make the check sensitive
         for p in policy.parameters():
             p.normal_(generator=g)
     states = torch.tensor([0, 3, 3, 1, 2])
     obs = torch.eye(4)[states]
-    x = policy.encode(obs, torch.tensor([1, 0, 2, -1, 1]), torch.randn(5, generator=g), torch.zeros(5, dtype=torch.bool))
+    x = policy.encode(
+        obs, torch.tensor([1, 0, 2, -1, 1]), torch.randn(5, generator=g), torch.zeros(5, dtype=torch.bool)
+    )
     h = torch.randn(1, 5, 8, generator=g)
     logits, values, _ = policy(x.unsqueeze(0), h)
     out, _ = policy.gru(x.unsqueeze(0), h)
@@ -385,14 +431,24 @@ def test_state_gated_heads_are_one_readout_per_state_against_a_slow_loop(head_hi
         torch.testing.assert_close(logits[0, b], feats[0])
         torch.testing.assert_close(values[0, b], feats[1][0])
     # trains on-policy, and the flag survives a save/load round trip
-    config = RL2Config(**{**TINY, "update_epochs": 1, "num_minibatches": 1, "obs_action_reward_input": True,
-                          "head_hidden_size": head_hidden_size, "state_gated_heads": True})
+    config = RL2Config(
+        **{
+            **TINY,
+            "update_epochs": 1,
+            "num_minibatches": 1,
+            "obs_action_reward_input": True,
+            "head_hidden_size": head_hidden_size,
+            "state_gated_heads": True,
+        }
+    )
     trained = train_rl2(config, dist, 4)
     assert trained.state_gated_heads
     trained.save(tmp_path / "p.pt", config)
     loaded = RL2Policy.load(tmp_path / "p.pt")
     assert loaded.state_gated_heads and loaded.config.state_gated_heads
-    x = trained.encode(obs, torch.tensor([1, 0, 2, -1, 1]), torch.ones(5), torch.zeros(5, dtype=torch.bool)).unsqueeze(0)
+    x = trained.encode(obs, torch.tensor([1, 0, 2, -1, 1]), torch.ones(5), torch.zeros(5, dtype=torch.bool)).unsqueeze(
+        0
+    )
     h = trained.initial_state(5)
     torch.testing.assert_close(loaded(x, h)[0], trained(x, h)[0])
 
@@ -406,7 +462,9 @@ def test_rl2_on_box_actions_trains_a_gaussian_head_and_acts_in_the_box():
     start = RL2Policy(2, dist.obs_dim, 8, True, generator=g, continuous=True, action_low=-0.1, action_high=0.1)
     policy = train_rl2(config, dist, episodes_per_trial=2)
     assert policy.continuous and policy.spec()["action_high"] == 0.1
-    assert not torch.equal(policy.log_std, start.log_std) and not torch.equal(policy.gru.weight_ih_l0, start.gru.weight_ih_l0)
+    assert not torch.equal(policy.log_std, start.log_std) and not torch.equal(
+        policy.gru.weight_ih_l0, start.gru.weight_ih_l0
+    )
     batch = collect_trials(policy, dist, dist.sample_tasks(4, torch.Generator().manual_seed(1)), 2, torch.Generator())
     assert batch.actions.shape == (20, 4, 2) and batch.actions.dtype == torch.float32
     # the stored log-probabilities are those of the Gaussian in policy units

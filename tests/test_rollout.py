@@ -106,7 +106,9 @@ def test_same_actions_and_rewards_as_the_old_rl2_loop():
     for dist in (BernoulliBandit(4), TabularMDP(num_states=3, num_actions=2, episode_length=4)):
         policy = RL2Policy(dist.num_actions, dist.obs_dim, 8, True, generator=torch.Generator().manual_seed(0))
         tasks = dist.sample_tasks(16, torch.Generator().manual_seed(1))
-        actions, logprobs, values, rewards = _old_collect_trials(policy, dist, tasks, 5, torch.Generator().manual_seed(2))
+        actions, logprobs, values, rewards = _old_collect_trials(
+            policy, dist, tasks, 5, torch.Generator().manual_seed(2)
+        )
         batch = collect_trials(policy, dist, tasks, 5, torch.Generator().manual_seed(2))
         assert torch.equal(batch.actions, actions)
         assert torch.equal(batch.rewards, rewards)

@@ -30,7 +30,9 @@ def test_a_plain_name_is_made_and_overwritten_inside_the_root(tmp_path):
     root = tmp_path / "runs"
     run = prepare_run_dir("exp_1", OutputConfig(root=str(root)))
     (run / "old.txt").write_text("x")
-    assert prepare_run_dir("exp_1", OutputConfig(root=str(root), overwrite=True)) == run and not (run / "old.txt").exists()
+    assert (
+        prepare_run_dir("exp_1", OutputConfig(root=str(root), overwrite=True)) == run and not (run / "old.txt").exists()
+    )
     assert check_run_name("a.b-c_d") == "a.b-c_d"
 
 
@@ -53,7 +55,9 @@ def test_recipes_name_the_bad_run_name(tmp_path):
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("kind: compare\nname: ..\n")
-    assert main(["run", str(recipe), "--set", f"output.root={tmp_path / 'runs'}", "--set", "output.overwrite=true"]) == 2
+    assert (
+        main(["run", str(recipe), "--set", f"output.root={tmp_path / 'runs'}", "--set", "output.overwrite=true"]) == 2
+    )
     assert tmp_path.exists() and recipe.exists()
     with pytest.raises(RecipeError):
         from mrl_llm.cli import load_experiment
@@ -135,9 +139,24 @@ def test_a_grpo_run_resumes_past_a_half_written_checkpoint(tmp_path, tiny_model,
     out = tmp_path / "grpo"
 
     def trainer(steps):
-        cfg = GRPOStageConfig(max_steps=steps, num_generations=2, tasks_per_step=2, learning_rate=1e-2, save_steps=1,
-                              trl={"save_total_limit": 3})
-        return build_grpo_trainer(copy.deepcopy(tiny_model).train(), tiny_tok, BernoulliBandit(3), BanditText(3, 4), cfg, SamplingConfig(), 4, out)
+        cfg = GRPOStageConfig(
+            max_steps=steps,
+            num_generations=2,
+            tasks_per_step=2,
+            learning_rate=1e-2,
+            save_steps=1,
+            trl={"save_total_limit": 3},
+        )
+        return build_grpo_trainer(
+            copy.deepcopy(tiny_model).train(),
+            tiny_tok,
+            BernoulliBandit(3),
+            BanditText(3, 4),
+            cfg,
+            SamplingConfig(),
+            4,
+            out,
+        )
 
     run_grpo(trainer(2), out)
     (out / "checkpoint-2" / "trainer_state.json").unlink()
@@ -168,7 +187,9 @@ def test_a_second_run_into_a_running_runs_folder_is_refused_and_removes_nothing(
     (root / "busy").mkdir(parents=True)
     (root / "busy" / "metrics.jsonl").write_text("{}\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), "busy"], stdout=subprocess.PIPE, text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root), "busy"], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderError, match="in use by another process"):
@@ -211,7 +232,14 @@ def test_a_rerun_with_other_settings_redoes_the_stages_they_change(tmp_path):
     from mrl_llm.cli import main
     from test_cli import ROOT, TINY
 
-    args = ["run", str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"), "--set", f"output.root={tmp_path}", "--set", "name=stale"]
+    args = [
+        "run",
+        str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml"),
+        "--set",
+        f"output.root={tmp_path}",
+        "--set",
+        "name=stale",
+    ]
     for o in TINY:
         args += ["--set", o]
     assert main(args) == 0
@@ -280,12 +308,30 @@ def test_an_interrupted_trial_grpo_run_resumes_to_the_uninterrupted_weights(tmp_
     from mrl_llm.rollout.generation import SamplingConfig
     from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, run_grpo
 
-    cfg = GRPOStageConfig(max_steps=4, num_generations=2, tasks_per_step=2, learning_rate=1e-2, save_steps=2, warmup_ratio=0.0,
-                          lr_scheduler_type="constant", reward_funcs=["negative_regret"], trl={"save_total_limit": 3})
+    cfg = GRPOStageConfig(
+        max_steps=4,
+        num_generations=2,
+        tasks_per_step=2,
+        learning_rate=1e-2,
+        save_steps=2,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        reward_funcs=["negative_regret"],
+        trl={"save_total_limit": 3},
+    )
 
     def trainer(out, callbacks=()):
-        return build_grpo_trainer(copy.deepcopy(tiny_model).train(), tiny_tok, BernoulliBandit(3), BanditText(3, 6), cfg, SamplingConfig(), 6, out,
-                                  callbacks=callbacks)
+        return build_grpo_trainer(
+            copy.deepcopy(tiny_model).train(),
+            tiny_tok,
+            BernoulliBandit(3),
+            BanditText(3, 6),
+            cfg,
+            SamplingConfig(),
+            6,
+            out,
+            callbacks=callbacks,
+        )
 
     straight = trainer(tmp_path / "straight")
     run_grpo(straight, tmp_path / "straight")
@@ -314,14 +360,35 @@ def test_an_interrupted_mrt_run_resumes_its_meta_prover_stream(tmp_path, tiny_to
 
     task = st.SearchTaskConfig(function="add")
     data = st.prompt_dataset(task, 16, seed=1)
-    cfg = ReasoningGRPOConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=24, learning_rate=1e-3, warmup_ratio=0.0,
-                              lr_scheduler_type="constant", save_steps=1, trl={"save_total_limit": 3})
-    mrt = MRTConfig(prover=MetaProverConfig(termination_suffix=task.termination_suffix, num_samples=2, max_answer_tokens=4))
+    cfg = ReasoningGRPOConfig(
+        max_steps=2,
+        num_generations=2,
+        prompts_per_step=2,
+        max_completion_length=24,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        save_steps=1,
+        trl={"save_total_limit": 3},
+    )
+    mrt = MRTConfig(
+        prover=MetaProverConfig(termination_suffix=task.termination_suffix, num_samples=2, max_answer_tokens=4)
+    )
 
     def trainer(out, callbacks=()):
-        model = build_tiny_model(TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tiny_tok, seed=0)
-        return build_reasoning_trainer(model, tiny_tok, data, cfg, out, mrt=mrt, split_fn=lambda t: st.trace_episodes(t, task.termination_suffix).episodes,
-                                       callbacks=callbacks)
+        model = build_tiny_model(
+            TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tiny_tok, seed=0
+        )
+        return build_reasoning_trainer(
+            model,
+            tiny_tok,
+            data,
+            cfg,
+            out,
+            mrt=mrt,
+            split_fn=lambda t: st.trace_episodes(t, task.termination_suffix).episodes,
+            callbacks=callbacks,
+        )
 
     straight = trainer(tmp_path / "straight")
     run_grpo(straight, tmp_path / "straight")
@@ -335,19 +402,22 @@ def test_an_interrupted_mrt_run_resumes_its_meta_prover_stream(tmp_path, tiny_to
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("override, key", [
-    ("learners.llm.grpo.loss_type=bogus", "grpo.loss_type"),
-    ("learners.llm.sft.learning_rate=.nan", "learning_rate"),
-    ("learners.llm.sft.num_train_epochs=.inf", "num_train_epochs"),
-    ("learners.llm.sft.lr_scheduler_type=bogus", "lr_scheduler_type"),
-    ("learners.llm.grpo.lr_scheduler_type=bogus", "lr_scheduler_type"),
-    ("learners.llm.grpo.warmup_ratio=-0.5", "warmup_ratio"),
-    ("learners.llm.grpo.learning_rate=.inf", "learning_rate"),
-    ("learners.llm.eval_batch_size=-1", "eval_batch_size"),
-    ("learners.llm.eval_batch_size=0", "eval_batch_size"),
-    ("protocol.batch_size=0", "batch_size"),
-    ("learners.llm.kv_cache_benchmark.num_tasks=0", "num_tasks"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("learners.llm.grpo.loss_type=bogus", "grpo.loss_type"),
+        ("learners.llm.sft.learning_rate=.nan", "learning_rate"),
+        ("learners.llm.sft.num_train_epochs=.inf", "num_train_epochs"),
+        ("learners.llm.sft.lr_scheduler_type=bogus", "lr_scheduler_type"),
+        ("learners.llm.grpo.lr_scheduler_type=bogus", "lr_scheduler_type"),
+        ("learners.llm.grpo.warmup_ratio=-0.5", "warmup_ratio"),
+        ("learners.llm.grpo.learning_rate=.inf", "learning_rate"),
+        ("learners.llm.eval_batch_size=-1", "eval_batch_size"),
+        ("learners.llm.eval_batch_size=0", "eval_batch_size"),
+        ("protocol.batch_size=0", "batch_size"),
+        ("learners.llm.kv_cache_benchmark.num_tasks=0", "num_tasks"),
+    ],
+)
 def test_values_that_would_crash_later_are_refused_when_the_recipe_is_read(override, key, capsys):
     """These passed ``--dry-run`` (or gave a traceback) and failed after minutes of training."""
     from pathlib import Path
@@ -370,12 +440,23 @@ def test_a_resumed_stage_does_not_log_its_replayed_steps_twice(tmp_path, tiny_mo
     from mrl_llm.rollout.generation import SamplingConfig
     from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer, run_grpo
 
-    cfg = GRPOStageConfig(max_steps=3, num_generations=2, tasks_per_step=2, save_steps=1, warmup_ratio=0.0, trl={"save_total_limit": 4})
+    cfg = GRPOStageConfig(
+        max_steps=3, num_generations=2, tasks_per_step=2, save_steps=1, warmup_ratio=0.0, trl={"save_total_limit": 4}
+    )
     out = tmp_path / "grpo"
 
     def trainer(logger, extra=()):
-        return build_grpo_trainer(copy.deepcopy(tiny_model).train(), tiny_tok, BernoulliBandit(3), BanditText(3, 4), cfg, SamplingConfig(), 4, out,
-                                  callbacks=[MetricsCallback(logger, "grpo/"), *extra])
+        return build_grpo_trainer(
+            copy.deepcopy(tiny_model).train(),
+            tiny_tok,
+            BernoulliBandit(3),
+            BanditText(3, 4),
+            cfg,
+            SamplingConfig(),
+            4,
+            out,
+            callbacks=[MetricsCallback(logger, "grpo/"), *extra],
+        )
 
     with MetricsLogger(tmp_path, tensorboard=False) as logger:
         with pytest.raises(_Interrupted):

@@ -49,8 +49,10 @@ def test_device_generator_elsewhere_is_seeded_from_one_draw(monkeypatch):
     torch.randint(0, 2**62, (1,), generator=ref)  # one draw
     assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=ref))
     other = device_generator(torch.Generator().manual_seed(8), "cpu")
-    assert not torch.equal(torch.rand(5, generator=device_generator(torch.Generator().manual_seed(7), "cpu")),
-                           torch.rand(5, generator=other))
+    assert not torch.equal(
+        torch.rand(5, generator=device_generator(torch.Generator().manual_seed(7), "cpu")),
+        torch.rand(5, generator=other),
+    )
 
 
 def test_hf_session_cpu_draws_are_the_reference_multinomial_draws(tiny_model, tiny_tok):
@@ -68,8 +70,9 @@ def test_hf_session_cpu_draws_are_the_reference_multinomial_draws(tiny_model, ti
         logp = torch.log_softmax(logits / T, dim=-1)
         want = torch.multinomial(logp.exp(), 1, generator=ref).squeeze(1)
         assert [t[step] for t in toks] == want.tolist()
-        torch.testing.assert_close(torch.tensor([lp[step] for lp in lps]), logp.gather(1, want[:, None])[:, 0],
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor([lp[step] for lp in lps]), logp.gather(1, want[:, None])[:, 0], atol=1e-4, rtol=0
+        )
         for h, t in zip(histories, want.tolist()):
             h.append(t)
     assert torch.equal(g.get_state(), ref.get_state())

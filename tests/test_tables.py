@@ -14,23 +14,42 @@ TINY_RL2 = {"hidden_size": 8, "num_trials_per_batch": 8, "num_minibatches": 2, "
 
 
 def tiny(tmp_path, workers: int = 1, executor: str = "local") -> TablesExperiment:
-    return from_dict(TablesExperiment, {
-        "name": "tables", "workers": workers, "executor": {"name": executor},
-        "bandit": {"num_arms": [2, 3], "episodes_per_trial": [3, 4],
-                   "baselines": [{"name": "Random"}, {"name": "Gittins"}, {"name": "Thompson sampling", "grid": {"prior": [1.0]}},
-                                 {"name": "OTS", "grid": {"num_samples": [1, 2]}},
-                                 {"name": "UCB1", "prior_count": 1, "grid": {"c": [0.2, 1.0]}},
-                                 {"name": "epsilon-greedy", "prior_count": 1, "grid": {"epsilon": [0.1]}},
-                                 {"name": "Greedy", "prior_count": 1}],
-                   "learners": [{"name": "rl2", "algo": TINY_RL2}], "tune_tasks": 16,
-                   "overrides": {"n4": {"learners.rl2.algo.hidden_size": 4}}},
-        "mdp": {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": [2, 3], "tune_tasks": 8,
-                "learners": [{"name": "rl2", "algo": TINY_RL2}]},
-        "bayes_optimal": {"settings": [[2, 3], [3, 4], [2, 5]]},
-        "horizon": {"bandit_num_arms": 2},
-        "protocol": {"num_tasks": 20},
-        "output": {"root": str(tmp_path)},
-    })
+    return from_dict(
+        TablesExperiment,
+        {
+            "name": "tables",
+            "workers": workers,
+            "executor": {"name": executor},
+            "bandit": {
+                "num_arms": [2, 3],
+                "episodes_per_trial": [3, 4],
+                "baselines": [
+                    {"name": "Random"},
+                    {"name": "Gittins"},
+                    {"name": "Thompson sampling", "grid": {"prior": [1.0]}},
+                    {"name": "OTS", "grid": {"num_samples": [1, 2]}},
+                    {"name": "UCB1", "prior_count": 1, "grid": {"c": [0.2, 1.0]}},
+                    {"name": "epsilon-greedy", "prior_count": 1, "grid": {"epsilon": [0.1]}},
+                    {"name": "Greedy", "prior_count": 1},
+                ],
+                "learners": [{"name": "rl2", "algo": TINY_RL2}],
+                "tune_tasks": 16,
+                "overrides": {"n4": {"learners.rl2.algo.hidden_size": 4}},
+            },
+            "mdp": {
+                "num_states": 3,
+                "num_actions": 2,
+                "episode_length": 3,
+                "episodes_per_trial": [2, 3],
+                "tune_tasks": 8,
+                "learners": [{"name": "rl2", "algo": TINY_RL2}],
+            },
+            "bayes_optimal": {"settings": [[2, 3], [3, 4], [2, 5]]},
+            "horizon": {"bandit_num_arms": 2},
+            "protocol": {"num_tasks": 20},
+            "output": {"root": str(tmp_path)},
+        },
+    )
 
 
 def _rl2(setting):
@@ -40,12 +59,22 @@ def _rl2(setting):
 def test_plan_has_every_cell_once_with_overrides_most_specific_last(tmp_path):
     cfg = tiny(tmp_path)
     settings = {s.name: s for s in plan_settings(cfg)}
-    assert set(settings) == {"bandit_k2_n3", "bandit_k2_n4", "bandit_k3_n3", "bandit_k3_n4", "bandit_k2_n5", "mdp_n2", "mdp_n3"}
+    assert set(settings) == {
+        "bandit_k2_n3",
+        "bandit_k2_n4",
+        "bandit_k3_n3",
+        "bandit_k3_n4",
+        "bandit_k2_n5",
+        "mdp_n2",
+        "mdp_n3",
+    }
     names = {n: [b.display_name for b in s.recipe.baselines] for n, s in settings.items()}
     assert "Bayes-optimal" in names["bandit_k3_n4"] and "Bayes-optimal" not in names["bandit_k3_n3"]
     assert _rl2(settings["bandit_k2_n4"]).algo.hidden_size == 4 and _rl2(settings["bandit_k2_n3"]).algo.hidden_size == 8
-    cfg.bandit.overrides = {"n4": {"learners.rl2.algo.hidden_size": 4, "learners.rl2.algo.seed": 5},
-                            "k2_n4": {"learners.rl2.algo.hidden_size": 2}}
+    cfg.bandit.overrides = {
+        "n4": {"learners.rl2.algo.hidden_size": 4, "learners.rl2.algo.seed": 5},
+        "k2_n4": {"learners.rl2.algo.hidden_size": 2},
+    }
     cell = {s.name: s for s in plan_settings(cfg)}["bandit_k2_n4"]
     assert _rl2(cell).algo.hidden_size == 2 and _rl2(cell).algo.seed == 5
     assert [c.name for c in {s.name: s for s in plan_settings(cfg)}["bandit_k2_n5"].recipe.learners] == ["rl2"]
@@ -57,15 +86,36 @@ def test_tiny_run_writes_both_tables_and_reuses_finished_settings(tmp_path, caps
     cfg = tiny(tmp_path)
     run_dir = run_tables(cfg, progress=True)
     report = (run_dir / "report.md").read_text()
-    for text in ("## Table 1: Bernoulli bandits", "## Table 2: random tabular MDPs", "## Gap to the Bayes-optimal policy",
-                 "## Horizon generalization (bandit)", "## Horizon generalization (tabular MDP)", "| k=3, n=4 |", "| n=3 |"):
+    for text in (
+        "## Table 1: Bernoulli bandits",
+        "## Table 2: random tabular MDPs",
+        "## Gap to the Bayes-optimal policy",
+        "## Horizon generalization (bandit)",
+        "## Horizon generalization (tabular MDP)",
+        "| k=3, n=4 |",
+        "| n=3 |",
+    ):
         assert text in report, text
     doc = json.loads((run_dir / "results.json").read_text())
     assert set(doc["table1"]) == {"bandit_k2_n3", "bandit_k2_n4", "bandit_k3_n3", "bandit_k3_n4"}
     assert set(doc["table2"]) == {"mdp_n2", "mdp_n3"}
-    assert doc["table2"]["mdp_n3"]["task"] == {"num_states": 3, "num_actions": 2, "episode_length": 3, "episodes_per_trial": 3,
-                                               "name": "tabular_mdp"}
-    assert set(doc["table2"]["mdp_n3"]["agents"]) == {"Random", "PSRL", "OPSRL", "UCRL2", "BEB", "epsilon-greedy", "Greedy", "RL²"}
+    assert doc["table2"]["mdp_n3"]["task"] == {
+        "num_states": 3,
+        "num_actions": 2,
+        "episode_length": 3,
+        "episodes_per_trial": 3,
+        "name": "tabular_mdp",
+    }
+    assert set(doc["table2"]["mdp_n3"]["agents"]) == {
+        "Random",
+        "PSRL",
+        "OPSRL",
+        "UCRL2",
+        "BEB",
+        "epsilon-greedy",
+        "Greedy",
+        "RL²",
+    }
     assert doc["table2"]["mdp_n3"]["paper"] == {}  # not the paper's MDP size
     assert doc["table1"]["bandit_k3_n4"]["baseline_params"]["UCB1"]["params"]["prior_count"] == 1.0
     assert "OTS" in report.split("## Table 1")[1].split("\n")[2]  # the columns are the agents the recipe names
@@ -131,18 +181,26 @@ def test_two_workers_give_the_same_numbers_as_one(tmp_path):
 
 
 def test_comparison_table_marks_cells_outside_the_ci():
-    rows = {"k=5, n=100": {"UCB1": {"total_reward": {"mean": 78.2, "ci95": 1.0}}, "RL²": {"total_reward": {"mean": 75.0, "ci95": 1.0}}}}
+    rows = {
+        "k=5, n=100": {
+            "UCB1": {"total_reward": {"mean": 78.2, "ci95": 1.0}},
+            "RL²": {"total_reward": {"mean": 75.0, "ci95": 1.0}},
+        }
+    }
     text, dev = comparison_table(rows, ["UCB1", "RL²", "Gittins"], {"k=5, n=100": {"UCB1": 78.0, "RL²": 78.7}})
     assert "78.2 ± 1.0 (78.0) |" in text and "75.0 ± 1.0 (78.7) † |" in text and text.rstrip().endswith("— |")
     assert dev == ["k=5, n=100 · RL²: 75.0 ± 1.0 vs 78.7"]
 
 
-@pytest.mark.parametrize("override, key", [
-    ("bandit.overrides={n10: {learners.rl2.algo.hidden_sise: 3}}", "hidden_sise"),
-    ("mdp.baselines=[{name: PSRL}, {name: Oracle}]", "Oracle"),
-    ("bayes_optimal.settings=[[9, 500]]", "bayes_optimal.settings"),
-    ("workers=0", "workers"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("bandit.overrides={n10: {learners.rl2.algo.hidden_sise: 3}}", "hidden_sise"),
+        ("mdp.baselines=[{name: PSRL}, {name: Oracle}]", "Oracle"),
+        ("bayes_optimal.settings=[[9, 500]]", "bayes_optimal.settings"),
+        ("workers=0", "workers"),
+    ],
+)
 def test_malformed_tables_recipe_names_the_problem(override, key):
     with pytest.raises(RecipeError, match=key):
         load_recipe(TablesExperiment, "recipes/classic/rl2_tables.yaml", [override])
@@ -174,7 +232,9 @@ def test_warm_start_trains_the_longer_cell_from_the_shorter_cells_policy(tmp_pat
     for (name, a), b, c in zip(short.state_dict().items(), long.state_dict().values(), fresh.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name  # lr ~ 0: the n=4 cell kept the n=3 weights
     assert not torch.allclose(short.actor.weight, fresh.actor.weight)
-    assert _warm_starts(cfg, "bandit", lambda n: f"bandit_k2_n{n}") == {"4": "the n=3 policy fine-tuned for 2 iterations"}
+    assert _warm_starts(cfg, "bandit", lambda n: f"bandit_k2_n{n}") == {
+        "4": "the n=3 policy fine-tuned for 2 iterations"
+    }
     cfg.bandit.overrides = {"n4": {"learners.rl2.algo.num_iterations": 0}}
     assert _warm_starts(cfg, "bandit", lambda n: f"bandit_k2_n{n}") == {"4": "the n=3 policy as is"}
     assert _warm_starts(cfg, "mdp", lambda n: f"mdp_n{n}") == {}
@@ -245,7 +305,9 @@ def test_a_setting_stored_before_an_option_existed_still_matches_while_the_optio
     from classic.tables import _same_setting
 
     stored = {"rl2": {"algo": {"hidden_size": 64}}, "agents": ["UCB1"]}
-    assert _same_setting(stored, {"rl2": {"algo": {"hidden_size": 64, "new_flag": False}, "init_from": None}, "agents": ["UCB1"]})
+    assert _same_setting(
+        stored, {"rl2": {"algo": {"hidden_size": 64, "new_flag": False}, "init_from": None}, "agents": ["UCB1"]}
+    )
     assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 64, "new_flag": True}}, "agents": ["UCB1"]})
     assert not _same_setting(stored, {"rl2": {"algo": {"hidden_size": 32}}, "agents": ["UCB1"]})
     assert not _same_setting(stored, {"rl2": {"algo": {}}, "agents": ["UCB1"]})

@@ -7,8 +7,21 @@ from mrl_llm.envs.text_bandit import INVALID, BanditText
 
 @pytest.mark.parametrize(
     "text,arm",
-    [("3", 3), (" 0", 0), ("4\n", 4), ("2.", 2), ("5", INVALID), ("-1", INVALID), ("", INVALID), ("x", INVALID),
-     ("3 4", INVALID), ("arm", INVALID), ("<unk>", INVALID), ("12", INVALID), ("3x", INVALID)],
+    [
+        ("3", 3),
+        (" 0", 0),
+        ("4\n", 4),
+        ("2.", 2),
+        ("5", INVALID),
+        ("-1", INVALID),
+        ("", INVALID),
+        ("x", INVALID),
+        ("3 4", INVALID),
+        ("arm", INVALID),
+        ("<unk>", INVALID),
+        ("12", INVALID),
+        ("3x", INVALID),
+    ],
 )
 def test_plain_parser(text, arm):
     assert BanditText(5, 10).parse_action(text) == arm
@@ -16,8 +29,18 @@ def test_plain_parser(text, arm):
 
 @pytest.mark.parametrize(
     "text,arm",
-    [("Arm: 2", 2), ("arm 4", 4), ("I will pull Arm #1.", 1), ("Arm: 1 ... no, Arm: 3", 3), ("3", 3),
-     ("Arm: 9", INVALID), ("Let me think", INVALID), ("", INVALID), ("Arm: two", INVALID), ("pull 3 then 4", INVALID)],
+    [
+        ("Arm: 2", 2),
+        ("arm 4", 4),
+        ("I will pull Arm #1.", 1),
+        ("Arm: 1 ... no, Arm: 3", 3),
+        ("3", 3),
+        ("Arm: 9", INVALID),
+        ("Let me think", INVALID),
+        ("", INVALID),
+        ("Arm: two", INVALID),
+        ("pull 3 then 4", INVALID),
+    ],
 )
 def test_chat_parser(text, arm):
     assert BanditText(5, 10, chat=True).parse_action(text) == arm
@@ -76,8 +99,34 @@ def _parse_action_reference(env, text):
     return arm if 0 <= arm < env.num_arms else INVALID
 
 
-_PIECES = ["arm", "Arm", "ARM", "number", "Number", " ", "  ", "\t", "\n", ":", "#", "=", "-", "0", "00", "1", "3",
-           "7", "12", ".", "..", "x", "\u00a0", "\u0663", "\u0660", "armnumber"]
+_PIECES = [
+    "arm",
+    "Arm",
+    "ARM",
+    "number",
+    "Number",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    ":",
+    "#",
+    "=",
+    "-",
+    "0",
+    "00",
+    "1",
+    "3",
+    "7",
+    "12",
+    ".",
+    "..",
+    "x",
+    "\u00a0",
+    "\u0663",
+    "\u0660",
+    "armnumber",
+]
 
 
 def test_parser_agrees_with_the_regex_definition():

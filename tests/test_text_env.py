@@ -58,7 +58,11 @@ def test_discrete_text_shows_observations_rewards_and_episode_boundaries():
     assert boundary == " 1\n|\n4,4 "
     chat = DiscreteText(5, 2, 3, chat=True)
     text = chat.render_step(torch.tensor([4.0, 4.0]), INVALID, 0.0, False, True, TrialProgress(3, 0.0, 1))
-    assert text.startswith("Invalid reply") and "Episode 1 ended. Episode 2." in text and text.endswith("Observation: 4,4.")
+    assert (
+        text.startswith("Invalid reply")
+        and "Episode 1 ended. Episode 2." in text
+        and text.endswith("Observation: 4,4.")
+    )
 
 
 def test_a_teacher_transcript_on_a_gridworld_holds_every_step_and_boundary(tiny_tok):
@@ -98,13 +102,20 @@ def test_the_llm_agent_plays_a_gridworld_and_records_env_tokens_across_episodes(
             assert (lp <= 0) if m == 1 else (lp == 0.0)
     # the same tokens as the teacher-transcript rendering of the actions and rewards the agent took
     renderer = TrialRenderer(tiny_tok, env)
-    traj = run_trials(LLMAgent(tiny_model, tiny_tok, env, record=True), dist, 4, 3, seed=0, keep_trajectories=True).trajectories[0]
+    traj = run_trials(
+        LLMAgent(tiny_model, tiny_tok, env, record=True), dist, 4, 3, seed=0, keep_trajectories=True
+    ).trajectories[0]
     for b in range(4):
         a = traj.actions[:, b].tolist()
         if INVALID in a:
             continue  # an invalid reply is rendered from the model's own text, not a canonical one
-        ref = renderer.teacher_trial(a, traj.rewards[:, b].tolist(), traj.obs[:, b], traj.terminated[:, b].tolist(),
-                                     traj.truncated[:, b].tolist())
+        ref = renderer.teacher_trial(
+            a,
+            traj.rewards[:, b].tolist(),
+            traj.obs[:, b],
+            traj.terminated[:, b].tolist(),
+            traj.truncated[:, b].tolist(),
+        )
         assert ref.prompt_ids == trs[b].prompt_ids
         assert ref.env_mask == trs[b].env_mask[:-1]  # the agent's transcript ends with a closing EOS
 
@@ -125,8 +136,13 @@ def test_the_sft_teacher_is_any_baseline_named_by_a_recipe_line(tiny_tok):
     renderer = TrialRenderer(tiny_tok, text_env_for(task, dist, 6))
     trs = teacher_transcripts(teacher, dist, renderer, 4, 6, seed=0)
     g = torch.Generator().manual_seed(20_000)
-    ref = run_trials(AGENTS.get("UCB1")(c=0.3, grid={}).make(dist, 6), dist, tasks=dist.sample_tasks(4, g),
-                     episodes_per_trial=6, seed=20_000)
+    ref = run_trials(
+        AGENTS.get("UCB1")(c=0.3, grid={}).make(dist, 6),
+        dist,
+        tasks=dist.sample_tasks(4, g),
+        episodes_per_trial=6,
+        seed=20_000,
+    )
     for tr, actions in zip(trs, ref.actions.tolist()):
         replies = [tiny_tok.decode([t]) for t, m in zip(tr.completion_ids, tr.env_mask) if m == 1]
         assert [int(r) for r in replies] == actions
@@ -141,22 +157,38 @@ def test_the_llm_learner_joins_a_compare_run_on_a_gridworld(tmp_path):
     from classic.experiments.compare import CompareExperiment, run_compare
 
     recipe = {
-        "name": "room", "threads": 1, "output": {"root": str(tmp_path)},
+        "name": "room",
+        "threads": 1,
+        "output": {"root": str(tmp_path)},
         "task": {"name": "darkroom", "episodes_per_trial": 2, "episode_length": 5},
-        "protocol": {"num_tasks": 6}, "baselines": [{"name": "Random"}],
-        "learners": [{
-            "name": "llm", "label": "LM", "teacher": {"name": "Random"},
-            "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
-            "sft": {"num_trials": 8, "num_train_epochs": 1, "per_device_train_batch_size": 8, "save_steps": 100},
-            "grpo": {"max_steps": 1, "num_generations": 2, "tasks_per_step": 2, "save_steps": 100,
-                     "reward_funcs": ["trial_return"]},
-            "eval_batch_size": 3, "kv_cache_benchmark": {"enabled": False},
-        }],
+        "protocol": {"num_tasks": 6},
+        "baselines": [{"name": "Random"}],
+        "learners": [
+            {
+                "name": "llm",
+                "label": "LM",
+                "teacher": {"name": "Random"},
+                "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
+                "sft": {"num_trials": 8, "num_train_epochs": 1, "per_device_train_batch_size": 8, "save_steps": 100},
+                "grpo": {
+                    "max_steps": 1,
+                    "num_generations": 2,
+                    "tasks_per_step": 2,
+                    "save_steps": 100,
+                    "reward_funcs": ["trial_return"],
+                },
+                "eval_batch_size": 3,
+                "kv_cache_benchmark": {"enabled": False},
+            }
+        ],
     }
     run_dir = run_compare(from_dict(CompareExperiment, recipe), progress=False)
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["agents"]) == {"Random", "LM (SFT)", "LM (SFT+GRPO)"}
-    assert results["agents"]["LM (SFT)"]["num_tasks"] == 6 and len(results["agents"]["LM (SFT)"]["episode_returns"]["mean"]) == 2
+    assert (
+        results["agents"]["LM (SFT)"]["num_tasks"] == 6
+        and len(results["agents"]["LM (SFT)"]["episode_returns"]["mean"]) == 2
+    )
     report = (run_dir / "report.md").read_text()
     assert "SFT teacher: Random" in report and "LM (SFT+GRPO): invalid-action rate" in report
     stamp = (run_dir / "LM" / "grpo" / "final" / "model.safetensors").stat().st_mtime_ns

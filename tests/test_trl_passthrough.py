@@ -22,8 +22,11 @@ def test_an_unknown_trl_key_is_one_line_naming_it_and_the_file(stage):
     from classic.experiments.compare import CompareExperiment
 
     recipe = str(ROOT / "recipes/llm/icrl_bandit_tiny.yaml")
-    with pytest.raises(RecipeError, match=rf"icrl_bandit_tiny.yaml: invalid 'learners\[1\]\.{stage}': trl: 'lerning_rate' "
-                                          r"is not a trl\.(SFT|GRPO)Config argument; did you mean 'learning_rate'\?"):
+    with pytest.raises(
+        RecipeError,
+        match=rf"icrl_bandit_tiny.yaml: invalid 'learners\[1\]\.{stage}': trl: 'lerning_rate' "
+        r"is not a trl\.(SFT|GRPO)Config argument; did you mean 'learning_rate'\?",
+    ):
         load_recipe(CompareExperiment, recipe, [f"learners.llm.{stage}.trl.lerning_rate=1"])
 
 
@@ -37,8 +40,14 @@ def test_a_known_trl_key_is_set_on_the_built_sft_config(tmp_path):
 def test_report_to_tensorboard_writes_trls_event_files(tmp_path, tiny_model, tiny_tok):
     pytest.importorskip("tensorboard")
     env = BanditText(3, 4)
-    cfg = SFTStageConfig(num_trials=8, num_train_epochs=1, per_device_train_batch_size=4, logging_steps=1,
-                         save_steps=100, trl={"report_to": ["tensorboard"]})
+    cfg = SFTStageConfig(
+        num_trials=8,
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_steps=100,
+        trl={"report_to": ["tensorboard"]},
+    )
     trs = teacher_transcripts(ThompsonSamplingAgent(3), BernoulliBandit(3), TrialRenderer(tiny_tok, env), 8, 4, seed=0)
     trainer = run_sft(tiny_model, tiny_tok, distillation_dataset(trs), cfg, tmp_path / "sft")
     assert trainer.state.global_step >= 1

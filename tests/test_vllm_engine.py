@@ -48,8 +48,14 @@ def tok():
 
 @pytest.fixture
 def fake_llm(fake_vllm, tiny_lm_dir):  # noqa: F811
-    return fake_vllm.LLM(model=str(tiny_lm_dir), dtype="float32", gpu_memory_utilization=0.15, seed=0,
-                         enable_prefix_caching=True, logprobs_mode="processed_logprobs")
+    return fake_vllm.LLM(
+        model=str(tiny_lm_dir),
+        dtype="float32",
+        gpu_memory_utilization=0.15,
+        seed=0,
+        enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",
+    )
 
 
 def _hf_model(path):
@@ -211,8 +217,14 @@ def real_engine(tmp_path_factory):
     assert not getattr(vllm, "IS_FAKE", False)
     path = save_tiny_lm(tmp_path_factory.mktemp("tiny_lm_real"))
     start = time.perf_counter()
-    llm = vllm.LLM(model=str(path), dtype="float32", gpu_memory_utilization=0.15, seed=0, enable_prefix_caching=True,
-                   logprobs_mode="processed_logprobs")
+    llm = vllm.LLM(
+        model=str(path),
+        dtype="float32",
+        gpu_memory_utilization=0.15,
+        seed=0,
+        enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",
+    )
     TIMES["engine start-up"] = time.perf_counter() - start
     yield llm, path
     print("\nreal vLLM timings (s):", {k: round(v, 1) for k, v in TIMES.items()})
@@ -331,7 +343,7 @@ def test_real_trl_grpo_step_with_a_colocated_cpu_engine(mode, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     TIMES[f"{mode}: trainer build"], TIMES[f"{mode}: one step"] = out["build_s"], out["train_s"]
     assert out["engine"].startswith("vllm.")
     # today's known failure; a new one (or none) should be looked at

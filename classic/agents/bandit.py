@@ -68,7 +68,9 @@ class CountingBanditAgent(ABC):
     def scores(self) -> Tensor:
         """(n, k) score per arm; the agent pulls the argmax."""
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
         self.update(prev_action, prev_reward)
         return argmax_random_tiebreak(self.scores(), self.generator)
 
@@ -121,9 +123,13 @@ class EpsilonGreedyAgent(CountingBanditAgent):
     def scores(self) -> Tensor:
         if self.prior_count > 0:
             return (self.successes + self.prior_count) / (self.pulls + 2 * self.prior_count)
-        return torch.where(self.pulls > 0, self.successes / self.pulls.clamp(min=1), torch.full_like(self.pulls, self.init_value))
+        return torch.where(
+            self.pulls > 0, self.successes / self.pulls.clamp(min=1), torch.full_like(self.pulls, self.init_value)
+        )
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
         greedy = super().act(obs, prev_action, prev_reward, terminated, truncated)
         if self.epsilon == 0.0:
             return greedy
@@ -234,8 +240,9 @@ class OptimisticThompsonSamplingAgent(ThompsonSamplingAgent):
 
     name = "OTS"
 
-    def __init__(self, num_arms: int, num_samples: int = 1, alpha0: float = 1.0, beta0: float = 1.0,
-                 reshape: float = 1.0) -> None:
+    def __init__(
+        self, num_arms: int, num_samples: int = 1, alpha0: float = 1.0, beta0: float = 1.0, reshape: float = 1.0
+    ) -> None:
         super().__init__(num_arms, alpha0, beta0)
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples}")
@@ -248,7 +255,9 @@ class OptimisticThompsonSamplingAgent(ThompsonSamplingAgent):
         a, b = self.posterior()
         n, k = a.shape
         shape = (self.num_samples, n, k)
-        draws = sample_beta((a / self.reshape).unsqueeze(0).expand(shape), (b / self.reshape).unsqueeze(0).expand(shape), self.generator)
+        draws = sample_beta(
+            (a / self.reshape).unsqueeze(0).expand(shape), (b / self.reshape).unsqueeze(0).expand(shape), self.generator
+        )
         return torch.maximum(draws.max(dim=0).values, a / (a + b))
 
 
@@ -333,7 +342,9 @@ class EpsilonGreedyConfig(BaselineConfig):
             from classic.agents.mdp import MDP_DEFAULT_PARAMS, make_mdp_baseline
 
             eps = MDP_DEFAULT_PARAMS["epsilon-greedy"]["epsilon"] if self.epsilon is None else self.epsilon
-            return make_mdp_baseline("epsilon-greedy", dist.num_states, dist.num_actions, dist.episode_length, epsilon=eps)
+            return make_mdp_baseline(
+                "epsilon-greedy", dist.num_states, dist.num_actions, dist.episode_length, epsilon=eps
+            )
         eps = 0.1 if self.epsilon is None else self.epsilon
         return EpsilonGreedyAgent(_num_arms(self.name, dist), epsilon=eps, prior_count=self.prior_count)
 
@@ -411,5 +422,6 @@ class OTSConfig(BaselineConfig):
         return {"num_samples": list(OTS_SAMPLES_GRID), "reshape": [1.0]}
 
     def make(self, dist, episodes_per_trial: int):
-        return OptimisticThompsonSamplingAgent(_num_arms(self.name, dist), num_samples=int(self.num_samples),
-                                               reshape=self.reshape)
+        return OptimisticThompsonSamplingAgent(
+            _num_arms(self.name, dist), num_samples=int(self.num_samples), reshape=self.reshape
+        )

@@ -41,7 +41,9 @@ class BaselineConfig:
         params = self.hyperparameters()
         for key, values in (self.grid or {}).items():
             if key not in params:
-                raise ValueError(f"grid: {self.name} has no hyperparameter {key!r} (known: {', '.join(params) or 'none'})")
+                raise ValueError(
+                    f"grid: {self.name} has no hyperparameter {key!r} (known: {', '.join(params) or 'none'})"
+                )
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key} must be a non-empty list of values")
 

@@ -133,15 +133,18 @@ def _check_supported(num_arms, horizon) -> tuple[int, int]:
     n = _check_int("horizon", horizon, 1)
     if n > bayes_optimal_max_horizon(k):
         raise ValueError(
-            f"the exact Bayes-optimal DP supports only small problems ({_limits_text()}); "
-            f"got num_arms={k}, horizon={n}"
+            f"the exact Bayes-optimal DP supports only small problems ({_limits_text()}); got num_arms={k}, horizon={n}"
         )
     return k, n
 
 
 def _check_prior(alpha0, beta0) -> tuple[float, float]:
     for name, v in (("alpha0", alpha0), ("beta0", beta0)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (math.isfinite(v) and v > 0):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, np.integer, np.floating))
+            or not (math.isfinite(v) and v > 0)
+        ):
             raise ValueError(f"prior parameters must be finite and > 0, got {name}={v!r}")
     return float(alpha0), float(beta0)
 
@@ -206,7 +209,12 @@ class BayesOptimalTable:
         if s.shape != f.shape or s.ndim != 2 or s.shape[1] != k:
             raise ValueError(f"successes and failures must both have shape (N, {k}), got {s.shape} and {f.shape}")
         si, fi = np.rint(s).astype(np.int64), np.rint(f).astype(np.int64)
-        if (si < 0).any() or (fi < 0).any() or np.abs(s - si).max(initial=0) > 1e-6 or np.abs(f - fi).max(initial=0) > 1e-6:
+        if (
+            (si < 0).any()
+            or (fi < 0).any()
+            or np.abs(s - si).max(initial=0) > 1e-6
+            or np.abs(f - fi).max(initial=0) > 1e-6
+        ):
             raise ValueError("successes and failures must be non-negative integers")
         m = si + fi
         t = m.sum(axis=1)
@@ -362,8 +370,16 @@ def _build(k: int, n: int, a0: float, b0: float) -> BayesOptimalTable:
         optimal[offsets[t] : offsets[t + 1]] = bits.astype(mask_dtype)
         v_next = v
     return BayesOptimalTable(
-        num_arms=k, horizon=n, alpha0=a0, beta0=b0, value=float(v_next[0]), slots=L,
-        keys=np.concatenate(keys), offsets=offsets, values=values, optimal=optimal,
+        num_arms=k,
+        horizon=n,
+        alpha0=a0,
+        beta0=b0,
+        value=float(v_next[0]),
+        slots=L,
+        keys=np.concatenate(keys),
+        offsets=offsets,
+        values=values,
+        optimal=optimal,
         build_seconds=time.perf_counter() - start,
     )
 
@@ -437,8 +453,20 @@ def bayes_optimal_table(
         while len(_MEMORY_CACHE) > MEMORY_CACHE_SIZE:
             del _MEMORY_CACHE[next(iter(_MEMORY_CACHE))]
     if table.num_arms != k:  # k > n: same arrays, the agent maps the extra unpulled arms to slot 0
-        table = BayesOptimalTable(k, n, a0, b0, table.value, L, table.keys, table.offsets, table.values,
-                                  table.optimal, table.build_seconds, dict(table.meta))
+        table = BayesOptimalTable(
+            k,
+            n,
+            a0,
+            b0,
+            table.value,
+            L,
+            table.keys,
+            table.offsets,
+            table.values,
+            table.optimal,
+            table.build_seconds,
+            dict(table.meta),
+        )
     return table
 
 
@@ -446,8 +474,14 @@ def _save(table: BayesOptimalTable, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, keys=table.keys, offsets=table.offsets, values=table.values, optimal=table.optimal,
-                 meta=np.array([table.slots, table.horizon, table.alpha0, table.beta0, TABLE_VERSION], dtype=np.float64))
+        np.savez(
+            tmp,
+            keys=table.keys,
+            offsets=table.offsets,
+            values=table.values,
+            optimal=table.optimal,
+            meta=np.array([table.slots, table.horizon, table.alpha0, table.beta0, TABLE_VERSION], dtype=np.float64),
+        )
         os.replace(tmp, path)
         table.meta["path"] = str(path)
     except OSError:  # read-only cache directory: the table stays in memory only
@@ -459,11 +493,17 @@ def _load(path: Path, L: int, n: int, a0: float, b0: float) -> BayesOptimalTable
         with np.load(path, allow_pickle=False) as d:
             meta = d["meta"].tolist()
             keys, offsets, values, optimal = d["keys"], d["offsets"], d["values"], d["optimal"]
-        ok = meta == [L, n, a0, b0, TABLE_VERSION] and offsets.shape == (n + 1,) and keys.shape == values.shape == optimal.shape
+        ok = (
+            meta == [L, n, a0, b0, TABLE_VERSION]
+            and offsets.shape == (n + 1,)
+            and keys.shape == values.shape == optimal.shape
+        )
         ok = ok and int(offsets[-1]) == keys.shape[0] and keys.dtype == np.int64 and values.dtype == np.float64
         if not ok:
             raise ValueError("layout or parameters differ")
-        return BayesOptimalTable(L, n, a0, b0, float(values[0]), L, keys, offsets, values, optimal, 0.0, {"path": str(path)})
+        return BayesOptimalTable(
+            L, n, a0, b0, float(values[0]), L, keys, offsets, values, optimal, 0.0, {"path": str(path)}
+        )
     except Exception as err:  # corrupt or incompatible file: rebuild it
         warnings.warn(f"ignoring unreadable Bayes-optimal cache {path}: {err}", RuntimeWarning, stacklevel=3)
         return None

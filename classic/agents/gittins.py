@@ -216,7 +216,9 @@ class GittinsTable:
         t = s + f
         bad = (s < 0) | (f < 0) | (m < 1) | (t + m > self.n)
         if bool(bad.any()):
-            raise ValueError(f"state outside the horizon-{self.n} table (need s, f >= 0, m >= 1, s + f + m <= {self.n})")
+            raise ValueError(
+                f"state outside the horizon-{self.n} table (need s, f >= 0, m >= 1, s + f + m <= {self.n})"
+            )
         return self.values[self.offsets[m] + t * (t + 1) // 2 + s]
 
     def level(self, m: int) -> Tensor:
@@ -460,7 +462,14 @@ def fh_gittins_table(
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
-                meta = {"n": n, "alpha0": alpha0, "beta0": beta0, "num_lambda": K, "exact_m": exact_m, "version": TABLE_VERSION}
+                meta = {
+                    "n": n,
+                    "alpha0": alpha0,
+                    "beta0": beta0,
+                    "num_lambda": K,
+                    "exact_m": exact_m,
+                    "version": TABLE_VERSION,
+                }
                 torch.save({"values": table.values, **meta}, tmp)
                 os.replace(tmp, path)
                 table.meta["path"] = str(path)
@@ -553,7 +562,9 @@ class GittinsAgent(CountingBanditAgent):
     @property
     def table(self) -> GittinsTable:
         if self._table is None:
-            self._table = fh_gittins_table(self.horizon, self.alpha0, self.beta0, num_lambda=self.num_lambda, exact_m=self.exact_m)
+            self._table = fh_gittins_table(
+                self.horizon, self.alpha0, self.beta0, num_lambda=self.num_lambda, exact_m=self.exact_m
+            )
         return self._table
 
     def scores(self) -> Tensor:
@@ -575,7 +586,8 @@ class GittinsAgent(CountingBanditAgent):
 @AGENTS.register("Gittins")
 @dataclass
 class GittinsConfig(BaselineConfig):
-    """Gittins on Bernoulli bandits: finite-horizon Gittins index with Beta(1, 1) priors, planned for the trial's length."""
+    """Gittins on Bernoulli bandits: finite-horizon Gittins index with Beta(1, 1) priors, planned for the
+    trial's length."""
 
     name: str = "Gittins"
 

@@ -150,7 +150,9 @@ def extended_value_iteration_q(R_opt: Tensor, P_hat: Tensor, radius: Tensor, hor
     Raises:
         ValueError: if ``horizon < 1``.
     """
-    return backward_induction(lambda v: R_opt + l1_optimistic_expectation(P_hat, v[:, None, None, :], radius), horizon, R_opt)
+    return backward_induction(
+        lambda v: R_opt + l1_optimistic_expectation(P_hat, v[:, None, None, :], radius), horizon, R_opt
+    )
 
 
 # -------------------------------------------------------------------------------------- agents
@@ -304,7 +306,9 @@ class TabularModelAgent(ABC):
         """(n,) long actions from the current Q-values (n, A): argmax, random tie-break."""
         return argmax_random_tiebreak(q_now, self.generator, tol=_TIE_TOL)
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
         """One step of the Agent interface (:class:`classic.agents.base.Agent`).
 
         Args:
@@ -344,7 +348,9 @@ class RandomMDPAgent(TabularModelAgent):
         """All-zero Q-values: every action is as good as any other (never called by ``act``)."""
         return torch.zeros(len(idx), self.episode_length, self.num_states, self.num_actions, device=idx.device)
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
         """(n,) long uniform actions in [0, A) from the trial's generator."""
         n = obs.shape[0]
         return torch.randint(self.num_actions, (n,), generator=self.generator, device=self.generator.device)

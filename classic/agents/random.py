@@ -33,7 +33,9 @@ class UniformAgent:
     def reset(self, num_tasks: int, generator: torch.Generator) -> None:
         self.generator = generator
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
         return self.space.sample(obs.shape[0], self.generator)
 
 

@@ -207,7 +207,9 @@ class RL2Policy(nn.Module):
         """(1, batch_size, hidden_size) zero hidden state: the start of a trial."""
         return torch.zeros(1, batch_size, self.hidden_size)
 
-    def encode(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor, prev_obs: Tensor | None = None) -> Tensor:
+    def encode(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor, prev_obs: Tensor | None = None
+    ) -> Tensor:
         """Build the GRU input from what the agent saw; works for any leading shape ``(...)``.
 
         Args:
@@ -304,7 +306,9 @@ class RL2Policy(nn.Module):
 
     def save(self, path, config: RL2Config | None = None) -> None:
         """``torch.save`` a checkpoint: ``{"spec", "state_dict", "config"}``."""
-        torch.save({"spec": self.spec(), "state_dict": self.state_dict(), "config": config.to_dict() if config else None}, path)
+        torch.save(
+            {"spec": self.spec(), "state_dict": self.state_dict(), "config": config.to_dict() if config else None}, path
+        )
 
     @classmethod
     def load(cls, path) -> "RL2Policy":
@@ -383,7 +387,9 @@ class _CollectingAgent:
         return ActOutput(action, {"logprob": self.policy.log_prob(head, action), "value": value})
 
 
-def collect_trials(policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int, generator: torch.Generator) -> TrialBatch:
+def collect_trials(
+    policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int, generator: torch.Generator
+) -> TrialBatch:
     """Play one trial per task with the current policy (the RL² inner loop, batched over tasks).
 
     One call to the house's trial loop (:func:`classic.rollout.rollout`), so the policy is trained
@@ -406,8 +412,18 @@ def collect_trials(policy: RL2Policy, dist, tasks: Any, episodes_per_trial: int,
     next_valid = torch.cat([mask[1:], torch.zeros_like(mask[:1])])
     dones = ~next_valid  # the trial (meta-episode) ends after each task's last valid step
     prev_dones = traj.prev_terminated | traj.prev_truncated
-    return TrialBatch(traj.obs, traj.prev_actions, traj.prev_rewards, prev_dones, traj.actions,
-                      traj.info["logprob"], traj.info["value"], traj.rewards, dones, mask)
+    return TrialBatch(
+        traj.obs,
+        traj.prev_actions,
+        traj.prev_rewards,
+        prev_dones,
+        traj.actions,
+        traj.info["logprob"],
+        traj.info["value"],
+        traj.rewards,
+        dones,
+        mask,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,7 +472,9 @@ def ppo_update(
     last_value = torch.zeros(batch.rewards.shape[1])
     advantages, returns = F.gae(scaled_rewards, batch.values, batch.dones, last_value, config.gamma, config.gae_lambda)
     prev_obs = torch.cat([torch.zeros_like(batch.obs[:1]), batch.obs[:-1]])  # what each previous action saw
-    inputs = policy.encode(batch.obs, batch.prev_actions, batch.prev_rewards, batch.prev_dones, prev_obs)  # (T, B, input_dim)
+    inputs = policy.encode(
+        batch.obs, batch.prev_actions, batch.prev_rewards, batch.prev_dones, prev_obs
+    )  # (T, B, input_dim)
 
     num_trials = batch.actions.shape[1]
     sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
@@ -550,10 +568,18 @@ def train_rl2(
         The trained :class:`RL2Policy` (its ``config`` attribute is ``config``).
     """
     generator = torch.Generator().manual_seed(config.seed)
-    policy = RL2Policy(dist.action_space.encoded_dim, dist.obs_dim, config.hidden_size, config.action_reward_input,
-                       config.obs_action_reward_input, generator=generator, head_hidden_size=config.head_hidden_size,
-                       obs_action_input=config.obs_action_input, state_gated_heads=config.state_gated_heads,
-                       **_box_bounds(dist))
+    policy = RL2Policy(
+        dist.action_space.encoded_dim,
+        dist.obs_dim,
+        config.hidden_size,
+        config.action_reward_input,
+        config.obs_action_reward_input,
+        generator=generator,
+        head_hidden_size=config.head_hidden_size,
+        obs_action_input=config.obs_action_input,
+        state_gated_heads=config.state_gated_heads,
+        **_box_bounds(dist),
+    )
     policy.config = config
     if init_policy is not None:
         if init_policy.spec() != policy.spec():
@@ -605,7 +631,9 @@ def train_rl2(
                 "losses/explained_variance": stats.explained_variance,
             }
             log_fn(env_steps, metrics)
-        if checkpoint_path is not None and ((iteration + 1) % checkpoint_every == 0 or iteration + 1 == config.num_iterations):
+        if checkpoint_path is not None and (
+            (iteration + 1) % checkpoint_every == 0 or iteration + 1 == config.num_iterations
+        ):
             _save_training_state(checkpoint_path, policy, optimizer, generator, iteration, env_steps)
         if on_iteration is not None:
             paused = time.perf_counter()
@@ -630,7 +658,13 @@ def _save_training_state(path, policy, optimizer, generator, iteration: int, env
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    state = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "iteration": iteration, "env_steps": env_steps}
+    state = {
+        "policy": policy.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "iteration": iteration,
+        "env_steps": env_steps,
+    }
     torch.save(state, tmp)
     os.replace(tmp, path)
 
@@ -672,7 +706,9 @@ class RL2Agent:
         self.generator = generator
 
     @torch.no_grad()
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
         x = self.policy.encode(obs, prev_action, prev_reward, terminated | truncated, self.prev_obs)
         self.prev_obs = obs
         logits, _, self.h = self.policy(x.unsqueeze(0), self.h)
@@ -738,8 +774,15 @@ class RL2Learner(MetaLearner):
         log_fn = None
         if run.metrics is not None:
             log_fn = lambda step, metrics: run.metrics.log(step, {f"{config.name}/{k}": v for k, v in metrics.items()})  # noqa: E731
-        policy = train_rl2(config.algo, dist, protocol.episodes_per_trial, log_fn=log_fn, progress=run.progress,
-                           checkpoint_path=path.parent / "training_state.pt", init_policy=init)
+        policy = train_rl2(
+            config.algo,
+            dist,
+            protocol.episodes_per_trial,
+            log_fn=log_fn,
+            progress=run.progress,
+            checkpoint_path=path.parent / "training_state.pt",
+            init_policy=init,
+        )
         policy.save(path, config.algo)
         return path
 

@@ -102,7 +102,11 @@ class RL2Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.head_hidden_size, bool) or not isinstance(self.head_hidden_size, int) or self.head_hidden_size < 0:
+        if (
+            isinstance(self.head_hidden_size, bool)
+            or not isinstance(self.head_hidden_size, int)
+            or self.head_hidden_size < 0
+        ):
             raise ValueError(f"head_hidden_size must be an int >= 0, got {self.head_hidden_size!r}")
         if self.num_trials_per_batch % self.num_minibatches != 0:
             raise ValueError(

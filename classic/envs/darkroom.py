@@ -86,8 +86,9 @@ def start_cell(size: int, start: str) -> tuple[int, int]:
     raise ValueError(f"start must be 'center' or 'corner', got {start!r}")
 
 
-def goal_cells(size: int, start: str = "center", goal_split: str = "all",
-               goal_at_start: bool = False) -> tuple[tuple[int, int], ...]:
+def goal_cells(
+    size: int, start: str = "center", goal_split: str = "all", goal_at_start: bool = False
+) -> tuple[tuple[int, int], ...]:
     """The goal cells ``(x, y)`` tasks are drawn from (uniformly), in a fixed order.
 
     Args:
@@ -168,12 +169,19 @@ class DarkRoomConfig:
         split = "" if self.goal_split == "all" else f" ({self.goal_split} split)"
         if short:
             return f"{self.size}x{self.size}{split}, H={self.episode_length}, n={self.episodes_per_trial}"
-        return (f"Dark Room {self.size}x{self.size}, start {self.start}, {k} goals{split}, "
-                f"H={self.episode_length} steps per episode, n={self.episodes_per_trial} episodes per trial")
+        return (
+            f"Dark Room {self.size}x{self.size}, start {self.start}, {k} goals{split}, "
+            f"H={self.episode_length} steps per episode, n={self.episodes_per_trial} episodes per trial"
+        )
 
     def make(self) -> "DarkRoom":
-        return DarkRoom(size=self.size, episode_length=self.episode_length, start=self.start,
-                        goal_split=self.goal_split, goal_at_start=self.goal_at_start)
+        return DarkRoom(
+            size=self.size,
+            episode_length=self.episode_length,
+            start=self.start,
+            goal_split=self.goal_split,
+            goal_at_start=self.goal_at_start,
+        )
 
 
 class DarkRoom(GoalGrid):
@@ -190,8 +198,14 @@ class DarkRoom(GoalGrid):
     rewards and the known-goal oracle are :class:`~classic.envs.grid.GoalGrid`'s.
     """
 
-    def __init__(self, size: int = 9, episode_length: int = 20, start: str = "center", goal_split: str = "all",
-                 goal_at_start: bool = False) -> None:
+    def __init__(
+        self,
+        size: int = 9,
+        episode_length: int = 20,
+        start: str = "center",
+        goal_split: str = "all",
+        goal_at_start: bool = False,
+    ) -> None:
         if size < 2:
             raise ValueError(f"size must be >= 2, got {size}")
         if episode_length < 1:
@@ -199,5 +213,12 @@ class DarkRoom(GoalGrid):
         self.start = start
         self.goal_split = goal_split
         self.goal_at_start = bool(goal_at_start)
-        super().__init__(size, episode_length, start_cell(size, start),
-                         goal_cells(size, start, goal_split, goal_at_start), _MOVES, goal_reward=1.0, step_reward=0.0)
+        super().__init__(
+            size,
+            episode_length,
+            start_cell(size, start),
+            goal_cells(size, start, goal_split, goal_at_start),
+            _MOVES,
+            goal_reward=1.0,
+            step_reward=0.0,
+        )

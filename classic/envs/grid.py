@@ -56,8 +56,16 @@ class GoalGrid(TaskDistribution):
 
     num_actions = 5
 
-    def __init__(self, size: int, episode_length: int, start: tuple[int, int], goals: Sequence[tuple[int, int]],
-                 moves: Sequence[tuple[int, int]], goal_reward: float, step_reward: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        episode_length: int,
+        start: tuple[int, int],
+        goals: Sequence[tuple[int, int]],
+        moves: Sequence[tuple[int, int]],
+        goal_reward: float,
+        step_reward: float,
+    ) -> None:
         if tuple(moves[0]) != (0, 0) or len(moves) != self.num_actions:
             raise ValueError(f"moves must list {self.num_actions} (dx, dy) with the no-op (0, 0) first, got {moves}")
         self.size = int(size)
@@ -100,7 +108,9 @@ class GoalGrid(TaskDistribution):
         """(n,) reward of ``action`` in ``state`` (deterministic)."""
         return self._reward(tasks, self._move(state, action))
 
-    def step(self, tasks: GridTasks, state: GridState, action: Tensor, generator: torch.Generator | None = None) -> Step:
+    def step(
+        self, tasks: GridTasks, state: GridState, action: Tensor, generator: torch.Generator | None = None
+    ) -> Step:
         """Take ``action`` (n,) long in every task.
 
         Returns:
@@ -110,8 +120,13 @@ class GoalGrid(TaskDistribution):
         """
         pos = self._move(state, action)
         t = state.t + 1
-        return Step(obs=pos.float(), reward=self._reward(tasks, pos), terminated=torch.zeros_like(t, dtype=torch.bool),
-                    truncated=t >= self.episode_length, state=GridState(pos=pos, t=t))
+        return Step(
+            obs=pos.float(),
+            reward=self._reward(tasks, pos),
+            terminated=torch.zeros_like(t, dtype=torch.bool),
+            truncated=t >= self.episode_length,
+            state=GridState(pos=pos, t=t),
+        )
 
     def optimal_action(self, tasks: GridTasks, state: GridState) -> Tensor:
         """(n,) long the known-goal oracle's action: toward the goal along x, then along y, then stay."""

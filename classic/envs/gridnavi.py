@@ -110,20 +110,29 @@ class GridNaviConfig:
 
     def __post_init__(self) -> None:
         _check(self.size, self.episode_length, self.goal_reward, self.step_reward)
-        if isinstance(self.episodes_per_trial, bool) or not isinstance(self.episodes_per_trial, int) \
-                or self.episodes_per_trial < 1:
+        if (
+            isinstance(self.episodes_per_trial, bool)
+            or not isinstance(self.episodes_per_trial, int)
+            or self.episodes_per_trial < 1
+        ):
             raise ValueError(f"episodes_per_trial must be an int >= 1, got {self.episodes_per_trial!r}")
 
     def describe(self, short: bool = False) -> str:
         """One line for reports, e.g. "GridNavi 5x5, 21 goals, H=15 steps per episode, n=4 episodes per trial"."""
         if short:
             return f"{self.size}x{self.size}, H={self.episode_length}, n={self.episodes_per_trial}"
-        return (f"GridNavi {self.size}x{self.size}, {len(goal_cells(self.size))} goals, "
-                f"H={self.episode_length} steps per episode, n={self.episodes_per_trial} episodes per trial")
+        return (
+            f"GridNavi {self.size}x{self.size}, {len(goal_cells(self.size))} goals, "
+            f"H={self.episode_length} steps per episode, n={self.episodes_per_trial} episodes per trial"
+        )
 
     def make(self) -> "GridNavi":
-        return GridNavi(size=self.size, episode_length=self.episode_length, goal_reward=self.goal_reward,
-                        step_reward=self.step_reward)
+        return GridNavi(
+            size=self.size,
+            episode_length=self.episode_length,
+            goal_reward=self.goal_reward,
+            step_reward=self.step_reward,
+        )
 
 
 def _check(size: int, episode_length: int, goal_reward: float, step_reward: float) -> None:
@@ -148,8 +157,9 @@ class GridNavi(GoalGrid):
     :class:`~classic.envs.grid.GoalGrid`'s; this class adds the exact Bayes-optimal return.
     """
 
-    def __init__(self, size: int = 5, episode_length: int = 15, goal_reward: float = 1.0,
-                 step_reward: float = -0.1) -> None:
+    def __init__(
+        self, size: int = 5, episode_length: int = 15, goal_reward: float = 1.0, step_reward: float = -0.1
+    ) -> None:
         _check(size, episode_length, goal_reward, step_reward)
         super().__init__(size, episode_length, (0, 0), goal_cells(size), _MOVES, goal_reward, step_reward)
 
@@ -185,8 +195,9 @@ class GridNavi(GoalGrid):
 
 
 @functools.lru_cache(maxsize=None)
-def bayes_optimal_search(size: int, episode_length: int, episodes_per_trial: int) -> tuple[
-        tuple[int, ...], int, tuple[tuple[int, ...], ...]]:
+def bayes_optimal_search(
+    size: int, episode_length: int, episodes_per_trial: int
+) -> tuple[tuple[int, ...], int, tuple[tuple[int, ...], ...]]:
     """Exact Bayes-optimal search of GridNavi: ``(counts, num_goals, plan)``.
 
     Why it is small: the only information is "this cell is (not) the goal", so before the goal
@@ -234,8 +245,13 @@ def bayes_optimal_search(size: int, episode_length: int, episodes_per_trial: int
     action_of = {(dx, dy): a for a, (dx, dy) in enumerate(_MOVES)}
     nbrs = []  # (next cell, action) of the in-grid moves
     for x, y in cells:
-        nbrs.append([(index[(x + dx, y + dy)], action_of[(dx, dy)])
-                     for dx, dy in _MOVES[1:] if 0 <= x + dx < S and 0 <= y + dy < S])
+        nbrs.append(
+            [
+                (index[(x + dx, y + dy)], action_of[(dx, dy)])
+                for dx, dy in _MOVES[1:]
+                if 0 <= x + dx < S and 0 <= y + dy < S
+            ]
+        )
     start_mask = sum(1 << g for g in goals)
 
     def upper(p: int, R: int, t: int, k: int) -> tuple[int, int]:
@@ -247,7 +263,7 @@ def bayes_optimal_search(size: int, episode_length: int, episodes_per_trial: int
         vs = sorted((v[i] for i in left), reverse=True)
         total, i, cap, m = cur, 0, min(H - t, len(reach)) + H - 1, E - k
         while m > 0 and i < len(vs):
-            total += m * sum(vs[i:i + cap])
+            total += m * sum(vs[i : i + cap])
             i, cap, m = i + cap, H - 1, m - 1
         return total, cur
 
@@ -274,7 +290,7 @@ def bayes_optimal_search(size: int, episode_length: int, episodes_per_trial: int
         if best[0] is not None:
             u_tot, u_cur = upper(p, R, t, k)
             bound = (key[0] + u_tot, *key[1:k], key[k] + u_cur)  # later components: unbounded
-            if bound < best[0][:k + 1] or (k == E and bound == best[0]):
+            if bound < best[0][: k + 1] or (k == E and bound == best[0]):
                 return
         # candidates first, then nearer the start (a good first incumbent)
         for q, a in sorted(nbrs[p], key=lambda qa: (not R >> qa[0] & 1, dist[qa[0]][0])):
@@ -298,4 +314,4 @@ def bayes_optimal_search(size: int, episode_length: int, episodes_per_trial: int
         sys.setrecursionlimit(limit)
     key, plan = best
     plan = plan + [0] * (E * H - len(plan))
-    return tuple(key[1:]), len(goals), tuple(tuple(plan[e * H:(e + 1) * H]) for e in range(E))
+    return tuple(key[1:]), len(goals), tuple(tuple(plan[e * H : (e + 1) * H]) for e in range(E))

@@ -98,16 +98,24 @@ class Nav2DConfig:
             raise ValueError(f"goal_tolerance must be >= 0, got {self.goal_tolerance}")
 
     def describe(self, short: bool = False) -> str:
-        """One line for reports, e.g. "2D navigation, goals U[-0.5, 0.5]^2, speed <= 0.1, H=100 steps, n=2 episodes per trial"."""
+        """One line for reports, e.g. "2D navigation, goals U[-0.5, 0.5]^2, speed <= 0.1, H=100 steps, n=2
+        episodes per trial"."""
         if short:
             return f"2D nav, H={self.episode_length}, n={self.episodes_per_trial}"
-        return (f"2D navigation, goals U[{self.goal_low:g}, {self.goal_high:g}]^2, speed <= {self.max_speed:g} per "
-                f"coordinate, tolerance {self.goal_tolerance:g}, H={self.episode_length} steps per episode, "
-                f"n={self.episodes_per_trial} episodes per trial")
+        return (
+            f"2D navigation, goals U[{self.goal_low:g}, {self.goal_high:g}]^2, speed <= {self.max_speed:g} per "
+            f"coordinate, tolerance {self.goal_tolerance:g}, H={self.episode_length} steps per episode, "
+            f"n={self.episodes_per_trial} episodes per trial"
+        )
 
     def make(self) -> "Nav2D":
-        return Nav2D(episode_length=self.episode_length, goal_low=self.goal_low, goal_high=self.goal_high,
-                     max_speed=self.max_speed, goal_tolerance=self.goal_tolerance)
+        return Nav2D(
+            episode_length=self.episode_length,
+            goal_low=self.goal_low,
+            goal_high=self.goal_high,
+            max_speed=self.max_speed,
+            goal_tolerance=self.goal_tolerance,
+        )
 
 
 class Nav2D(TaskDistribution):
@@ -125,8 +133,14 @@ class Nav2D(TaskDistribution):
     deterministic.
     """
 
-    def __init__(self, episode_length: int = 100, goal_low: float = -0.5, goal_high: float = 0.5,
-                 max_speed: float = 0.1, goal_tolerance: float = 0.01) -> None:
+    def __init__(
+        self,
+        episode_length: int = 100,
+        goal_low: float = -0.5,
+        goal_high: float = 0.5,
+        max_speed: float = 0.1,
+        goal_tolerance: float = 0.01,
+    ) -> None:
         if episode_length < 1:
             raise ValueError(f"episode_length must be >= 1, got {episode_length}")
         if not goal_low <= goal_high:
@@ -167,8 +181,9 @@ class Nav2D(TaskDistribution):
         """(n,) reward of ``action`` in ``state``: ``-||p + clip(a) - g||`` (deterministic)."""
         return -torch.linalg.vector_norm(self._move(state, action) - tasks.goal, dim=-1)
 
-    def step(self, tasks: Nav2DTasks, state: Nav2DState, action: Tensor,
-             generator: torch.Generator | None = None) -> Step:
+    def step(
+        self, tasks: Nav2DTasks, state: Nav2DState, action: Tensor, generator: torch.Generator | None = None
+    ) -> Step:
         """Move every point by its clipped velocity ``action`` (n, 2).
 
         Returns:

@@ -83,8 +83,10 @@ class TabularMDPConfig:
         """One line for reports, e.g. "tabular MDP, S=10 states, A=5 actions, H=10 steps, n=25 episodes per trial"."""
         if short:
             return f"S={self.num_states}, A={self.num_actions}, H={self.episode_length}, n={self.episodes_per_trial}"
-        return (f"tabular MDP, S={self.num_states} states, A={self.num_actions} actions, H={self.episode_length} "
-                f"steps per episode, n={self.episodes_per_trial} episodes per trial")
+        return (
+            f"tabular MDP, S={self.num_states} states, A={self.num_actions} actions, H={self.episode_length} "
+            f"steps per episode, n={self.episodes_per_trial} episodes per trial"
+        )
 
     def make(self) -> "TabularMDP":
         return TabularMDP(num_states=self.num_states, num_actions=self.num_actions, episode_length=self.episode_length)

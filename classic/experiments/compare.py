@@ -41,7 +41,14 @@ from classic.evaluate import TrialResult, run_trials
 from classic.files import OutputConfig, open_stage, prepare_run_dir, write_atomic
 from classic.metrics import MetricsLogger
 from classic.registry import AGENTS, LEARNERS, TASKS
-from classic.report import adaptation_table, plot_adaptation, plot_regret, results_table, stage_times_table, write_results_json
+from classic.report import (
+    adaptation_table,
+    plot_adaptation,
+    plot_regret,
+    results_table,
+    stage_times_table,
+    write_results_json,
+)
 from classic.workers import set_threads
 
 TaskRef, BaselineRef, LearnerRef = TASKS.ref, AGENTS.ref, LEARNERS.ref
@@ -154,8 +161,9 @@ class CompareExperiment:
 # ---- baselines ------------------------------------------------------------------------------
 
 
-def tune_baseline(config: BaselineConfig, dist: TaskDistribution, episodes_per_trial: int, tasks: Any,
-                  seed: int) -> tuple[BaselineConfig, dict[str, float]]:
+def tune_baseline(
+    config: BaselineConfig, dist: TaskDistribution, episodes_per_trial: int, tasks: Any, seed: int
+) -> tuple[BaselineConfig, dict[str, float]]:
     """Search ``config``'s tuning grid on training ``tasks``; returns the best config (first best on
     ties) and ``{"key=value[,key=value]": mean total reward}`` per grid point."""
     grid = config.tuning_grid(dist)
@@ -165,16 +173,23 @@ def tune_baseline(config: BaselineConfig, dist: TaskDistribution, episodes_per_t
     means = []
     for point in points:
         agent = replace(config, grid={}, **point).make(dist, episodes_per_trial)
-        result = run_trials(agent, dist, tasks=tasks, episodes_per_trial=episodes_per_trial,
-                            seed=seeding.stream_seed("tune", seed))
+        result = run_trials(
+            agent, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=seeding.stream_seed("tune", seed)
+        )
         means.append(float(result.total_reward.mean()))
     best = points[max(range(len(points)), key=means.__getitem__)]
     table = {",".join(f"{k}={v}" for k, v in point.items()): m for point, m in zip(points, means)}
     return replace(config, **best), table
 
 
-def run_baselines(cfg: CompareExperiment, dist: TaskDistribution, eval_dist: TaskDistribution, protocol: Protocol,
-                  times: dict, progress: bool = True) -> tuple[dict[str, TrialResult], dict]:
+def run_baselines(
+    cfg: CompareExperiment,
+    dist: TaskDistribution,
+    eval_dist: TaskDistribution,
+    protocol: Protocol,
+    times: dict,
+    progress: bool = True,
+) -> tuple[dict[str, TrialResult], dict]:
     """Tune (on training tasks of ``dist``) and evaluate every baseline on the held-out tasks of
     ``eval_dist``; returns results and the chosen settings."""
     results, params = {}, {}
@@ -190,8 +205,14 @@ def run_baselines(cfg: CompareExperiment, dist: TaskDistribution, eval_dist: Tas
         else:
             grid = {}
         t = time.perf_counter()
-        results[name] = run_trials(config.make(eval_dist, protocol.episodes_per_trial), eval_dist, protocol.num_tasks,
-                                   protocol.episodes_per_trial, seed=protocol.seed, batch_size=protocol.batch_size)
+        results[name] = run_trials(
+            config.make(eval_dist, protocol.episodes_per_trial),
+            eval_dist,
+            protocol.num_tasks,
+            protocol.episodes_per_trial,
+            seed=protocol.seed,
+            batch_size=protocol.batch_size,
+        )
         times[f"evaluate {name}"] = time.perf_counter() - t
         chosen = {k: getattr(config, k) for k in config.hyperparameters()}
         params[name] = {"params": chosen, "grid": grid}
@@ -207,8 +228,16 @@ def stage_name(config: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or config.name
 
 
-def train_learner(config: Any, cfg: CompareExperiment, dist: TaskDistribution, protocol: Protocol, run_dir: Path,
-                  logger: MetricsLogger | None, times: dict, progress: bool = True) -> Any:
+def train_learner(
+    config: Any,
+    cfg: CompareExperiment,
+    dist: TaskDistribution,
+    protocol: Protocol,
+    run_dir: Path,
+    logger: MetricsLogger | None,
+    times: dict,
+    progress: bool = True,
+) -> Any:
     """Train one learner on ``dist`` in its stage folder (reused or resumed when its fingerprint
     matches, :meth:`~classic.core.MetaLearner.stage_fingerprint`); returns its checkpoint."""
     learner = config.learner()
@@ -222,8 +251,9 @@ def train_learner(config: Any, cfg: CompareExperiment, dist: TaskDistribution, p
     return checkpoint
 
 
-def evaluate_learner(config: Any, checkpoint: Any, eval_dist: TaskDistribution, protocol: Protocol,
-                     times: dict) -> dict[str, TrialResult]:
+def evaluate_learner(
+    config: Any, checkpoint: Any, eval_dist: TaskDistribution, protocol: Protocol, times: dict
+) -> dict[str, TrialResult]:
     """Every agent of a trained learner (:meth:`~classic.core.MetaLearner.agents`) on the held-out
     tasks of ``eval_dist``."""
     learner = config.learner()
@@ -231,8 +261,9 @@ def evaluate_learner(config: Any, checkpoint: Any, eval_dist: TaskDistribution, 
     results = {}
     for name, agent in learner.agents(config, checkpoint, eval_dist):
         t = time.perf_counter()
-        results[name] = run_trials(agent, eval_dist, protocol.num_tasks, protocol.episodes_per_trial,
-                                   seed=protocol.seed, batch_size=batch_size)
+        results[name] = run_trials(
+            agent, eval_dist, protocol.num_tasks, protocol.episodes_per_trial, seed=protocol.seed, batch_size=batch_size
+        )
         times[f"evaluate {name}"] = time.perf_counter() - t
         del agent
     return results
@@ -275,23 +306,43 @@ def paper_reference(task: Any) -> dict[str, float]:
     return {PAPER_NAMES.get(k, k): v for k, v in cell.items()}
 
 
-def write_compare_report(run_dir: Path, cfg: CompareExperiment, results: dict, params: dict, limits: dict,
-                         times: dict, wall: float, notes: list[str] = (), extra: dict | None = None) -> None:
+def write_compare_report(
+    run_dir: Path,
+    cfg: CompareExperiment,
+    results: dict,
+    params: dict,
+    limits: dict,
+    times: dict,
+    wall: float,
+    notes: list[str] = (),
+    extra: dict | None = None,
+) -> None:
     """report.md, regret.png (when regret is known), adaptation.png and results.json (``extra``:
     more top-level entries, e.g. a learner's benchmark)."""
     task = cfg.task
     title = f"{cfg.name}: {task.describe(short=True)}"
-    lines = [f"# {cfg.name}", "", f"{task.describe()}; {cfg.protocol.num_tasks} held-out tasks (seed "
-             f"{cfg.protocol.seed}).", ""]
+    lines = [
+        f"# {cfg.name}",
+        "",
+        f"{task.describe()}; {cfg.protocol.num_tasks} held-out tasks (seed {cfg.protocol.seed}).",
+        "",
+    ]
     lines += ["## Held-out evaluation", "", results_table(results, reference=paper_reference(task)), ""]
     if any(not math.isnan(float(r.final_regret.mean())) for r in results.values()):
         plot_regret(results, run_dir / "regret.png", title=title)
         lines += ["![cumulative regret](regret.png)", ""]
     plot_adaptation(results, run_dir / "adaptation.png", limits, title=title)
-    lines += ["## Return per episode of the trial (adaptation)", "",
-              "Mean return of each episode index over the held-out tasks (± 95% CI); the last column is the "
-              "trial return's gap to the first bound below the agents (in return units).", "",
-              adaptation_table(results, limits), "", "![adaptation curve](adaptation.png)", ""]
+    lines += [
+        "## Return per episode of the trial (adaptation)",
+        "",
+        "Mean return of each episode index over the held-out tasks (± 95% CI); the last column is the "
+        "trial return's gap to the first bound below the agents (in return units).",
+        "",
+        adaptation_table(results, limits),
+        "",
+        "![adaptation curve](adaptation.png)",
+        "",
+    ]
     tuned = {n: p for n, p in params.items() if p["grid"]}
     if params:
         lines += ["## Baselines' settings", ""]
@@ -304,9 +355,18 @@ def write_compare_report(run_dir: Path, cfg: CompareExperiment, results: dict, p
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     lines += ["## Wall time per stage", "", stage_times_table(times, wall), ""]
     write_atomic(run_dir / "report.md", "\n".join(lines))
-    write_results_json(run_dir / "results.json", to_dict(task), results,
-                       extra={**(extra or {}), "stage_times_s": times, "wall_time_s": wall, "baseline_params": params,
-                              "bounds": limits})
+    write_results_json(
+        run_dir / "results.json",
+        to_dict(task),
+        results,
+        extra={
+            **(extra or {}),
+            "stage_times_s": times,
+            "wall_time_s": wall,
+            "baseline_params": params,
+            "bounds": limits,
+        },
+    )
 
 
 def run_compare(cfg: CompareExperiment, progress: bool = True) -> Path:

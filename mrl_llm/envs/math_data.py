@@ -98,8 +98,10 @@ def _normalize(raw: datasets.Dataset, name: str, origin: str) -> datasets.Datase
     elif solution_col is not None:
         answer_col, answer_fn = solution_col, extract_answer
     else:
-        raise KeyError(f"{origin}: missing column 'answer' (and no 'solution' to take a \\boxed{{}} answer from); "
-                       f"columns are {cols}")
+        raise KeyError(
+            f"{origin}: missing column 'answer' (and no 'solution' to take a \\boxed{{}} answer from); "
+            f"columns are {cols}"
+        )
     id_col = _first_present(cols, _ID_COLUMNS)
 
     problems, answers, ids = raw[problem_col], raw[answer_col], raw[id_col] if id_col else None
@@ -190,8 +192,10 @@ def load_math_dataset(
     if max_year is not None:
         year_col = _first_present(raw.column_names, _YEAR_COLUMNS)
         if year_col is None:
-            raise KeyError(f"{origin}: {key} needs a year column ({list(_YEAR_COLUMNS)}) to keep contests up to "
-                           f"{max_year}; columns are {raw.column_names}")
+            raise KeyError(
+                f"{origin}: {key} needs a year column ({list(_YEAR_COLUMNS)}) to keep contests up to "
+                f"{max_year}; columns are {raw.column_names}"
+            )
         raw = raw.filter(lambda year: int(year) <= max_year, input_columns=year_col)
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))

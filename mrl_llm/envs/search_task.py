@@ -300,7 +300,9 @@ def sample_problems(config: SearchTaskConfig, n: int, generator: torch.Generator
         else:
             table = tuple(int(v) for v in torch.randperm(config.num_candidates, generator=generator))
         x = _randint(config.num_candidates, generator)
-        out.append(SearchProblem(render_prompt(table, table[x], config.function), str(x), table, table[x], config.function))
+        out.append(
+            SearchProblem(render_prompt(table, table[x], config.function), str(x), table, table[x], config.function)
+        )
     return out
 
 
@@ -440,7 +442,15 @@ def parse_checks(trace: str) -> list[Check]:
         m = _CHECK_RE.match(para.strip())
         if m:
             a, fx, addx, v, verdict = m.groups()
-            out.append(Check(int(a), int(fx if fx is not None else addx), int(v), verdict, para.strip().startswith(DOUBLE_CHECK_MARKER)))
+            out.append(
+                Check(
+                    int(a),
+                    int(fx if fx is not None else addx),
+                    int(v),
+                    verdict,
+                    para.strip().startswith(DOUBLE_CHECK_MARKER),
+                )
+            )
     return out
 
 

@@ -76,8 +76,9 @@ class BanditText(TextEnv):
         return f"Arm: {arm}" if self.chat else str(arm)
 
     # ---- environment feedback -----------------------------------------------------------------
-    def render_step(self, obs: Tensor, action: int, reward: float, terminated: bool, truncated: bool,
-                    progress: TrialProgress) -> str:
+    def render_step(
+        self, obs: Tensor, action: int, reward: float, terminated: bool, truncated: bool, progress: TrialProgress
+    ) -> str:
         """:meth:`feedback` (a pull is a one-step episode: the observation and the episode
         boundary carry nothing to show)."""
         return self.feedback(action, reward, progress.steps_done, progress.total_reward)

@@ -79,8 +79,9 @@ class TextEnv(ABC):
         return text + first
 
     @abstractmethod
-    def render_step(self, obs: Tensor, action: int, reward: float, terminated: bool, truncated: bool,
-                    progress: TrialProgress) -> str:
+    def render_step(
+        self, obs: Tensor, action: int, reward: float, terminated: bool, truncated: bool, progress: TrialProgress
+    ) -> str:
         """Environment text after a reply.
 
         Args:
@@ -103,6 +104,7 @@ class TextEnv(ABC):
 
 
 # ---- reading an action ----------------------------------------------------------------------
+
 
 # "Arm: 3", "arm 4", "Arm #1", "arm number 2", "ARM=0" (keyword "arm"; the last match in a reply
 # counts). The same language and matches as r"arm\s*(?:number\s*)?[:#=]?\s*(-?\d+)", written so that no two "\s*"
@@ -208,8 +210,10 @@ def text_env_for(task_config: Any, dist: Any, episodes_per_trial: int, chat: boo
     from classic.core import Discrete
 
     if not isinstance(dist.action_space, Discrete):
-        raise ValueError(f"task {task_config.name!r} has {type(dist.action_space).__name__} actions; the LLM agent "
-                         "needs Discrete actions (a reply names one action)")
+        raise ValueError(
+            f"task {task_config.name!r} has {type(dist.action_space).__name__} actions; the LLM agent "
+            "needs Discrete actions (a reply names one action)"
+        )
     _import_renderings()
     factory = _RENDERINGS.get(task_config.name)
     if factory is None:
@@ -253,10 +257,14 @@ class DiscreteText(TextEnv):
         k, n, h = self.num_actions, self.episodes_per_trial, self.episode_length
         if not self.chat:
             # words of the tiny tokenizer's vocabulary (mrl_llm.models): x is the observation
-            return f"Each trial is {n} episodes of {h} turns with {k} actions. Each line is x then action then reward.\n"
-        return (f"You act in an environment with {k} actions, numbered 0 to {k - 1}, for {n} episodes of at most "
-                f"{h} steps each. The task stays the same across episodes: use what earlier episodes taught you "
-                "to collect as much reward as you can. Reply with only your choice, in the form 'Action: N'.")
+            return (
+                f"Each trial is {n} episodes of {h} turns with {k} actions. Each line is x then action then reward.\n"
+            )
+        return (
+            f"You act in an environment with {k} actions, numbered 0 to {k - 1}, for {n} episodes of at most "
+            f"{h} steps each. The task stays the same across episodes: use what earlier episodes taught you "
+            "to collect as much reward as you can. Reply with only your choice, in the form 'Action: N'."
+        )
 
     def render_reset(self, obs: Tensor) -> str:
         return f"{format_obs(obs)} " if not self.chat else f"Episode 1. Observation: {format_obs(obs)}."
@@ -268,8 +276,9 @@ class DiscreteText(TextEnv):
             head = " invalid" if action == INVALID else ""
             text = f"{head} {reward:g}\n" + ("|\n" if ended else "")
             return text + (f"{format_obs(obs)} " if more else "")
-        head = (f"Invalid reply: answer 'Action: N' with N from 0 to {self.num_actions - 1}. " if action == INVALID
-                else "")
+        head = (
+            f"Invalid reply: answer 'Action: N' with N from 0 to {self.num_actions - 1}. " if action == INVALID else ""
+        )
         text = f"{head}Reward {reward:g}."
         if ended:
             text += f" Episode {progress.episodes_done} ended."

@@ -136,8 +136,12 @@ class LLMCheckpoint:
 def _stage_fingerprints(config: LLMLearnerConfig, task: Any, seed: int) -> tuple[dict, dict]:
     start = {"model": to_dict(config.model), "seed": seed}
     sft = {"task": to_dict(task), **start, "sft": to_dict(config.sft), "teacher": to_dict(config.teacher)}
-    grpo = {"task": to_dict(task), "grpo": to_dict(config.grpo), "sampling": to_dict(config.sampling),
-            "start": sft if config.sft.enabled else start}
+    grpo = {
+        "task": to_dict(task),
+        "grpo": to_dict(config.grpo),
+        "sampling": to_dict(config.sampling),
+        "start": sft if config.sft.enabled else start,
+    }
     return sft, grpo
 
 
@@ -195,8 +199,10 @@ class LLMLearner(MetaLearner):
             import torch
 
             if dist.optimal_episode_return(dist.sample_tasks(1, torch.Generator().manual_seed(0))) is None:
-                raise ValueError("grpo.reward_funcs: negative_regret needs the task's optimal return, which this "
-                                 "task does not know; use trial_return")
+                raise ValueError(
+                    "grpo.reward_funcs: negative_regret needs the task's optimal return, which this "
+                    "task does not know; use trial_return"
+                )
 
     def _metrics_callbacks(self, run: StageRun, stage: str) -> list:
         from mrl_llm.train.stages import MetricsCallback
@@ -221,25 +227,49 @@ class LLMLearner(MetaLearner):
         model, tok = load_model_and_tokenizer(config.model, seed=run.seed, training=True)
         renderer = TrialRenderer(tok, text_env)
         teacher = self.teacher(config, dist, protocol, run.seed)
-        trs = teacher_transcripts(teacher, dist, renderer, config.sft.num_trials, protocol.episodes_per_trial,
-                                  config.sft.seed)
-        trainer = run_sft(model, tok, distillation_dataset(trs), config.sft, out,
-                          callbacks=self._metrics_callbacks(run, "sft"), peft_config=config.model.lora.to_peft())
+        trs = teacher_transcripts(
+            teacher, dist, renderer, config.sft.num_trials, protocol.episodes_per_trial, config.sft.seed
+        )
+        trainer = run_sft(
+            model,
+            tok,
+            distillation_dataset(trs),
+            config.sft,
+            out,
+            callbacks=self._metrics_callbacks(run, "sft"),
+            peft_config=config.model.lora.to_peft(),
+        )
         return save_final(trainer, tok, out / "final"), tok
 
     def _grpo(self, model, tok, config, dist, protocol, run, text_env, out: Path):
         from mrl_llm.train.grpo import build_grpo_trainer, run_grpo
         from mrl_llm.train.stages import save_final
 
-        trainer = build_grpo_trainer(model, tok, dist, text_env, config.grpo, config.sampling,
-                                     protocol.episodes_per_trial, out, peft_config=config.model.lora.to_peft(),
-                                     callbacks=self._metrics_callbacks(run, "grpo"))
+        trainer = build_grpo_trainer(
+            model,
+            tok,
+            dist,
+            text_env,
+            config.grpo,
+            config.sampling,
+            protocol.episodes_per_trial,
+            out,
+            peft_config=config.model.lora.to_peft(),
+            callbacks=self._metrics_callbacks(run, "grpo"),
+        )
         run_grpo(trainer, out)
         save_final(trainer, tok, out / "final")
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def agent(self, config: LLMLearnerConfig, checkpoint: LLMCheckpoint, dist: TaskDistribution, path=None,
-              name: str | None = None, sampling: SamplingConfig | None = None):
+    def agent(
+        self,
+        config: LLMLearnerConfig,
+        checkpoint: LLMCheckpoint,
+        dist: TaskDistribution,
+        path=None,
+        name: str | None = None,
+        sampling: SamplingConfig | None = None,
+    ):
         """The LM saved at ``path`` (default: the last stage's; the untrained LM when no stage ran)
         as an :class:`~mrl_llm.rollout.agent.LLMAgent`, on this process's device."""
         from mrl_llm.rollout.agent import LLMAgent
@@ -247,8 +277,13 @@ class LLMLearner(MetaLearner):
         if path is None:
             path = checkpoint.grpo or checkpoint.sft
         model, tok = load_model_and_tokenizer(config.model, path=path, seed=checkpoint.seed)
-        return LLMAgent(model.to(inference_device()).eval(), tok, checkpoint.text_env, sampling or config.sampling,
-                        name=name or config.display_name)
+        return LLMAgent(
+            model.to(inference_device()).eval(),
+            tok,
+            checkpoint.text_env,
+            sampling or config.sampling,
+            name=name or config.display_name,
+        )
 
     def agents(self, config: LLMLearnerConfig, checkpoint: LLMCheckpoint, dist: TaskDistribution) -> Iterator:
         """The LM after each stage, one at a time (a model is loaded when its turn comes)."""
@@ -257,8 +292,9 @@ class LLMLearner(MetaLearner):
             yield name, self.agent(config, checkpoint, dist, path, name)
 
     # ---- the report ------------------------------------------------------------------------------
-    def report(self, config: LLMLearnerConfig, checkpoint: LLMCheckpoint, results: dict, dist: TaskDistribution,
-               protocol: Any) -> tuple[list[str], dict]:
+    def report(
+        self, config: LLMLearnerConfig, checkpoint: LLMCheckpoint, results: dict, dist: TaskDistribution, protocol: Any
+    ) -> tuple[list[str], dict]:
         """Notes (LM, invalid actions, GRPO's change, the gap to the teacher) and the KV-cache
         benchmark on the final model (``{"kv_cache": {...}}`` in results.json)."""
         extra = {}
@@ -266,19 +302,24 @@ class LLMLearner(MetaLearner):
             extra["kv_cache"] = self.kv_cache_benchmark(config, checkpoint, dist, protocol)
         return self.notes(config, results, extra), extra
 
-    def kv_cache_benchmark(self, config: LLMLearnerConfig, checkpoint: LLMCheckpoint, dist: TaskDistribution,
-                           protocol: Any) -> dict:
+    def kv_cache_benchmark(
+        self, config: LLMLearnerConfig, checkpoint: LLMCheckpoint, dist: TaskDistribution, protocol: Any
+    ) -> dict:
         """Tokens/s of the same trials with and without KV-cache reuse; both and the speed-up."""
         out: dict[str, Any] = {}
         n = config.kv_cache_benchmark.num_tasks
         for use_cache in (True, False):
             sampling = dataclasses.replace(config.sampling, use_cache=use_cache)
             agent = self.agent(config, checkpoint, dist, name="kv", sampling=sampling)
-            res = run_trials(agent, dist, n, protocol.episodes_per_trial, seed=protocol.seed,
-                             batch_size=config.eval_batch_size)
+            res = run_trials(
+                agent, dist, n, protocol.episodes_per_trial, seed=protocol.seed, batch_size=config.eval_batch_size
+            )
             key = "with_cache" if use_cache else "without_cache"
-            out[key] = {"tokens_per_second": res.extra["tokens_per_second"], "wall_time_s": res.wall_time,
-                        "encoded_tokens": res.extra["encoded_tokens"]}
+            out[key] = {
+                "tokens_per_second": res.extra["tokens_per_second"],
+                "wall_time_s": res.wall_time,
+                "encoded_tokens": res.extra["encoded_tokens"],
+            }
         out["speedup"] = out["with_cache"]["tokens_per_second"] / max(out["without_cache"]["tokens_per_second"], 1e-9)
         out["num_tasks"] = n
         return out
@@ -287,28 +328,35 @@ class LLMLearner(MetaLearner):
     def notes(config: LLMLearnerConfig, results: dict[str, TrialResult], extra: dict) -> list[str]:
         """Report lines on the LLM's agents."""
         m = config.model
-        notes = [f"{config.display_name} = {'the tiny local LM (' + str(m.tiny) + ')' if m.is_tiny else m.name_or_path}; "
-                 f"sampled at temperature {config.sampling.temperature}; "
-                 f"{'chat template' if m.chat else 'plain-text'} rendering; SFT teacher: {config.teacher.display_name}."]
+        notes = [
+            f"{config.display_name} = {'the tiny local LM (' + str(m.tiny) + ')' if m.is_tiny else m.name_or_path}; "
+            f"sampled at temperature {config.sampling.temperature}; "
+            f"{'chat template' if m.chat else 'plain-text'} rendering; SFT teacher: {config.teacher.display_name}."
+        ]
         names = [n for n in config.stage_names() if n in results]
         reg = {k: float(v.final_regret.mean()) for k, v in results.items()}
         for name in names:
             notes.append(f"{name}: invalid-action rate {100 * results[name].invalid_rate:.2f}%.")
         if len(names) == 2 and all(reg[n] == reg[n] for n in names):  # not NaN: the task knows its regret
             before, after = reg[names[0]], reg[names[1]]
-            notes.append(f"GRPO changed the LLM's mean cumulative regret from {before:.2f} to {after:.2f} "
-                         f"({'-' if before >= after else '+'}{abs(before - after):.2f}).")
+            notes.append(
+                f"GRPO changed the LLM's mean cumulative regret from {before:.2f} to {after:.2f} "
+                f"({'-' if before >= after else '+'}{abs(before - after):.2f})."
+            )
         teacher = config.teacher.display_name
         if teacher in reg and reg[teacher] == reg[teacher]:
             for name in names:
-                notes.append(f"{name} regret is {reg[name] - reg[teacher]:+.2f} from {teacher}'s {reg[teacher]:.2f} "
-                             "(its teacher).")
+                notes.append(
+                    f"{name} regret is {reg[name] - reg[teacher]:+.2f} from {teacher}'s {reg[teacher]:.2f} "
+                    "(its teacher)."
+                )
         kv = extra.get("kv_cache")
         if kv:
             notes.append(
                 f"KV-cache reuse across turns: {kv['with_cache']['tokens_per_second']:.0f} sampled tokens/s vs "
                 f"{kv['without_cache']['tokens_per_second']:.0f} re-encoding the history ({kv['speedup']:.1f}x, "
-                f"{kv['num_tasks']} trials each).")
+                f"{kv['num_tasks']} trials each)."
+            )
         return notes
 
     # ---- --dry-run --------------------------------------------------------------------------------
@@ -327,25 +375,43 @@ class LLMLearner(MetaLearner):
         dist = task.make()
         E = protocol.episodes_per_trial
         sft_args = sft_arguments(sft_cfg, stage_dir / "sft")
-        grpo_args = grpo_arguments(grpo_cfg, stage_dir / "grpo",
-                                   trial_completion_length(E * dist.episode_length, config.sampling))
+        grpo_args = grpo_arguments(
+            grpo_cfg, stage_dir / "grpo", trial_completion_length(E * dist.episode_length, config.sampling)
+        )
         peft = config.model.lora.to_peft()
         env = text_env_for(task, dist, E, chat=config.model.chat)
         return {
             "model": config.model.name_or_path,
             "chat": config.model.chat,
-            "lora": None if peft is None else {"r": peft.r, "alpha": peft.lora_alpha, "target_modules": str(peft.target_modules)},
+            "lora": None
+            if peft is None
+            else {"r": peft.r, "alpha": peft.lora_alpha, "target_modules": str(peft.target_modules)},
             "teacher": to_dict(config.teacher),
-            "sft": {"enabled": config.sft.enabled, "learning_rate": sft_args.learning_rate, "epochs": sft_args.num_train_epochs,
-                    "batch": sft_args.per_device_train_batch_size, "bf16": config.sft.bf16},
-            "grpo": {
-                "enabled": config.grpo.enabled, "max_steps": grpo_args.max_steps, "learning_rate": grpo_args.learning_rate,
-                "num_generations": grpo_args.num_generations, "per_device_train_batch_size": grpo_args.per_device_train_batch_size,
-                "use_vllm": config.grpo.use_vllm, "vllm_mode": grpo_args.vllm_mode, "bf16": config.grpo.bf16, "beta": grpo_args.beta,
-                "loss_type": grpo_args.loss_type, "temperature": grpo_args.temperature, "rewards": config.grpo.reward_funcs,
+            "sft": {
+                "enabled": config.sft.enabled,
+                "learning_rate": sft_args.learning_rate,
+                "epochs": sft_args.num_train_epochs,
+                "batch": sft_args.per_device_train_batch_size,
+                "bf16": config.sft.bf16,
             },
-            "gpu": {**gpu_settings(config.grpo, grpo_args, config.model),
-                    "vllm_memory_utilization_sum": config.grpo.vllm_gpu_memory_utilization if config.grpo.use_vllm else 0.0},
+            "grpo": {
+                "enabled": config.grpo.enabled,
+                "max_steps": grpo_args.max_steps,
+                "learning_rate": grpo_args.learning_rate,
+                "num_generations": grpo_args.num_generations,
+                "per_device_train_batch_size": grpo_args.per_device_train_batch_size,
+                "use_vllm": config.grpo.use_vllm,
+                "vllm_mode": grpo_args.vllm_mode,
+                "bf16": config.grpo.bf16,
+                "beta": grpo_args.beta,
+                "loss_type": grpo_args.loss_type,
+                "temperature": grpo_args.temperature,
+                "rewards": config.grpo.reward_funcs,
+            },
+            "gpu": {
+                **gpu_settings(config.grpo, grpo_args, config.model),
+                "vllm_memory_utilization_sum": config.grpo.vllm_gpu_memory_utilization if config.grpo.use_vllm else 0.0,
+            },
             "prompt": env.prompt(),
             "stage_dir": str(stage_dir),
             "gpu_flags_validated_only": not gpu,

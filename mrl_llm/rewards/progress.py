@@ -60,7 +60,8 @@ from mrl_llm.rollout.generation import device_generator, engine_max_num_seqs, se
 #: ``analysis/code/pass_at_k_given_prefix.py``), appended after a prefix that ends a paragraph.
 R1_TERMINATION_SUFFIX = (
     "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
-    "formulate a final answer based on what I already have.\n</think>\n\n**Step-by-Step Explanation and Answer:**\n\n1. **"
+    "formulate a final answer based on what I already have.\n</think>\n\n"
+    "**Step-by-Step Explanation and Answer:**\n\n1. **"
 )
 
 
@@ -171,7 +172,14 @@ class MetaProver:
         >>> progress_rewards(J[0])   # (2,) progress of the two episodes ending at tokens 12 and 30
     """
 
-    def __init__(self, model, tokenizer, config: MetaProverConfig | None = None, verifier: Callable[[str, str], bool] | None = None, vllm_llm=None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: MetaProverConfig | None = None,
+        verifier: Callable[[str, str], bool] | None = None,
+        vllm_llm=None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or MetaProverConfig()
@@ -188,14 +196,18 @@ class MetaProver:
         sep = self.config.separator
         if not sep or len(prefix_ids) == 0:
             return self.suffix_ids
-        tail = self.tokenizer.decode(list(prefix_ids[-8:]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        tail = self.tokenizer.decode(
+            list(prefix_ids[-8:]), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         missing = sep
         for j in range(len(sep), 0, -1):
             if tail.endswith(sep[:j]):
                 missing = sep[j:]
                 break
         if missing not in self._suffix_cache:
-            self._suffix_cache[missing] = self.tokenizer(missing + self.config.termination_suffix, add_special_tokens=False)["input_ids"]
+            self._suffix_cache[missing] = self.tokenizer(
+                missing + self.config.termination_suffix, add_special_tokens=False
+            )["input_ids"]
         return self._suffix_cache[missing]
 
     def success_rates(
@@ -230,7 +242,10 @@ class MetaProver:
     def score(self, answers: Sequence[Sequence[str]], reference: str) -> Tensor:
         """(len(answers),) success rates of the sampled answers of each cut of one completion."""
         suffix = self.config.termination_suffix
-        return torch.tensor([sum(self.verifier(suffix + a, reference) for a in per_cut) / max(len(per_cut), 1) for per_cut in answers], dtype=torch.float32)
+        return torch.tensor(
+            [sum(self.verifier(suffix + a, reference) for a in per_cut) / max(len(per_cut), 1) for per_cut in answers],
+            dtype=torch.float32,
+        )
 
     def sample_answers(
         self,
@@ -273,8 +288,12 @@ class MetaProver:
 
         cfg = self.config
         params = seeded_sampling_params(
-            len(queries), generator, n=cfg.num_samples, temperature=cfg.temperature,
-            top_k=cfg.top_k if cfg.top_k > 0 else -1, max_tokens=cfg.max_answer_tokens,
+            len(queries),
+            generator,
+            n=cfg.num_samples,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k if cfg.top_k > 0 else -1,
+            max_tokens=cfg.max_answer_tokens,
         )
         prompts = []
         for i, k in queries:
@@ -290,7 +309,8 @@ class MetaProver:
                 self._warned_waves = True
                 warnings.warn(
                     f"meta-prover: {len(prompts)} prefixes x {cfg.num_samples} samples = {sequences} sequences on "
-                    f"an engine with max_num_seqs={limit}: {waves} serial waves per call (build the engine with a larger "
+                    f"an engine with max_num_seqs={limit}: {waves} serial waves per call "
+                    "(build the engine with a larger "
                     "max_num_seqs, as the MRT trainer does, or sample fewer prefixes)",
                     stacklevel=3,
                 )
@@ -329,15 +349,24 @@ class MetaProver:
             # First block: the suffix, after the shared prefix.
             blocks = [self.suffix_for(completion_ids[i][:k]) for i, k in queries]
         else:
-            past, attn, positions = None, torch.zeros(Q, 0, dtype=torch.long, device=device), torch.zeros(Q, dtype=torch.long, device=device)
-            blocks = [list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k]) for i, k in queries]
+            past, attn, positions = (
+                None,
+                torch.zeros(Q, 0, dtype=torch.long, device=device),
+                torch.zeros(Q, dtype=torch.long, device=device),
+            )
+            blocks = [
+                list(prompt_ids[i]) + list(completion_ids[i][:k]) + self.suffix_for(completion_ids[i][:k])
+                for i, k in queries
+            ]
         return self._sample(past, attn, positions, blocks, generator, device, pad)
 
     def _forward(self, ids, attn, pos, past, kv, last):
         """Logits (N, V) at column ``last`` (N,) of ``ids`` (N, Lb), and the updated cache."""
         N, Lb = ids.shape
         if bool((last == Lb - 1).all()):  # equal blocks: only the last position's logits
-            out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True, logits_to_keep=1
+            )
             return out.logits[:, -1], output_kv_cache(out)
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{kv: past}, use_cache=True)
         return out.logits[torch.arange(N, device=ids.device), last], output_kv_cache(out)
@@ -398,7 +427,13 @@ class MetaProver:
 
         def extend(new_ids, pos, allowed, rows, slots):
             """Append (S, m) tokens; returns the logits (N, V) at (rows, slots)."""
-            o = model(input_ids=new_ids, attention_mask=additive_attention_mask(allowed, dtype).unsqueeze(1), position_ids=pos, **{kv: past}, use_cache=True)
+            o = model(
+                input_ids=new_ids,
+                attention_mask=additive_attention_mask(allowed, dtype).unsqueeze(1),
+                position_ids=pos,
+                **{kv: past},
+                use_cache=True,
+            )
             return o.logits[rows, slots], output_kv_cache(o)
 
         def layout(rows: list[int], widths: list[int]):
@@ -427,7 +462,9 @@ class MetaProver:
         self.stats.encoded_tokens += sum(len(b) for b in blocks)
         rows_t = torch.tensor(rows)
         last = torch.tensor([c + len(b) - 1 for c, b in zip(starts, blocks)])
-        logits, past = extend(new_ids.to(device), pos.to(device), allowed.to(device), rows_t.to(device), last.to(device))
+        logits, past = extend(
+            new_ids.to(device), pos.to(device), allowed.to(device), rows_t.to(device), last.to(device)
+        )
         node_vis, node_pos, node_row = allowed[rows_t, last], pos[rows_t, last], rows_t  # per trie node
 
         def grow(parent: Tensor, token: Tensor) -> Tensor:
@@ -444,13 +481,17 @@ class MetaProver:
             allowed[crow, slots, :C] = node_vis[parent]
             new_ids[crow, slots] = token
             pos[crow, slots] = node_pos[parent] + 1
-            logits, past = extend(new_ids.to(device), pos.to(device), allowed.to(device), crow.to(device), slots.to(device))
+            logits, past = extend(
+                new_ids.to(device), pos.to(device), allowed.to(device), crow.to(device), slots.to(device)
+            )
             node_vis, node_pos, node_row = allowed[crow, slots], pos[crow, slots], crow
             return logits
 
         return self._decode_trie(logits, len(queries), generator, grow)
 
-    def _decode_trie(self, logits: Tensor, Q: int, generator, grow: Callable[[Tensor, Tensor], Tensor]) -> list[list[str]]:
+    def _decode_trie(
+        self, logits: Tensor, Q: int, generator, grow: Callable[[Tensor, Tensor], Tensor]
+    ) -> list[list[str]]:
         """K answers to each of Q contexts by ancestral sampling on a trie of the drawn tokens.
 
         ``logits`` (Q, V) are the next-token logits of the Q contexts (the trie's roots). Each
@@ -508,7 +549,14 @@ class MetaProver:
                 past.batch_select_indices(parent)
             attn = torch.cat([attn[parent], torch.ones(len(parent), 1, dtype=attn.dtype, device=device)], dim=1)
             positions = positions[parent]
-            logits, past = self._forward(token.unsqueeze(1), attn, positions.unsqueeze(1), past, kv, torch.zeros(len(parent), dtype=torch.long, device=device))
+            logits, past = self._forward(
+                token.unsqueeze(1),
+                attn,
+                positions.unsqueeze(1),
+                past,
+                kv,
+                torch.zeros(len(parent), dtype=torch.long, device=device),
+            )
             positions = positions + 1
             return logits
 
@@ -564,7 +612,9 @@ def mrt_token_advantages(
     """
     B = outcome_advantages.shape[0]
     if len(progress) != B or len(episode_token_ends) != B:
-        raise ValueError(f"expected {B} progress vectors and episode ends, got {len(progress)} and {len(episode_token_ends)}")
+        raise ValueError(
+            f"expected {B} progress vectors and episode ends, got {len(progress)} and {len(episode_token_ends)}"
+        )
     if credit not in ("episode", "reward_to_go"):
         raise ValueError(f"credit must be 'episode' or 'reward_to_go', got {credit!r}")
     if alpha < 0:
@@ -588,7 +638,9 @@ def mrt_token_advantages(
     return adv
 
 
-def termination_advantages(rewards: Tensor, termination_rewards: Tensor, num_generations: int, scale: str = "none") -> Tensor:
+def termination_advantages(
+    rewards: Tensor, termination_rewards: Tensor, num_generations: int, scale: str = "none"
+) -> Tensor:
     """MRT's RL variant: the termination reward replaces GRPO's group-mean baseline.
 
     ``A_i = R_i - R_termination``, where ``R_termination = J(mu | prefix)`` is the success rate of
@@ -611,12 +663,19 @@ def termination_advantages(rewards: Tensor, termination_rewards: Tensor, num_gen
         ValueError: on shape mismatch, B not a multiple of G, or an unknown ``scale``.
     """
     if rewards.shape != termination_rewards.shape or rewards.dim() != 1:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and termination_rewards {tuple(termination_rewards.shape)} must be equal 1-D shapes")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and termination_rewards {tuple(termination_rewards.shape)} "
+            "must be equal 1-D shapes"
+        )
     if rewards.shape[0] % num_generations:
         raise ValueError(f"{rewards.shape[0]} rewards are not a multiple of num_generations={num_generations}")
     adv = rewards - termination_rewards
     if scale == "group":
-        std = rewards.view(-1, num_generations).std(dim=1, unbiased=True) if num_generations > 1 else torch.zeros(rewards.shape[0] // num_generations)
+        std = (
+            rewards.view(-1, num_generations).std(dim=1, unbiased=True)
+            if num_generations > 1
+            else torch.zeros(rewards.shape[0] // num_generations)
+        )
         adv = adv / (std.repeat_interleave(num_generations) + 1e-4)
     elif scale != "none":
         raise ValueError(f"scale must be 'none' or 'group', got {scale!r}")

@@ -128,8 +128,16 @@ class TrialRenderer:
             ids = ids + [end if isinstance(end, int) and end != self.tok.unk_token_id else self.tok.eos_token_id]
         return ids
 
-    def step_ids(self, obs: Tensor, action: int, reward: float, terminated: bool, truncated: bool,
-                 progress: TrialProgress, last_reply: list[int]) -> list[int]:
+    def step_ids(
+        self,
+        obs: Tensor,
+        action: int,
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        progress: TrialProgress,
+        last_reply: list[int],
+    ) -> list[int]:
         """Environment tokens after a reply (:meth:`TextEnv.render_step`; ``last_reply``: the
         reply's token ids)."""
         text = self.env.render_step(obs, action, reward, terminated, truncated, progress)
@@ -140,8 +148,14 @@ class TrialRenderer:
             text = text[len(end) :]
         return self.encode(text)
 
-    def teacher_trial(self, actions: list[int], rewards: list[float], obs: Tensor | None = None,
-                      terminated: list[bool] | None = None, truncated: list[bool] | None = None) -> Transcript:
+    def teacher_trial(
+        self,
+        actions: list[int],
+        rewards: list[float],
+        obs: Tensor | None = None,
+        terminated: list[bool] | None = None,
+        truncated: list[bool] | None = None,
+    ) -> Transcript:
         """The transcript of a trial whose steps are given (e.g. a teacher agent's).
 
         Args:
@@ -230,7 +244,9 @@ class LLMAgent:
         self.total = [0.0] * num_tasks
         self.episodes = [0] * num_tasks
 
-    def act(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
         """Sample one reply per trial; returns (B,) long actions (``INVALID`` where a reply does
         not parse). At the first step the prompt (instructions and ``obs``) opens the context;
         after it, the previous step's reward and ``obs`` are appended as environment text."""
@@ -269,8 +285,11 @@ class LLMAgent:
             self.total[i] += r
             self.episodes[i] += bool(term[i] or trunc[i])
             progress = TrialProgress(self.turn, self.total[i], self.episodes[i])
-            feed.append(self.renderer.step_ids(obs[i], self.last_action[i], r, bool(term[i]), bool(trunc[i]), progress,
-                                               self.last_reply[i]))
+            feed.append(
+                self.renderer.step_ids(
+                    obs[i], self.last_action[i], r, bool(term[i]), bool(trunc[i]), progress, self.last_reply[i]
+                )
+            )
         self.session.append(feed)
         if self.record:
             for tr, ids in zip(self._trial, feed):

@@ -23,7 +23,9 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     root = Path(output_dir)
     if not root.is_dir():
         return None
-    found = sorted(((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    found = sorted(
+        ((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True
+    )
     for _, path in found:
         try:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))

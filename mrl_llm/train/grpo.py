@@ -99,9 +99,9 @@ class GRPOCommonConfig:
     max_grad_norm: float = 1.0
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = 0.3
-    vllm_importance_sampling_mode: Literal[
-        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
-    ] = "token_truncate"
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
+        "token_truncate"
+    )
     vllm_importance_sampling_clip_max: float = 3.0
     bf16: bool = False
     gradient_checkpointing: bool = False
@@ -118,7 +118,14 @@ class GRPOCommonConfig:
         groups = self._groups_field
         if not groups:
             raise TypeError("GRPOCommonConfig is a base class: use GRPOStageConfig or ReasoningGRPOConfig")
-        for name in ("max_steps", groups, "gradient_accumulation_steps", "num_iterations", "logging_steps", "save_steps"):
+        for name in (
+            "max_steps",
+            groups,
+            "gradient_accumulation_steps",
+            "num_iterations",
+            "logging_steps",
+            "save_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_generations < 2:
@@ -137,7 +144,9 @@ class GRPOCommonConfig:
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
         if not self.vllm_importance_sampling_clip_max >= 1:
-            raise ValueError(f"vllm_importance_sampling_clip_max must be >= 1, got {self.vllm_importance_sampling_clip_max}")
+            raise ValueError(
+                f"vllm_importance_sampling_clip_max must be >= 1, got {self.vllm_importance_sampling_clip_max}"
+            )
 
     @property
     def per_device_train_batch_size(self) -> int:
@@ -206,7 +215,9 @@ class GRPOStageConfig(GRPOCommonConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} reward_funcs")
+            raise ValueError(
+                f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} reward_funcs"
+            )
         for name in self.reward_funcs:
             try:
                 get_reward(name)
@@ -219,7 +230,15 @@ class GRPOStageConfig(GRPOCommonConfig):
         return self.tasks_per_step * self.num_generations
 
 
-def make_rollout_func(dist, text_env: TextEnv, tokenizer, sampling: SamplingConfig, num_generations: int, episodes_per_trial: int, seed: int = 0):
+def make_rollout_func(
+    dist,
+    text_env: TextEnv,
+    tokenizer,
+    sampling: SamplingConfig,
+    num_generations: int,
+    episodes_per_trial: int,
+    seed: int = 0,
+):
     """Build ``rollout_func(prompts, trainer) -> dict`` playing one trial per prompt.
 
     Consecutive blocks of ``num_generations`` prompts (TRL's RepeatSampler puts a group together)
@@ -249,7 +268,9 @@ def make_rollout_func(dist, text_env: TextEnv, tokenizer, sampling: SamplingConf
         vllm_llm = None
         if getattr(trainer, "use_vllm", False):
             if getattr(trainer.args, "vllm_mode", "colocate") != "colocate":
-                raise ValueError("multi-turn trials need vllm_mode='colocate' (per-turn generation on the local engine)")
+                raise ValueError(
+                    "multi-turn trials need vllm_mode='colocate' (per-turn generation on the local engine)"
+                )
             vllm_llm = trainer.vllm_generation.llm
         state["calls"] += 1
         trial_seed = rank_seed(GRPO_SEED_BASE + 7 * seed + 100_003 * state["calls"], rank)
@@ -291,7 +312,9 @@ def make_rollout_func(dist, text_env: TextEnv, tokenizer, sampling: SamplingConf
     return rollout_func
 
 
-def make_grpo_config(output_dir: str | os.PathLike, use_cpu: bool | None = None, gradient_checkpointing: bool = False, **fields):
+def make_grpo_config(
+    output_dir: str | os.PathLike, use_cpu: bool | None = None, gradient_checkpointing: bool = False, **fields
+):
     """``trl.GRPOConfig`` with the project's defaults (vLLM in colocate mode, one checkpoint kept,
     no external loggers, dropout off, completions not logged) overridden by ``fields``; shared by
     the trial GRPO here and MRT's reasoning GRPO (:mod:`mrl_llm.train.mrt`).
@@ -343,8 +366,11 @@ def gpu_settings(cfg: GRPOCommonConfig, args, model_cfg) -> dict:
             "mode": args.vllm_mode,
             "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization if cfg.use_vllm else 0.0,
             "max_num_seqs": trl_engine_max_num_seqs(args),
-            "importance_sampling": {"correction": args.vllm_importance_sampling_correction, "mode": args.vllm_importance_sampling_mode,
-                                    "clip_max": args.vllm_importance_sampling_clip_max},
+            "importance_sampling": {
+                "correction": args.vllm_importance_sampling_correction,
+                "mode": args.vllm_importance_sampling_mode,
+                "clip_max": args.vllm_importance_sampling_clip_max,
+            },
             "installed": importlib.util.find_spec("vllm") is not None,
         },
         "deepspeed": {
@@ -374,8 +400,10 @@ def generation_model(trainer):
     acc = trainer.accelerator
     gather = bool(getattr(trainer.args, "ds3_gather_for_generation", True))
     if not gather and acc.num_processes > 1 and DistributedBackend(acc).is_zero3:
-        raise ValueError("HF decoding under ZeRO-3 with several processes needs ds3_gather_for_generation: true "
-                         "(or use_vllm: true): ranks decoding different lengths would deadlock in all-gathers")
+        raise ValueError(
+            "HF decoding under ZeRO-3 with several processes needs ds3_gather_for_generation: true "
+            "(or use_vllm: true): ranks decoding different lengths would deadlock in all-gathers"
+        )
     with unwrap_model_for_generation(trainer.model_wrapped, acc, gather_deepspeed3_params=gather) as model:
         yield model
 
@@ -391,9 +419,17 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])  # < 2**32: safe in seed arithmetic
 
 
-def grpo_arguments(cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_completion_length: int, use_cpu: bool | None = None):
+def grpo_arguments(
+    cfg: GRPOStageConfig, output_dir: str | os.PathLike, max_completion_length: int, use_cpu: bool | None = None
+):
     """The ``trl.GRPOConfig`` for a stage config (no model needed: used by ``--dry-run`` too)."""
-    return cfg.trl_arguments(output_dir, use_cpu, reward_weights=cfg.reward_weights, max_completion_length=max_completion_length, shuffle_dataset=False)
+    return cfg.trl_arguments(
+        output_dir,
+        use_cpu,
+        reward_weights=cfg.reward_weights,
+        max_completion_length=max_completion_length,
+        shuffle_dataset=False,
+    )
 
 
 def trial_completion_length(steps_per_trial: int, sampling: SamplingConfig) -> int:
@@ -410,7 +446,18 @@ def prompt_dataset(text_env: TextEnv, num_prompts: int):
     return Dataset.from_dict({"prompt": [text_env.prompt()] * num_prompts})
 
 
-def build_grpo_trainer(model, tokenizer, dist, text_env: TextEnv, cfg: GRPOStageConfig, sampling: SamplingConfig, episodes_per_trial: int, output_dir, peft_config=None, callbacks=()):
+def build_grpo_trainer(
+    model,
+    tokenizer,
+    dist,
+    text_env: TextEnv,
+    cfg: GRPOStageConfig,
+    sampling: SamplingConfig,
+    episodes_per_trial: int,
+    output_dir,
+    peft_config=None,
+    callbacks=(),
+):
     """A ``trl.GRPOTrainer`` whose rollouts are whole trials (see :func:`make_rollout_func`)."""
     from trl import GRPOTrainer
 

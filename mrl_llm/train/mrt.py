@@ -36,7 +36,14 @@ from classic import seeding
 from mrl_llm.rewards import get_reward
 from mrl_llm.train.checkpoints import generator_state_callback
 from mrl_llm.train.grpo import GRPOCommonConfig, generation_model, trl_engine_max_num_seqs
-from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, mrt_token_advantages, progress_rewards, termination_advantages, token_cuts
+from mrl_llm.rewards.progress import (
+    MetaProver,
+    MetaProverConfig,
+    mrt_token_advantages,
+    progress_rewards,
+    termination_advantages,
+    token_cuts,
+)
 from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
 
 SplitFn = Callable[[str], Sequence[Episode]]
@@ -184,11 +191,15 @@ def mrt_trainer_class():
             reference_key: the dataset column with the reference answer (forwarded by TRL).
         """
 
-        def __init__(self, *args, mrt: MRTConfig, split_fn: SplitFn | None = None, reference_key: str = "answer", **kwargs):
+        def __init__(
+            self, *args, mrt: MRTConfig, split_fn: SplitFn | None = None, reference_key: str = "answer", **kwargs
+        ):
             seed = kwargs["args"].seed
             self._prover_gen = seeding.generator("meta_prover", seed)
             self._prefix_gen = seeding.generator("prefix", seed)
-            streams = generator_state_callback(self._stream_state, self._set_stream_state)  # first: saved before any other callback runs
+            streams = generator_state_callback(
+                self._stream_state, self._set_stream_state
+            )  # first: saved before any other callback runs
             kwargs["callbacks"] = [streams, *(kwargs.get("callbacks") or [])]
             with trl_engine_sized_for(prover_requests(kwargs["args"], mrt)):
                 super().__init__(*args, **kwargs)
@@ -275,20 +286,40 @@ def mrt_trainer_class():
                 from vllm import SamplingParams
                 from vllm.inputs import TokensPrompt
 
-                params = [SamplingParams(temperature=self.temperature, top_p=self.args.top_p, max_tokens=self.max_completion_length, seed=seed + i)
-                          for i in range(len(prompts))]
+                params = [
+                    SamplingParams(
+                        temperature=self.temperature,
+                        top_p=self.args.top_p,
+                        max_tokens=self.max_completion_length,
+                        seed=seed + i,
+                    )
+                    for i in range(len(prompts))
+                ]
                 ids = [TokensPrompt(prompt_token_ids=tok(p)["input_ids"]) for p in prompts]
                 outs = llm.generate(ids, params, use_tqdm=False)
-                return [tok.decode(o.outputs[0].token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) for o in outs]
+                return [
+                    tok.decode(o.outputs[0].token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                    for o in outs
+                ]
             with generation_model(self) as model:
                 was_training = model.training
                 model.eval()
                 enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
                 torch.manual_seed(seed)
-                gen = model.generate(**enc, do_sample=True, temperature=self.temperature, top_p=self.args.top_p, top_k=0,
-                                     max_new_tokens=self.max_completion_length, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                gen = model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=self.temperature,
+                    top_p=self.args.top_p,
+                    top_k=0,
+                    max_new_tokens=self.max_completion_length,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
                 model.train(was_training)
-            return tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            return tok.batch_decode(
+                gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
 
         def _generate_and_score_completions(self, inputs):
             mode = "train" if self.model.training else "eval"
@@ -306,7 +337,14 @@ def mrt_trainer_class():
                     ends, cuts = self._episode_cuts(completion_ids)
                     J = prover.success_rates(prompt_ids, completion_ids, cuts, refs, generator=self._prover_gen)
                     progress = [progress_rewards(j) for j in J]
-                    out["advantages"] = mrt_token_advantages(out["advantages"], progress, ends, out["completion_ids"].shape[1], self.mrt.alpha, self.mrt.credit).to(out["advantages"].device)
+                    out["advantages"] = mrt_token_advantages(
+                        out["advantages"],
+                        progress,
+                        ends,
+                        out["completion_ids"].shape[1],
+                        self.mrt.alpha,
+                        self.mrt.credit,
+                    ).to(out["advantages"].device)
                     flat = torch.cat(progress) if progress else torch.zeros(0)
                     metrics["mrt/episodes"].append(sum(len(e) for e in ends) / max(len(ends), 1))
                     metrics["mrt/progress_mean"].append(float(flat.mean()) if flat.numel() else 0.0)
@@ -314,14 +352,22 @@ def mrt_trainer_class():
                 else:
                     G = self.num_generations
                     firsts = list(range(0, len(prompt_ids), G))
-                    J = prover.success_rates([prompt_ids[i] for i in firsts], [[] for _ in firsts], [[0] for _ in firsts], [refs[i] for i in firsts], generator=self._prover_gen)
+                    J = prover.success_rates(
+                        [prompt_ids[i] for i in firsts],
+                        [[] for _ in firsts],
+                        [[0] for _ in firsts],
+                        [refs[i] for i in firsts],
+                        generator=self._prover_gen,
+                    )
                     term = torch.stack([j[0] for j in J]).repeat_interleave(G)
                     reward_fn = get_reward("answer_correct")
                     if self.mrt.prefix_counts_against_budget:
                         completion_ids = self._within_budget(completion_ids, [x.get("mrt_prefix", "") for x in inputs])
                     texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
                     rewards = torch.tensor(reward_fn(None, texts, answer=refs), dtype=torch.float32)
-                    out["advantages"] = termination_advantages(rewards, term, G, self.mrt.termination_scale).to(out["advantages"].device)
+                    out["advantages"] = termination_advantages(rewards, term, G, self.mrt.termination_scale).to(
+                        out["advantages"].device
+                    )
                     metrics["mrt/termination_reward"].append(float(term.mean()))
                     metrics["mrt/prefix_chars"].append(sum(len(x.get("mrt_prefix", "")) for x in inputs) / len(inputs))
                 metrics["mrt/prover_seconds"].append(prover.stats.seconds)
@@ -331,7 +377,17 @@ def mrt_trainer_class():
     return _TRAINER_CLASS
 
 
-def build_reasoning_trainer(model, tokenizer, dataset, cfg: ReasoningGRPOConfig, output_dir, mrt: MRTConfig | None = None, split_fn: SplitFn | None = None, peft_config=None, callbacks=()):
+def build_reasoning_trainer(
+    model,
+    tokenizer,
+    dataset,
+    cfg: ReasoningGRPOConfig,
+    output_dir,
+    mrt: MRTConfig | None = None,
+    split_fn: SplitFn | None = None,
+    peft_config=None,
+    callbacks=(),
+):
     """Outcome-only GRPO (``mrt=None``) or MRT on a dataset with ``prompt`` and ``answer`` columns.
 
     The reward is ``answer_correct`` (:mod:`mrl_llm.rewards.math`); both trainers see the same
@@ -341,8 +397,15 @@ def build_reasoning_trainer(model, tokenizer, dataset, cfg: ReasoningGRPOConfig,
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     args = grpo_arguments(cfg, output_dir)
-    kwargs = dict(model=model, reward_funcs=[get_reward("answer_correct")], args=args, train_dataset=dataset,
-                  processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    kwargs = dict(
+        model=model,
+        reward_funcs=[get_reward("answer_correct")],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )
     if mrt is None:
         return GRPOTrainer(**kwargs)
     return MRTGRPOTrainer(**kwargs, mrt=mrt, split_fn=split_fn)
@@ -371,7 +434,16 @@ class STaRConfig:
 
 
 @torch.no_grad()
-def mrt_star_dataset(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], star: STaRConfig, prover_cfg: MetaProverConfig, split_fn: SplitFn, generator: torch.Generator):
+def mrt_star_dataset(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    star: STaRConfig,
+    prover_cfg: MetaProverConfig,
+    split_fn: SplitFn,
+    generator: torch.Generator,
+):
     """MRT-STaR's SFT set: traces cut where progress stops, kept when the forced answer is right.
 
     For every problem, ``samples_per_prompt`` traces are sampled from ``model``; each is split
@@ -393,7 +465,9 @@ def mrt_star_dataset(model, tokenizer, prompts: Sequence[str], answers: Sequence
     prover = MetaProver(model, tokenizer, prover_cfg)
     eos = tokenizer.eos_token_id
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    traces = sample_traces(model, tokenizer, prompts, star.samples_per_prompt, star.max_new_tokens, star.temperature, seed)  # batched
+    traces = sample_traces(
+        model, tokenizer, prompts, star.samples_per_prompt, star.max_new_tokens, star.temperature, seed
+    )  # batched
     flat_p, flat_c, flat_cuts, texts, episodes, owner = [], [], [], [], [], []
     for i, (prompt, per) in enumerate(zip(prompts, traces)):
         p_ids = tokenizer(prompt)["input_ids"]  # as TRL tokenizes a text prompt

@@ -18,7 +18,12 @@ import torch
 
 from classic import seeding
 from classic.evaluate import run_trials
-from mrl_llm.models import activation_checkpointing_kwargs, additive_attention_mask, attention_implementation, takes_4d_attention_mask
+from mrl_llm.models import (
+    activation_checkpointing_kwargs,
+    additive_attention_mask,
+    attention_implementation,
+    takes_4d_attention_mask,
+)
 from mrl_llm.rollout.agent import TrialRenderer, Transcript
 from mrl_llm.train import check_optimizer_fields, check_trl_fields
 
@@ -72,7 +77,14 @@ class SFTStageConfig:
     trl: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("num_trials", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps", "pack_width"):
+        for name in (
+            "num_trials",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "save_steps",
+            "pack_width",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_optimizer_fields(self)
@@ -83,7 +95,9 @@ class SFTStageConfig:
 SFT_SEED_BASE = seeding.STREAMS["sft"][0]
 
 
-def teacher_transcripts(teacher, dist, renderer: TrialRenderer, num_trials: int, episodes_per_trial: int, seed: int) -> list[Transcript]:
+def teacher_transcripts(
+    teacher, dist, renderer: TrialRenderer, num_trials: int, episodes_per_trial: int, seed: int
+) -> list[Transcript]:
     """Run ``teacher`` (any :class:`~classic.core.Agent`) for ``num_trials`` training trials
     (stream ``sft``) and render each as token ids, observations and episode boundaries included.
 
@@ -92,15 +106,27 @@ def teacher_transcripts(teacher, dist, renderer: TrialRenderer, num_trials: int,
     """
     g = torch.Generator().manual_seed(SFT_SEED_BASE + seed)
     tasks = dist.sample_tasks(num_trials, g)
-    res = run_trials(teacher, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=SFT_SEED_BASE + seed,
-                     keep_trajectories=True)
+    res = run_trials(
+        teacher,
+        dist,
+        tasks=tasks,
+        episodes_per_trial=episodes_per_trial,
+        seed=SFT_SEED_BASE + seed,
+        keep_trajectories=True,
+    )
     out = []
     for traj in res.trajectories:
         for b in range(traj.num_tasks):
             steps = traj.valid[:, b]
-            out.append(renderer.teacher_trial(traj.actions[steps, b].tolist(), traj.rewards[steps, b].tolist(),
-                                              traj.obs[steps, b], traj.terminated[steps, b].tolist(),
-                                              traj.truncated[steps, b].tolist()))
+            out.append(
+                renderer.teacher_trial(
+                    traj.actions[steps, b].tolist(),
+                    traj.rewards[steps, b].tolist(),
+                    traj.obs[steps, b],
+                    traj.terminated[steps, b].tolist(),
+                    traj.truncated[steps, b].tolist(),
+                )
+            )
     return out
 
 
@@ -206,7 +232,13 @@ class PackedBatchCollator:
                 allowed[r, 0, o : o + n, o : o + n] = torch.ones(n, n, dtype=torch.bool).tril()
                 o += n
         mask = allowed if self.mask == "bool" else additive_attention_mask(allowed, self.dtype)
-        return {"input_ids": out_ids, "labels": out_labels, "position_ids": pos, "attention_mask": mask, "num_real_tokens": torch.tensor(sum(lengths))}
+        return {
+            "input_ids": out_ids,
+            "labels": out_labels,
+            "position_ids": pos,
+            "attention_mask": mask,
+            "num_real_tokens": torch.tensor(sum(lengths)),
+        }
 
 
 def _packed_sft_trainer_class():
@@ -220,14 +252,25 @@ def _packed_sft_trainer_class():
             before = getattr(self, "_total_train_tokens", None)
             out = super().compute_loss(model, inputs, *args, **kwargs)
             if real is not None and before is not None and model.training:
-                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.to(self.accelerator.device).reshape(1)).sum())
+                self._total_train_tokens = before + int(
+                    self.accelerator.gather_for_metrics(real.to(self.accelerator.device).reshape(1)).sum()
+                )
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             return out
 
     return PackedSFTTrainer
 
 
-def run_sft(model, tokenizer, dataset, cfg: SFTStageConfig, output_dir: str | os.PathLike, callbacks=(), peft_config=None, use_cpu: bool | None = None):
+def run_sft(
+    model,
+    tokenizer,
+    dataset,
+    cfg: SFTStageConfig,
+    output_dir: str | os.PathLike,
+    callbacks=(),
+    peft_config=None,
+    use_cpu: bool | None = None,
+):
     """Train ``model`` on ``dataset`` with ``trl.SFTTrainer``; resumes from the last checkpoint in
     ``output_dir`` if one exists. Returns the trainer (its ``.model`` is the trained model).
 
@@ -239,13 +282,25 @@ def run_sft(model, tokenizer, dataset, cfg: SFTStageConfig, output_dir: str | os
     from mrl_llm.train.checkpoints import last_complete_checkpoint
 
     if cfg.packed_batches and not takes_4d_attention_mask(model):
-        raise ValueError(f"sft.packed_batches needs 'sdpa' or 'eager' attention (4D masks); the model uses {attention_implementation(model)!r}")
+        raise ValueError(
+            "sft.packed_batches needs 'sdpa' or 'eager' attention (4D masks); "
+            f"the model uses {attention_implementation(model)!r}"
+        )
     output_dir = Path(output_dir)
     args = sft_arguments(cfg, output_dir, use_cpu)
     cls = _packed_sft_trainer_class() if cfg.packed_batches else SFTTrainer
-    trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    trainer = cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )
     if cfg.packed_batches:  # TRL's collator pads and sets the labels; ours re-lays its batch
         mask = "bool" if attention_implementation(model) == "sdpa" else "additive"
-        trainer.data_collator = PackedBatchCollator(trainer.data_collator, cfg.pack_width, mask, next(model.parameters()).dtype)
+        trainer.data_collator = PackedBatchCollator(
+            trainer.data_collator, cfg.pack_width, mask, next(model.parameters()).dtype
+        )
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))
     return trainer

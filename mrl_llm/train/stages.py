@@ -27,7 +27,11 @@ class MetricsCallback:
                     self.logged_up_to = logger.last_step(prefix)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
-                scalars = {f"{prefix}{k}": float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                scalars = {
+                    f"{prefix}{k}": float(v)
+                    for k, v in (logs or {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
                 if scalars and int(state.global_step) > self.logged_up_to:
                     logger.log(int(state.global_step), scalars)
 

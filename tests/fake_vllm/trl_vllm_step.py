@@ -48,10 +48,21 @@ def main(mode: str, workdir: Path) -> dict:
         from trl import GRPOConfig, GRPOTrainer
 
         args = GRPOConfig(
-            output_dir=str(workdir / "out"), use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.15,
-            use_cpu=True, per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1,
-            report_to=[], save_strategy="no", logging_steps=1, learning_rate=1e-2,
+            output_dir=str(workdir / "out"),
+            use_vllm=True,
+            vllm_mode="colocate",
+            vllm_gpu_memory_utilization=0.15,
+            use_cpu=True,
+            per_device_train_batch_size=4,
+            num_generations=4,
+            max_completion_length=8,
+            max_steps=1,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            learning_rate=1e-2,
         )
+
         def length(completions, **kw):
             return [float(len(c)) for c in completions]
 
@@ -64,8 +75,15 @@ def main(mode: str, workdir: Path) -> dict:
         from mrl_llm.train.grpo import GRPOStageConfig, build_grpo_trainer
 
         cfg = GRPOStageConfig(
-            max_steps=1, num_generations=4, tasks_per_step=1, learning_rate=1e-2, warmup_ratio=0.0,
-            reward_funcs=["negative_regret"], save_steps=1000, use_vllm=True, vllm_gpu_memory_utilization=0.15,
+            max_steps=1,
+            num_generations=4,
+            tasks_per_step=1,
+            learning_rate=1e-2,
+            warmup_ratio=0.0,
+            reward_funcs=["negative_regret"],
+            save_steps=1000,
+            use_vllm=True,
+            vllm_gpu_memory_utilization=0.15,
         )
         env = BanditText(5, 6)
         trainer = build_grpo_trainer(model, tok, BernoulliBandit(5), env, cfg, SamplingConfig(), 6, workdir / "out")
@@ -86,8 +104,15 @@ def main(mode: str, workdir: Path) -> dict:
     import vllm
 
     assert not getattr(vllm, "IS_FAKE", False), vllm.__file__
-    return {"sync_error": sync_error, "steps": trainer.state.global_step, "changed": changed, "log": log,
-            "build_s": build_s, "train_s": train_s, "engine": type(trainer.vllm_generation.llm).__module__}
+    return {
+        "sync_error": sync_error,
+        "steps": trainer.state.global_step,
+        "changed": changed,
+        "log": log,
+        "build_s": build_s,
+        "train_s": train_s,
+        "engine": type(trainer.vllm_generation.llm).__module__,
+    }
 
 
 if __name__ == "__main__":  # vLLM may start worker processes with spawn

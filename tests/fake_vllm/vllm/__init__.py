@@ -17,5 +17,14 @@ from vllm.sampling_params import SamplingParams
 __version__ = "0.31.0+fake"
 IS_FAKE = True
 
-__all__ = ["LLM", "SamplingParams", "TokensPrompt", "RequestOutput", "CompletionOutput", "FAKE_MEMORY", "MemoryLedger",
-           "apply_top_k_top_p", "IS_FAKE"]
+__all__ = [
+    "LLM",
+    "SamplingParams",
+    "TokensPrompt",
+    "RequestOutput",
+    "CompletionOutput",
+    "FAKE_MEMORY",
+    "MemoryLedger",
+    "apply_top_k_top_p",
+    "IS_FAKE",
+]

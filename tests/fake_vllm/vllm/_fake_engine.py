@@ -31,9 +31,23 @@ _ENGINE_IDS = itertools.count()
 
 #: engine arguments the fake accepts and ignores (vLLM's ``EngineArgs`` fields that TRL or we pass).
 _IGNORED_ENGINE_ARGS = {
-    "tokenizer_mode", "skip_tokenizer_init", "tensor_parallel_size", "quantization", "revision", "tokenizer_revision",
-    "enforce_eager", "max_num_batched_tokens", "distributed_executor_backend", "model_impl", "disable_log_stats",
-    "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb", "max_logprobs", "compilation_config", "runner",
+    "tokenizer_mode",
+    "skip_tokenizer_init",
+    "tensor_parallel_size",
+    "quantization",
+    "revision",
+    "tokenizer_revision",
+    "enforce_eager",
+    "max_num_batched_tokens",
+    "distributed_executor_backend",
+    "model_impl",
+    "disable_log_stats",
+    "kv_cache_memory_bytes",
+    "swap_space",
+    "cpu_offload_gb",
+    "max_logprobs",
+    "compilation_config",
+    "runner",
 }
 
 
@@ -121,8 +135,13 @@ class LLM:
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            torch_dtype = {"auto": "auto", "float32": torch.float32, "float16": torch.float16,
-                           "bfloat16": torch.bfloat16}.get(dtype, dtype) if isinstance(dtype, str) else dtype
+            torch_dtype = (
+                {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+                    dtype, dtype
+                )
+                if isinstance(dtype, str)
+                else dtype
+            )
             self.model = AutoModelForCausalLM.from_pretrained(
                 model, dtype=torch_dtype, trust_remote_code=trust_remote_code
             ).eval()
@@ -141,8 +160,10 @@ class LLM:
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self._eos = {int(e) for e in eos if e is not None}
-        config = _VllmConfig(_SchedulerConfig(max_num_seqs or 128, max_model_len),
-                             _CacheConfig(gpu_memory_utilization, bool(enable_prefix_caching)))
+        config = _VllmConfig(
+            _SchedulerConfig(max_num_seqs or 128, max_model_len),
+            _CacheConfig(gpu_memory_utilization, bool(enable_prefix_caching)),
+        )
         self.llm_engine = _LLMEngine(self, config)
         self.calls: list[dict] = []
 
@@ -166,8 +187,17 @@ class LLM:
         self._sleeping = False
 
     # ---- generation -------------------------------------------------------------------------
-    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None,
-                 tokenization_kwargs=None, mm_processor_kwargs=None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts,
+        sampling_params=None,
+        *,
+        use_tqdm=True,
+        lora_request=None,
+        priority=None,
+        tokenization_kwargs=None,
+        mm_processor_kwargs=None,
+    ) -> list[RequestOutput]:
         """One :class:`RequestOutput` per prompt (a str, a ``TokensPrompt`` dict, or a list of them);
         ``sampling_params``: one ``SamplingParams`` for every prompt, a list paired with the
         prompts one by one, or None (vLLM's defaults)."""
@@ -242,5 +272,12 @@ class LLM:
                 stop_reason = t if t in sp.stop_token_ids and t not in self._eos else None
                 break
         text = self.tokenizer.decode(out, skip_special_tokens=sp.skip_special_tokens)
-        return CompletionOutput(index, text, out, cum if sp.logprobs is not None else None,
-                                lps if sp.logprobs is not None else None, finish, stop_reason)
+        return CompletionOutput(
+            index,
+            text,
+            out,
+            cum if sp.logprobs is not None else None,
+            lps if sp.logprobs is not None else None,
+            finish,
+            stop_reason,
+        )

@@ -71,14 +71,21 @@ class SamplingParams:
         if not isinstance(self.n, int) or self.n < 1:
             raise VLLMValidationError(f"n must be at least 1, got {self.n}.", parameter="n", value=self.n)
         if not math.isfinite(self.temperature) or self.temperature < 0.0:
-            raise VLLMValidationError(f"temperature must be non-negative, got {self.temperature}.",
-                                      parameter="temperature", value=self.temperature)
+            raise VLLMValidationError(
+                f"temperature must be non-negative, got {self.temperature}.",
+                parameter="temperature",
+                value=self.temperature,
+            )
         if self.temperature > 2.0:
-            raise VLLMValidationError(f"temperature must be in [0, 2], got {self.temperature}.",
-                                      parameter="temperature", value=self.temperature)
+            raise VLLMValidationError(
+                f"temperature must be in [0, 2], got {self.temperature}.",
+                parameter="temperature",
+                value=self.temperature,
+            )
         if not 0.0 < self.top_p <= 1.0:
-            raise VLLMValidationError(f"top_p must be in (0, 1], got {self.top_p}.", parameter="top_p",
-                                      value=self.top_p)
+            raise VLLMValidationError(
+                f"top_p must be in (0, 1], got {self.top_p}.", parameter="top_p", value=self.top_p
+            )
         if not isinstance(self.top_k, int):
             raise VLLMValidationError(f"top_k must be an integer, got {type(self.top_k).__name__}")
         if self.top_k < -1:
@@ -86,11 +93,13 @@ class SamplingParams:
         if not 0.0 <= self.min_p <= 1.0:
             raise VLLMValidationError(f"min_p must be in [0, 1], got {self.min_p}.")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise VLLMValidationError(f"max_tokens must be at least 1, got {self.max_tokens}.",
-                                      parameter="max_tokens", value=self.max_tokens)
+            raise VLLMValidationError(
+                f"max_tokens must be at least 1, got {self.max_tokens}.", parameter="max_tokens", value=self.max_tokens
+            )
         if self.logprobs is not None and self.logprobs != -1 and self.logprobs < 0:
-            raise VLLMValidationError(f"logprobs must be non-negative or -1, got {self.logprobs}.",
-                                      parameter="logprobs", value=self.logprobs)
+            raise VLLMValidationError(
+                f"logprobs must be non-negative or -1, got {self.logprobs}.", parameter="logprobs", value=self.logprobs
+            )
         if self.seed is not None and not isinstance(self.seed, int):
             raise VLLMValidationError(f"seed must be an int, got {self.seed!r}.", parameter="seed", value=self.seed)
 
@@ -103,6 +112,8 @@ class SamplingParams:
         return c
 
     def __repr__(self) -> str:
-        return (f"SamplingParams(n={self.n}, temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, "
-                f"seed={self.seed}, stop_token_ids={self.stop_token_ids}, max_tokens={self.max_tokens}, "
-                f"logprobs={self.logprobs})")
+        return (
+            f"SamplingParams(n={self.n}, temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, "
+            f"seed={self.seed}, stop_token_ids={self.stop_token_ids}, max_tokens={self.max_tokens}, "
+            f"logprobs={self.logprobs})"
+        )
