@@ -52,3 +52,15 @@ def check_trl_fields(trl_class: str, fields: dict) -> None:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"trl: {key!r} is not a trl.{trl_class} argument{hint}")
+
+
+def trl_named_fields(cfg, trl_class: str, exclude: tuple[str, ...] = ()) -> dict:
+    """The fields of a stage config that are ``trl.<trl_class>`` arguments by name, with their
+    values: what the stage passes to TRL as it is (nothing re-listed by hand). ``exclude``: fields
+    the caller maps itself (e.g. ``warmup_ratio`` -> ``warmup_steps``)."""
+    import dataclasses
+
+    import trl
+
+    known = {f.name for f in dataclasses.fields(getattr(trl, trl_class)) if f.init}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in known and f.name not in exclude}

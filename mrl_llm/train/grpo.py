@@ -28,7 +28,7 @@ from mrl_llm.envs.text_env import TextEnv
 from mrl_llm.rewards import get_reward
 from mrl_llm.rollout.agent import LLMAgent
 from mrl_llm.rollout.generation import SamplingConfig
-from mrl_llm.train import check_optimizer_fields, check_trl_fields
+from mrl_llm.train import check_optimizer_fields, check_trl_fields, trl_named_fields
 
 GRPO_SEED_BASE = seeding.STREAMS["grpo"][0]  # training task streams (classic.seeding)
 
@@ -154,39 +154,16 @@ class GRPOCommonConfig:
         return getattr(self, self._groups_field) * self.num_generations // self.gradient_accumulation_steps
 
     def trl_arguments(self, output_dir: str | os.PathLike, use_cpu: bool | None = None, **fields):
-        """The ``trl.GRPOConfig`` of these settings plus ``fields`` (see :func:`make_grpo_config`)."""
-        fields = {**fields, **self.trl}
-        return make_grpo_config(
-            output_dir,
-            use_cpu,
-            self.gradient_checkpointing,
-            max_steps=self.max_steps,
-            learning_rate=self.learning_rate,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            num_generations=self.num_generations,
-            num_iterations=self.num_iterations,
-            beta=self.beta,
-            epsilon=self.epsilon,
-            loss_type=self.loss_type,
-            scale_rewards=self.scale_rewards,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            lr_scheduler_type=self.lr_scheduler_type,
-            warmup_steps=self.warmup_ratio,  # a float < 1 is a ratio of total steps
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            use_vllm=self.use_vllm,
-            vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
-            vllm_importance_sampling_mode=self.vllm_importance_sampling_mode,
-            vllm_importance_sampling_clip_max=self.vllm_importance_sampling_clip_max,
-            bf16=self.bf16,
-            logging_steps=self.logging_steps,
-            save_steps=self.save_steps,
-            seed=self.seed,
-            trust_remote_code=self.trust_remote_code,
-            **fields,
-        )
+        """The ``trl.GRPOConfig`` of these settings plus ``fields`` (see :func:`make_grpo_config`).
+
+        Every field named as a ``trl.GRPOConfig`` argument goes to TRL as it is
+        (:func:`~mrl_llm.train.trl_named_fields`); the batch size is derived, ``warmup_ratio`` is
+        passed as TRL's ``warmup_steps`` (a float < 1 is a ratio of total steps); ``fields``, then
+        the recipe's ``trl:`` mapping, override them.
+        """
+        own = trl_named_fields(self, "GRPOConfig", exclude=("gradient_checkpointing", "warmup_ratio"))
+        own.update(per_device_train_batch_size=self.per_device_train_batch_size, warmup_steps=self.warmup_ratio)
+        return make_grpo_config(output_dir, use_cpu, self.gradient_checkpointing, **{**own, **fields, **self.trl})
 
 
 @dataclass

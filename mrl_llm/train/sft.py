@@ -25,7 +25,7 @@ from mrl_llm.models import (
     takes_4d_attention_mask,
 )
 from mrl_llm.rollout.agent import TrialRenderer, Transcript
-from mrl_llm.train import check_optimizer_fields, check_trl_fields
+from mrl_llm.train import check_optimizer_fields, check_trl_fields, trl_named_fields
 
 
 @dataclass
@@ -143,28 +143,22 @@ def distillation_dataset(transcripts: list[Transcript]):
 
 
 def sft_arguments(cfg: SFTStageConfig, output_dir: str | os.PathLike, use_cpu: bool | None = None):
-    """The ``trl.SFTConfig`` for a stage config (no model needed: used by ``--dry-run`` too)."""
+    """The ``trl.SFTConfig`` for a stage config (no model needed: used by ``--dry-run`` too): every
+    field named as a ``trl.SFTConfig`` argument as it is, the project's defaults (one checkpoint
+    kept, loss on completions only, no external loggers), then the recipe's ``trl:`` mapping."""
     from trl import SFTConfig
 
     use_cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
+    own = trl_named_fields(cfg, "SFTConfig", exclude=("gradient_checkpointing", "warmup_ratio"))
     args = dict(
         output_dir=str(output_dir),
-        num_train_epochs=cfg.num_train_epochs,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
+        **own,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps
-        weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
         save_total_limit=1,
-        seed=cfg.seed,
         completion_only_loss=True,
         max_length=None,
         report_to=[],
         use_cpu=use_cpu,
-        bf16=cfg.bf16,
         **activation_checkpointing_kwargs(SFTConfig, cfg.gradient_checkpointing),
         disable_tqdm=False,
         dataloader_num_workers=0,
