@@ -17,7 +17,7 @@ Checks (all on ``cuda``; ``--cpu`` runs the same code on the CPU so that it is e
 * ``hf_evaluation``: ``classic.evaluate.run_trials`` of an :class:`~mrl_llm.rollout.agent.LLMAgent`
   on ``BernoulliBandit(5)``, 64 tasks x 20 pulls, twice with seed 0: same actions; invalid rate
   and regret reported (the tiny LM is first distilled from Thompson sampling for a few seconds).
-* ``meta_prover_paths``: :class:`mrl_llm.rewards.progress.MetaProver` on search-task traces by its
+* ``meta_prover_paths``: :class:`mrl_llm.reasoning.meta_prover.MetaProver` on search-task traces by its
   three HF paths (shared prefix with tree attention, shared prefix with copied cache rows,
   every prefix from scratch), same prompts, cuts and generator, in float32 and bfloat16. float32:
   the three paths draw the same answers and their first-token logits agree (tight); bfloat16:
@@ -38,7 +38,7 @@ Checks (all on ``cuda``; ``--cpu`` runs the same code on the CPU so that it is e
   plus :class:`~mrl_llm.rollout.generation.VLLMSession` on the trainer's engine: 32 rows with the
   same history must not all draw the same tokens (defect 5).
 * ``mrt_step``: one MRT step (:func:`mrl_llm.train.mrt.build_reasoning_trainer` with
-  ``MRTConfig(mode="progress")``) on the search task (:mod:`mrl_llm.envs.search_task`), bf16
+  ``MRTConfig(mode="progress")``) on the search task (:mod:`mrl_llm.reasoning.search_task`), bf16
   mixed precision, the HF meta-prover on the training device: the parameters change (the tiny LM
   is first warm-started by SFT on search traces so that rewards and progress are not all 0).
 * ``mrt_step_vllm``: the same with ``use_vllm=True`` (the meta-prover then samples with the
@@ -221,7 +221,7 @@ SEARCH = dict(num_candidates=3, function="add", p_find=0.5, p_double_check=0.25,
 
 def _search_sft(model, tok, out: Path) -> None:
     """Warm-start the tiny LM on search-task traces (so that MRT sees non-zero rewards)."""
-    from mrl_llm.envs.search_task import SearchTaskConfig, sft_dataset
+    from mrl_llm.reasoning.search_task import SearchTaskConfig, sft_dataset
     from mrl_llm.train.sft import SFTStageConfig, run_sft
 
     data = sft_dataset(SearchTaskConfig(**SEARCH), 256, 1_000, tok)
@@ -338,8 +338,8 @@ def check_hf_evaluation(ctx: Context) -> tuple[bool, str]:
 
 def _prover_inputs(tok, n: int = 6):
     """Prompts, completions (search-task SFT traces), cuts at their episode ends, references."""
-    from mrl_llm.envs import search_task as st
-    from mrl_llm.rewards.progress import token_cuts
+    from mrl_llm.reasoning import search_task as st
+    from mrl_llm.reasoning.meta_prover import token_cuts
 
     cfg = st.SearchTaskConfig(**SEARCH)
     g = torch.Generator().manual_seed(11)
@@ -358,8 +358,8 @@ def _prover_inputs(tok, n: int = 6):
 
 def check_meta_prover_paths(ctx: Context) -> tuple[bool, str]:
     """The meta-prover's tree / copied-rows / from-scratch paths against each other, fp32 and bf16."""
-    import mrl_llm.rewards.progress as progress
-    from mrl_llm.rewards.progress import MetaProver, MetaProverConfig
+    import mrl_llm.reasoning.meta_prover as progress
+    from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig
 
     model, tok = ctx.fresh_model()
     P, C, cuts, refs, suffix = _prover_inputs(tok)
@@ -576,8 +576,8 @@ def check_grpo_steps_vllm(ctx: Context) -> tuple[bool, str]:
 
 
 def _mrt(ctx: Context, use_vllm: bool) -> tuple[bool, str]:
-    from mrl_llm.envs import search_task as st
-    from mrl_llm.rewards.progress import MetaProver, MetaProverConfig
+    from mrl_llm.reasoning import search_task as st
+    from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig
     from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, build_reasoning_trainer
 
     task = st.SearchTaskConfig(**SEARCH)

@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from mrl_llm.envs import search_task as st
-    from mrl_llm.evaluate_reasoning import sample_traces
+    from mrl_llm.reasoning import search_task as st
+    from mrl_llm.reasoning.evaluate import sample_traces
     from mrl_llm.models import ModelConfig, load_model_and_tokenizer
-    from mrl_llm.rewards.progress import MetaProver, MetaProverConfig, token_cuts
+    from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig, token_cuts
     from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, build_reasoning_trainer
 
     task = st.SearchTaskConfig(function=args.function)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             refs.append(q.answer)
     from dataclasses import replace
 
-    import mrl_llm.rewards.progress as progress_module
+    import mrl_llm.reasoning.meta_prover as progress_module
 
     prover_rows, answers = [], {}
     tree_support = progress_module.supports_tree_attention

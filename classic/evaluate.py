@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -81,10 +82,14 @@ class TrialResult:
         }
 
 
-def mean_ci(x: Tensor) -> dict:
-    """Mean and 95% CI half-width of a 1-D sample: {"mean": m, "ci95": 1.96 * s / sqrt(N)}."""
-    x = x.double().flatten()
+def mean_ci(x: Tensor | Sequence[float]) -> dict:
+    """Mean and 95% CI half-width of a sample (a tensor or a sequence of numbers, flattened):
+    ``{"mean": m, "ci95": 1.96 * s / sqrt(N)}`` (normal approximation, s the unbiased standard
+    deviation; 0 for one value, NaN for none)."""
+    x = torch.as_tensor(x if isinstance(x, Tensor) else [float(v) for v in x], dtype=torch.float64).flatten()
     n = x.numel()
+    if n == 0:
+        return {"mean": float("nan"), "ci95": float("nan")}
     std = float(x.std(unbiased=True)) if n > 1 else 0.0
     return {"mean": float(x.mean()), "ci95": 1.96 * std / math.sqrt(max(n, 1))}
 

@@ -143,7 +143,7 @@ def canonical(value):
     return str(value)
 
 
-def open_stage(stage_dir: str | os.PathLike, fingerprint: dict, main: bool = True, barrier=None) -> Path:
+def open_stage(stage_dir: str | os.PathLike, fingerprint: dict, main: bool = True, barrier=None, on_new=None) -> Path:
     """Make ``stage_dir`` belong to ``fingerprint`` (what the stage computes from: its config, the
     task, the model, the upstream stages' fingerprints), before anything in it is reused or resumed.
 
@@ -159,6 +159,9 @@ def open_stage(stage_dir: str | os.PathLike, fingerprint: dict, main: bool = Tru
         barrier: called after the main process has settled the folder, so that no rank checks
             for a finished output before a stale one is gone (e.g. accelerate's
             ``PartialState().wait_for_everyone``).
+        on_new: called by the main process when the stage starts from scratch (no folder made
+            with this fingerprint), e.g. to drop a redone stage's old curve from the metrics
+            (:meth:`classic.metrics.MetricsLogger.forget`).
 
     Returns:
         ``stage_dir`` as a Path.
@@ -174,6 +177,8 @@ def open_stage(stage_dir: str | os.PathLike, fingerprint: dict, main: bool = Tru
                 have = None
             if have != want:
                 shutil.rmtree(stage_dir)
+        if not marker.exists() and on_new is not None:
+            on_new()
         write_atomic(marker, json.dumps(want, indent=1) + "\n")
     if barrier is not None:
         barrier()

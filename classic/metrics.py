@@ -136,6 +136,37 @@ class MetricsLogger:
                     last = max(last, int(record.get("step", 0)))
         return last
 
+    def forget(self, prefix: str) -> int:
+        """Drop every metric starting with ``prefix`` from ``metrics.jsonl`` (a line left with no
+        metric goes too), for a stage that starts again from scratch: its old curve belonged to
+        other settings. The file is replaced whole (:func:`classic.files.write_atomic`). TensorBoard
+        event files cannot be edited: the old curve stays there. Returns the lines changed or
+        dropped (0 when disabled)."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        from classic.files import write_atomic
+
+        kept, changed = [], 0
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut by a kill
+                    changed += 1
+                    continue
+                out = {k: v for k, v in record.items() if k in ("step", "time") or not k.startswith(prefix)}
+                if len(out) != len(record):
+                    changed += 1
+                if len(out) > 2 or len(record) <= 2:
+                    kept.append(json.dumps(out, allow_nan=False))
+        if changed:
+            if self._file is not None:
+                self._file.close()
+            write_atomic(self.path, "".join(f"{line}\n" for line in kept))
+            if self._file is not None:
+                self._file = open(self.path, "a", encoding="utf-8")
+        return changed
+
     def flush(self) -> None:
         """Flush both outputs (the jsonl file is already flushed after every call)."""
         if self._file is not None:

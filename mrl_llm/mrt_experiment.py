@@ -12,7 +12,7 @@ is started again:
    that make progress), all through TRL (:mod:`mrl_llm.train.mrt`);
 3. evaluation of the start and every trained model on the same held-out problems: accuracy and
    tokens, pass@1 after forced termination against the token budget, normalized regret, maj@k,
-   the progress statistics of their traces (:mod:`mrl_llm.evaluate_reasoning`);
+   the progress statistics of their traces (:mod:`mrl_llm.reasoning.evaluate`);
 4. ``report.md``, ``accuracy_vs_tokens.png``, ``results.json`` (one entry per trained method:
    ``accuracy`` {mean, ci95}, ``mean_tokens``, ...), ``metrics.jsonl`` + TensorBoard.
 """
@@ -37,11 +37,12 @@ from classic.workers import in_fresh_process, worker_pool
 from classic.files import OutputConfig, prepare_run_dir
 from classic.workers import set_threads
 from classic.metrics import MetricsLogger
-from mrl_llm.envs.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
-from mrl_llm.evaluate_reasoning import ReasoningEvalConfig, evaluate_reasoning, mean_ci, tokens_to_reach
+from mrl_llm.reasoning.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
+from classic.evaluate import mean_ci
+from mrl_llm.reasoning.evaluate import ReasoningEvalConfig, evaluate_reasoning, tokens_to_reach
 from mrl_llm.models import ModelConfig, load_model_and_tokenizer, load_tokenizer
-from mrl_llm.rewards.progress import MetaProverConfig
-from mrl_llm.rollout.episodes import split_episodes
+from mrl_llm.reasoning.meta_prover import MetaProverConfig
+from mrl_llm.reasoning.episodes import split_episodes
 from mrl_llm.train.checkpoints import open_stage_on_every_rank
 from mrl_llm.train.grpo import gpu_settings, run_grpo, trl_engine_max_num_seqs
 from mrl_llm.train.mrt import (
@@ -69,8 +70,8 @@ class ReasoningTaskConfig:
     """Which problems.
 
     Attributes:
-        kind: "search" (the synthetic find-x task, :mod:`mrl_llm.envs.search_task`) or "math"
-            (MATH500 / AIME / AMC / GSM8K via :func:`mrl_llm.envs.math_data.load_math_dataset`).
+        kind: "search" (the synthetic find-x task, :mod:`mrl_llm.reasoning.search_task`) or "math"
+            (MATH500 / AIME / AMC / GSM8K via :func:`mrl_llm.reasoning.math_data.load_math_dataset`).
         search: the search task and its SFT trace distribution.
         num_train: RL prompts (search: generated; math: the first ones of ``train_dataset``).
         train_dataset, train_path: math training set name and optional local file/directory.
@@ -216,7 +217,7 @@ def train_prompts(cfg: MRTExperiment, tokenizer):
     t = cfg.task
     if t.kind == "search":
         return prompt_dataset(t.search, t.num_train, TRAIN_SEED)
-    from mrl_llm.envs.math_data import load_math_dataset
+    from mrl_llm.reasoning.math_data import load_math_dataset
 
     ds = load_math_dataset(t.train_dataset, path=t.train_path, limit=t.num_train)
     return ds.map(
@@ -231,7 +232,7 @@ def eval_problems(cfg: MRTExperiment, tokenizer) -> tuple[list[str], list[str]]:
     if t.kind == "search":
         problems = sample_problems(t.search, n, torch.Generator().manual_seed(EVAL_SEED + cfg.eval.seed))
         return [p.prompt for p in problems], [p.answer for p in problems]
-    from mrl_llm.envs.math_data import load_math_dataset
+    from mrl_llm.reasoning.math_data import load_math_dataset
 
     ds = load_math_dataset(t.eval_dataset, path=t.eval_path, limit=n)
     return [render_math_prompt(t, tokenizer, r["problem"]) for r in ds], [r["answer"] for r in ds]
@@ -384,7 +385,7 @@ def train_method(
 
 
 def evaluate_policy(cfg: MRTExperiment, path: Path | None, seed_offset: int = 0) -> dict:
-    """:func:`~mrl_llm.evaluate_reasoning.evaluate_reasoning` of a saved policy (None: the
+    """:func:`~mrl_llm.reasoning.evaluate.evaluate_reasoning` of a saved policy (None: the
     configured model as is) on the held-out problems; with ``eval.use_vllm`` through a vLLM engine
     (call it in a process that holds no other engine: :func:`run_mrt` uses a fresh one), else with
     transformers on the process's GPU (:func:`~mrl_llm.models.inference_device`)."""

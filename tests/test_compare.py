@@ -154,3 +154,69 @@ def test_a_changed_learner_config_redoes_its_stage(tmp_path):
     other = dict(TINY_RL2, algo=dict(TINY_RL2["algo"], hidden_size=8))
     run_compare(_cfg(tmp_path, baselines=[], learners=[other]), progress=False)
     assert policy.stat().st_mtime_ns != stamp
+
+
+def _rl2_steps(run_dir, prefix="rl2/"):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in lines if any(k.startswith(prefix) for k in r)]
+
+
+def test_a_redone_stage_drops_its_old_curve_from_the_metrics(tmp_path):
+    """A rerun with other RL² settings retrained RL² and appended a second curve under rl2/ to the
+    first one (the plots then mixed two trainings); the redone stage's old lines are dropped."""
+    run_dir = run_compare(_cfg(tmp_path, baselines=[]), progress=False)
+    first = _rl2_steps(run_dir)
+    assert first and first == sorted(set(first))
+    with open(run_dir / "metrics.jsonl", "a") as f:  # another stage's line stays
+        f.write(json.dumps({"step": 1, "time": 0.0, "other/x": 1.0}) + "\n")
+    other = dict(TINY_RL2, algo=dict(TINY_RL2["algo"], hidden_size=8))
+    run_compare(_cfg(tmp_path, baselines=[], learners=[other]), progress=False)
+    assert _rl2_steps(run_dir) == first  # one curve, the new training's (same number of steps)
+    assert _rl2_steps(run_dir, "other/") == [1]
+    run_compare(_cfg(tmp_path, baselines=[], learners=[other]), progress=False)  # reused: nothing dropped or added
+    assert _rl2_steps(run_dir) == first
+
+
+def test_a_resumed_rl2_training_logs_each_step_once(tmp_path, monkeypatch):
+    from classic.algos import rl2
+
+    real = rl2.train_rl2
+    algo = dict(TINY_RL2["algo"], num_iterations=4)
+
+    def killed_after_three(*a, **k):
+        calls = {"n": 0}
+
+        def stop(iteration, policy, env_steps):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt  # killed after iteration 3 was logged; the checkpoint is of iteration 2
+            return False
+
+        return real(*a, **{**k, "checkpoint_every": 2, "on_iteration": stop})
+
+    monkeypatch.setattr(rl2, "train_rl2", killed_after_three)
+    cfg = _cfg(tmp_path, baselines=[], learners=[dict(TINY_RL2, algo=algo)])
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(cfg, progress=False)
+    assert len(_rl2_steps(tmp_path / "c")) == 3
+    monkeypatch.setattr(rl2, "train_rl2", lambda *a, **k: real(*a, **{**k, "checkpoint_every": 2}))
+    run_compare(cfg, progress=False)
+    steps = _rl2_steps(tmp_path / "c")
+    assert len(steps) == 4 and steps == sorted(set(steps))
+
+
+def test_metrics_logger_forget_drops_only_its_prefix(tmp_path):
+    from classic.metrics import MetricsLogger, read_metrics
+
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        logger.log(1, {"a/x": 1.0, "b/y": 2.0})
+        logger.log(2, {"a/x": 3.0})
+        logger.log(3, {"ab/z": 4.0})
+        assert logger.forget("a/") == 2
+        logger.log(4, {"a/x": 5.0})  # still appends after the rewrite
+    records = read_metrics(tmp_path)
+    assert [{k: v for k, v in r.items() if k != "time"} for r in records] == [
+        {"step": 1, "b/y": 2.0},
+        {"step": 3, "ab/z": 4.0},
+        {"step": 4, "a/x": 5.0},
+    ]

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from mrl_llm.rollout.episodes import (
+from mrl_llm.reasoning.episodes import (
     MRT_MARKERS,
     Episode,
     EpisodeSplitConfig,

@@ -196,7 +196,7 @@ def test_math_prompts_tokenize_to_one_bos_as_trl_and_evaluation_read_them(bos_to
 
 def test_evaluation_tokenizes_prompts_as_trl_does(bos_tokenizer, monkeypatch):
     """Evaluation traces start from the same prompt ids as training rollouts (one BOS)."""
-    import mrl_llm.evaluate_reasoning as er
+    import mrl_llm.reasoning.evaluate as er
 
     tok = bos_tokenizer
     seen = []
@@ -270,7 +270,7 @@ def test_rank_seed_is_disjoint_across_ranks_and_seeds():
 
 
 def test_mrt_rl_samples_its_prefixes_after_this_steps_weight_sync(tmp_path, tiny_tok, monkeypatch):
-    from mrl_llm.envs import search_task as st
+    from mrl_llm.reasoning import search_task as st
     from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, build_reasoning_trainer
 
     model = build_tiny_model(TINY, tiny_tok, seed=0)
@@ -336,7 +336,7 @@ def test_mrt_trainer_builds_trls_engine_with_room_for_the_meta_prover(tmp_path, 
     the meta-prover sends completions x (episodes + 1) x K requests per batch."""
     import trl.trainer.grpo_trainer as grpo_module
 
-    from mrl_llm.envs import search_task as st
+    from mrl_llm.reasoning import search_task as st
     from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, build_reasoning_trainer, prover_requests
 
     built = {}

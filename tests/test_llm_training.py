@@ -118,7 +118,7 @@ def test_tiny_grpo_step_changes_parameters(tmp_path, tiny_model, tiny_tok):
 
 
 def _search_sft_data(tok, n=48):
-    from mrl_llm.envs.search_task import SearchTaskConfig, sft_dataset
+    from mrl_llm.reasoning.search_task import SearchTaskConfig, sft_dataset
 
     return sft_dataset(
         SearchTaskConfig(num_candidates=6, p_find=0.5, p_double_check=0.25), n, 0, tok

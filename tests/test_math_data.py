@@ -1,4 +1,4 @@
-"""Math dataset loaders (mrl_llm.envs.math_data) on small local files in the formats of the
+"""Math dataset loaders (mrl_llm.reasoning.math_data) on small local files in the formats of the
 common exports; hub loading is checked with a stubbed ``datasets.load_dataset`` (no network)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import datasets
 import pytest
 
-from mrl_llm.envs import load_math_dataset
-from mrl_llm.envs.math_data import KNOWN_DATASETS
+from mrl_llm.reasoning.math_data import load_math_dataset
+from mrl_llm.reasoning.math_data import KNOWN_DATASETS
 
 COLUMNS = ["problem", "answer", "source", "id"]
 

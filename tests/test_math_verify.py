@@ -1,4 +1,4 @@
-"""Answer extraction and math-verify equivalence (mrl_llm.rewards.math), and the
+"""Answer extraction and math-verify equivalence (mrl_llm.reasoning.verifier), and the
 registered ``answer_correct`` reward."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from mrl_llm.rewards import extract_answer, get_reward, verify_answer
-from mrl_llm.rewards.math import MAX_ANSWER_CHARS, answer_correct
+from mrl_llm.reasoning.verifier import MAX_ANSWER_CHARS, extract_answer, verify_answer
+from mrl_llm.rewards import get_reward
+from mrl_llm.rewards.math import answer_correct
 
 
 # ---------------------------------------------------------------- extraction
@@ -159,7 +160,7 @@ def test_integer_fast_path_agrees_with_math_verify():
     (signs, leading zeros, -0, big ints, near misses, boxed references)."""
     import random
 
-    from mrl_llm.rewards.math import _plain_int, _verify_with_math_verify
+    from mrl_llm.reasoning.verifier import _plain_int, _verify_with_math_verify
 
     rng = random.Random(0)
     numbers = ["0", "-0", "+0", "5", "05", "007", "+5", "-5", "10", "12345678901234567890", "12345678901234567891"]
@@ -183,7 +184,7 @@ def _extract_answer_reference(completion):
     (quadratic on many unclosed boxes). The definition the one-pass version must agree with."""
     import re
 
-    from mrl_llm.rewards.math import _ANSWER_RE, _BOX_RE, _clean, _first_line, _read_braced
+    from mrl_llm.reasoning.verifier import _ANSWER_RE, _BOX_RE, _clean, _first_line, _read_braced
 
     if not isinstance(completion, str) or not completion:
         return None
@@ -257,7 +258,7 @@ def test_extract_answer_agrees_with_the_quadratic_definition():
 def test_box_closes_equals_read_braced():
     import random
 
-    from mrl_llm.rewards.math import _box_closes, _read_braced
+    from mrl_llm.reasoning.verifier import _box_closes, _read_braced
 
     rng = random.Random(0)
     for _ in range(5000):
@@ -330,7 +331,7 @@ def test_fallback_reads_the_end_of_a_long_completion():
     assert not verify_answer(junk + "\nThus $x = \\frac{1}{3}$", "0.5")
     assert time.perf_counter() - t0 < 2.0
 
-    from mrl_llm.rewards.math import MATH_VERIFY_TAIL_CHARS, _math_verify_tail
+    from mrl_llm.reasoning.verifier import MATH_VERIFY_TAIL_CHARS, _math_verify_tail
 
     short = "a\nb $1$"
     assert _math_verify_tail(short) == short

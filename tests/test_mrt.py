@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from mrl_llm.envs import search_task as st
-from mrl_llm.evaluate_reasoning import (
+from mrl_llm.reasoning import search_task as st
+from mrl_llm.reasoning.evaluate import (
     ReasoningEvalConfig,
     evaluate_reasoning,
     majority_answer,
@@ -15,7 +15,8 @@ from mrl_llm.evaluate_reasoning import (
     tokens_to_reach,
 )
 from mrl_llm.models import TinyLMConfig, build_tiny_model, build_tiny_tokenizer
-from mrl_llm.rewards.progress import MetaProverConfig, ProverStats, mrt_token_advantages
+from mrl_llm.reasoning.meta_prover import MetaProverConfig, ProverStats
+from mrl_llm.reasoning.progress import mrt_token_advantages
 from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, STaRConfig, build_reasoning_trainer, mrt_star_dataset
 
 TINY = TinyLMConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64)
@@ -170,7 +171,7 @@ def test_mrt_star_keeps_the_prefix_where_progress_peaks_and_a_correct_forced_ans
 
     class StubProver:
         def __init__(self, model, tokenizer, cfg):
-            from mrl_llm.rewards.math import verify_answer
+            from mrl_llm.reasoning.verifier import verify_answer
 
             self.verifier = verify_answer
             self.config = cfg

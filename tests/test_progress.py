@@ -1,4 +1,4 @@
-"""MRT's meta-prover, progress rewards and advantages (mrl_llm.rewards.progress)."""
+"""MRT's meta-prover, progress rewards and advantages (mrl_llm.reasoning.meta_prover)."""
 
 import functools
 from types import SimpleNamespace
@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from mrl_llm.models import TinyLMConfig, build_tiny_model, build_tiny_tokenizer
-from mrl_llm.rewards.progress import (
-    MetaProver,
-    MetaProverConfig,
-    mrt_token_advantages,
-    progress_rewards,
-    termination_advantages,
-    token_cuts,
-)
+from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig, token_cuts
+from mrl_llm.reasoning.progress import mrt_token_advantages, progress_rewards, termination_advantages
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +125,7 @@ def test_trie_sampler_draws_the_same_answers_as_decoding_every_sample_on_its_own
     loop that re-encodes every sample's whole sequence and draws all samples' next tokens from
     one generator must give the same answers token for token."""
     if not tree:
-        monkeypatch.setattr("mrl_llm.rewards.progress.supports_tree_attention", lambda model: False)
+        monkeypatch.setattr("mrl_llm.reasoning.meta_prover.supports_tree_attention", lambda model: False)
     model = build_tiny_model(TinyLMConfig(num_layers=2, hidden_size=64, intermediate_size=128), tok, seed=5).eval()
     prompts = [_ids(tok, "find x for f ( x ) = 4 .\n"), _ids(tok, "find y .\n")]
     comps = [_ids(tok, "Let me try 3 . no .\n\nWait , try 4 . yes ."), _ids(tok, "try 1 . no .")]

@@ -247,8 +247,15 @@ def test_a_rerun_with_other_settings_redoes_the_stages_they_change(tmp_path):
     stages = ("rl2", "llm/sft", "llm/grpo")
     first = {stage: (run / stage / "stage.json").read_text() for stage in stages}
     sft_weights = (run / "llm" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
+
+    def logged(prefix):
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in lines if any(k.startswith(prefix) for k in r)]
+
+    grpo_steps, sft_steps = logged("llm/grpo/"), logged("llm/sft/")
     assert main(args + ["--set", "learners.llm.grpo.learning_rate=0.002"]) == 0  # only GRPO changes
     assert (run / "llm" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == sft_weights
+    assert logged("llm/grpo/") == grpo_steps and logged("llm/sft/") == sft_steps  # one curve each, not two
     assert (run / "rl2" / "stage.json").read_text() == first["rl2"]
     assert (run / "llm" / "grpo" / "stage.json").read_text() != first["llm/grpo"]
     assert main(args + ["--set", "task.num_arms=2"]) == 0
@@ -352,9 +359,9 @@ def test_an_interrupted_mrt_run_resumes_its_meta_prover_stream(tmp_path, tiny_to
     seed on resume and the progress rewards, hence the updates, differed)."""
     import torch
 
-    from mrl_llm.envs import search_task as st
+    from mrl_llm.reasoning import search_task as st
     from mrl_llm.models import TinyLMConfig, build_tiny_model
-    from mrl_llm.rewards.progress import MetaProverConfig
+    from mrl_llm.reasoning.meta_prover import MetaProverConfig
     from mrl_llm.train.grpo import run_grpo
     from mrl_llm.train.mrt import MRTConfig, ReasoningGRPOConfig, build_reasoning_trainer
 

@@ -13,7 +13,7 @@ from classic.envs import BernoulliBandit
 from classic.evaluate import run_trials
 from mrl_llm.envs.text_bandit import BanditText
 from mrl_llm.models import TinyLMConfig, build_tiny_model
-from mrl_llm.rewards.progress import MetaProver, MetaProverConfig
+from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig
 from mrl_llm.rollout import generation
 from mrl_llm.rollout.agent import LLMAgent
 from mrl_llm.rollout.generation import HFSession, SamplingConfig, device_generator, filtered_logprobs
@@ -153,7 +153,7 @@ def test_meta_prover_draw_never_moves_a_rows_by_vocab_tensor(tiny_tok, tree, mon
     """Defect 14: ``_draw`` copied the (R, V) probabilities to the host every token. Spy on
     ``Tensor.cpu`` / ``Tensor.to``: no (rows x vocab) tensor may go through them."""
     if not tree:
-        monkeypatch.setattr("mrl_llm.rewards.progress.supports_tree_attention", lambda model: False)
+        monkeypatch.setattr("mrl_llm.reasoning.meta_prover.supports_tree_attention", lambda model: False)
     model = build_tiny_model(TinyLMConfig(num_layers=2, hidden_size=64, intermediate_size=128), tiny_tok, seed=5).eval()
     V = len(tiny_tok)
     moved = []
@@ -186,7 +186,7 @@ def test_meta_prover_cpu_answers_are_unchanged_by_the_device_generator(tiny_tok,
     cfg = MetaProverConfig(termination_suffix=" so the answer is", num_samples=5, max_answer_tokens=4, temperature=0.7)
     args = ([_ids(tiny_tok, "find x .\n")], [_ids(tiny_tok, "try 3 . no .")], [[0, 3]])
     a = MetaProver(model, tiny_tok, cfg).sample_answers(*args, generator=torch.Generator().manual_seed(4))
-    monkeypatch.setattr("mrl_llm.rewards.progress.device_generator", lambda g, device: g)
+    monkeypatch.setattr("mrl_llm.reasoning.meta_prover.device_generator", lambda g, device: g)
     b = MetaProver(model, tiny_tok, cfg).sample_answers(*args, generator=torch.Generator().manual_seed(4))
     assert a == b
 
@@ -226,7 +226,7 @@ def test_gpu_run_trials_with_a_cuda_model(tiny_model, tiny_tok):
 @pytest.mark.parametrize("tree", [True, False])
 def test_gpu_meta_prover_on_cuda_with_a_cpu_generator(tiny_tok, tree, monkeypatch):
     if not tree:
-        monkeypatch.setattr("mrl_llm.rewards.progress.supports_tree_attention", lambda model: False)
+        monkeypatch.setattr("mrl_llm.reasoning.meta_prover.supports_tree_attention", lambda model: False)
     model = build_tiny_model(TinyLMConfig(num_layers=2, hidden_size=64, intermediate_size=128), tiny_tok, seed=5)
     model = model.eval().cuda()
     cfg = MetaProverConfig(termination_suffix=" so the answer is", num_samples=4, max_answer_tokens=3)

@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from mrl_llm.envs.search_task import (
+from mrl_llm.reasoning.search_task import (
     SEARCH_EPISODES,
     TERMINATION_SUFFIX,
     SearchTaskConfig,
@@ -22,8 +22,8 @@ from mrl_llm.envs.search_task import (
     trace_episodes,
 )
 from mrl_llm.models import build_tiny_tokenizer
-from mrl_llm.rewards.math import extract_answer, verify_answer
-from mrl_llm.rollout.episodes import episode_prefixes, split_episodes
+from mrl_llm.reasoning.verifier import extract_answer, verify_answer
+from mrl_llm.reasoning.episodes import episode_prefixes, split_episodes
 
 CFG = SearchTaskConfig()
 

@@ -23,8 +23,8 @@ from classic.envs import BernoulliBandit
 from classic.evaluate import run_trials
 from fake_vllm.conftest_helpers import TINY_LM, fake_vllm, save_tiny_lm, tiny_lm_dir  # noqa: F401  (fixtures)
 from mrl_llm.envs.text_bandit import BanditText
-from mrl_llm.evaluate_reasoning import sample_traces
-from mrl_llm.rewards.progress import MetaProver, MetaProverConfig
+from mrl_llm.reasoning.evaluate import sample_traces
+from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig
 from mrl_llm.rollout.agent import LLMAgent
 from mrl_llm.rollout.generation import SamplingConfig, VLLMSession, engine_max_num_seqs
 

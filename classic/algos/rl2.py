@@ -773,7 +773,14 @@ class RL2Learner(MetaLearner):
             init = RL2Policy.load(config.init_from)
         log_fn = None
         if run.metrics is not None:
-            log_fn = lambda step, metrics: run.metrics.log(step, {f"{config.name}/{k}": v for k, v in metrics.items()})  # noqa: E731
+            prefix = f"{Path(run.dir).name}/"  # the stage folder's name: "rl2/charts/...", "<label>/..."
+            state = path.parent / "training_state.pt"
+            logged = run.metrics.last_step(prefix) if state.exists() else 0  # resuming: these steps are logged
+
+            def log_fn(step, metrics):
+                if step > logged:
+                    run.metrics.log(step, {f"{prefix}{k}": v for k, v in metrics.items()})
+
         policy = train_rl2(
             config.algo,
             dist,

@@ -244,7 +244,8 @@ def train_learner(
     stage = run_dir / stage_name(config)
     fingerprint = learner.stage_fingerprint(config, cfg.task)
     if fingerprint is not None:
-        open_stage(stage, {k: to_dict(v) if is_dataclass(v) else v for k, v in fingerprint.items()})
+        forget = (lambda: logger.forget(f"{stage.name}/")) if logger is not None else None  # its old curve
+        open_stage(stage, {k: to_dict(v) if is_dataclass(v) else v for k, v in fingerprint.items()}, on_new=forget)
     t = time.perf_counter()
     checkpoint = learner.train(config, dist, protocol, StageRun(stage, logger, progress, cfg.seed, cfg.task))
     times[f"train {config.display_name}"] = time.perf_counter() - t

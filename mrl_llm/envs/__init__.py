@@ -1,6 +1,7 @@
-"""Text renderings of classic task distributions."""
+"""Text renderings of task distributions (:mod:`mrl_llm.envs.text_env`): what an LLM agent reads and
+writes in a trial. The reasoning tasks (search, math) are in :mod:`mrl_llm.reasoning`."""
 
-from mrl_llm.envs.math_data import load_math_dataset
 from mrl_llm.envs.text_bandit import BanditText
+from mrl_llm.envs.text_env import DiscreteText, TextEnv, text_env_for
 
-__all__ = ["BanditText", "load_math_dataset"]
+__all__ = ["BanditText", "DiscreteText", "TextEnv", "text_env_for"]

@@ -180,12 +180,12 @@ class LLMLearner(MetaLearner):
         ckpt = LLMCheckpoint(text_env, run.seed)
         model = tok = None
         if config.sft.enabled:
-            open_stage_on_every_rank(stage / "sft", sft_fp)
+            open_stage_on_every_rank(stage / "sft", sft_fp, on_new=self._forget(run, "sft"))
             ckpt.sft = stage / "sft" / "final"
             if not (ckpt.sft / "config.json").exists():
                 model, tok = self._sft(config, dist, protocol, run, text_env, stage / "sft")
         if config.grpo.enabled:
-            open_stage_on_every_rank(stage / "grpo", grpo_fp)
+            open_stage_on_every_rank(stage / "grpo", grpo_fp, on_new=self._forget(run, "grpo"))
             ckpt.grpo = stage / "grpo" / "final"
             if not (ckpt.grpo / "config.json").exists():
                 if model is None:
@@ -203,6 +203,13 @@ class LLMLearner(MetaLearner):
                     "grpo.reward_funcs: negative_regret needs the task's optimal return, which this "
                     "task does not know; use trial_return"
                 )
+
+    @staticmethod
+    def _forget(run: StageRun, stage: str):
+        """Drops a sub-stage's old curve from the metrics when it starts from scratch."""
+        if run.metrics is None:
+            return None
+        return lambda: run.metrics.forget(f"{Path(run.dir).name}/{stage}/")
 
     def _metrics_callbacks(self, run: StageRun, stage: str) -> list:
         from mrl_llm.train.stages import MetricsCallback

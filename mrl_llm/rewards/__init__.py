@@ -58,4 +58,4 @@ def invalid_action_penalty(prompts, completions, invalid_actions=None, **kwargs)
 
 __all__ = ["REWARDS", "register", "get_reward", "trial_return", "negative_regret", "invalid_action_penalty"]
 
-from mrl_llm.rewards.math import extract_answer, verify_answer  # noqa: E402,F401
+from mrl_llm.rewards.math import answer_correct  # noqa: E402,F401  (registers it)

@@ -67,12 +67,15 @@ def generator_state_callback(get_state, set_state):
     return _GeneratorState()
 
 
-def open_stage_on_every_rank(stage_dir: str | os.PathLike, fingerprint: dict) -> Path:
+def open_stage_on_every_rank(stage_dir: str | os.PathLike, fingerprint: dict, on_new=None) -> Path:
     """:func:`classic.files.open_stage` in a (possibly multi-process) accelerate run: the main process
-    settles the folder, every rank waits for it before looking for a finished output there."""
+    settles the folder (and calls ``on_new`` when the stage starts from scratch), every rank waits for
+    it before looking for a finished output there."""
     from accelerate import PartialState
 
     from classic.files import open_stage
 
     state = PartialState()
-    return open_stage(stage_dir, fingerprint, main=state.is_main_process, barrier=state.wait_for_everyone)
+    return open_stage(
+        stage_dir, fingerprint, main=state.is_main_process, barrier=state.wait_for_everyone, on_new=on_new
+    )

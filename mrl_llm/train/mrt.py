@@ -1,8 +1,8 @@
 """MRT: meta-reinforcement finetuning with a dense progress reward, as a thin layer over TRL.
 
 Qu et al. 2025, "Optimizing Test-Time Compute via Meta Reinforcement Fine-Tuning",
-arXiv 2503.07572. A reasoning trace is split into episodes (:mod:`mrl_llm.rollout.episodes`);
-the meta-prover (:class:`mrl_llm.rewards.progress.MetaProver`) estimates after each episode how
+arXiv 2503.07572. A reasoning trace is split into episodes (:mod:`mrl_llm.reasoning.episodes`);
+the meta-prover (:class:`mrl_llm.reasoning.meta_prover.MetaProver`) estimates after each episode how
 likely a forced final answer is to be correct, and the change is the episode's *progress*.
 Three trainers from the same pieces:
 
@@ -36,15 +36,9 @@ from classic import seeding
 from mrl_llm.rewards import get_reward
 from mrl_llm.train.checkpoints import generator_state_callback
 from mrl_llm.train.grpo import GRPOCommonConfig, generation_model, trl_engine_max_num_seqs
-from mrl_llm.rewards.progress import (
-    MetaProver,
-    MetaProverConfig,
-    mrt_token_advantages,
-    progress_rewards,
-    termination_advantages,
-    token_cuts,
-)
-from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
+from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig, token_cuts
+from mrl_llm.reasoning.progress import mrt_token_advantages, progress_rewards, termination_advantages
+from mrl_llm.reasoning.episodes import Episode, EpisodeSplitConfig, split_episodes
 
 SplitFn = Callable[[str], Sequence[Episode]]
 
@@ -117,7 +111,7 @@ def grpo_arguments(cfg: ReasoningGRPOConfig, output_dir: str | os.PathLike, use_
 
 
 def default_split_fn(config: EpisodeSplitConfig) -> SplitFn:
-    """``text -> episodes`` with :func:`~mrl_llm.rollout.episodes.split_episodes` and ``config``."""
+    """``text -> episodes`` with :func:`~mrl_llm.reasoning.episodes.split_episodes` and ``config``."""
     return lambda text: split_episodes(text, config)
 
 
@@ -460,7 +454,7 @@ def mrt_star_dataset(
     """
     import datasets
 
-    from mrl_llm.evaluate_reasoning import sample_traces
+    from mrl_llm.reasoning.evaluate import sample_traces
 
     prover = MetaProver(model, tokenizer, prover_cfg)
     eos = tokenizer.eos_token_id

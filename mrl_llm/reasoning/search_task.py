@@ -56,7 +56,7 @@ This teaches the meta-prover behaviour: answer when forced. :func:`terminate` bu
 forced-stop input from any episode prefix, the way MRT queries the meta-prover.
 
 **Episodes.** :data:`SEARCH_EPISODES` splits a trace with
-:func:`mrl_llm.rollout.episodes.split_episodes` at every paragraph that starts with one of the
+:func:`mrl_llm.reasoning.episodes.split_episodes` at every paragraph that starts with one of the
 four attempt markers. Plain ``split_episodes`` on a whole trace merges the answer paragraph
 into the last episode (it starts with no marker), and a trace forced-stopped at ``k = 0`` is
 then one "episode"; :func:`trace_episodes` returns the attempt episodes and the answer segment
@@ -97,8 +97,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from mrl_llm.rewards.math import extract_answer
-from mrl_llm.rollout.episodes import Episode, EpisodeSplitConfig, split_episodes
+from mrl_llm.reasoning.verifier import extract_answer
+from mrl_llm.reasoning.episodes import Episode, EpisodeSplitConfig, split_episodes
 
 #: What MRT appends to an episode prefix to force the final answer (the paper's is "Time is up.
 #: Given the time I've spent and the approaches I've tried, I should stop thinking and now write
@@ -406,7 +406,7 @@ def trace_episodes(trace: str, suffix: str = TERMINATION_SUFFIX) -> TraceEpisode
 
     The answer segment is the last paragraph when it starts with ``"So the answer is"`` or
     ``suffix`` (it runs to the end of ``trace``); everything before it is split by
-    :func:`~mrl_llm.rollout.episodes.split_episodes`, so the episodes tile ``trace[:answer.start]``
+    :func:`~mrl_llm.reasoning.episodes.split_episodes`, so the episodes tile ``trace[:answer.start]``
     and each carries its trailing separator (``trace[:episodes[j].end]`` is MRT's prefix after
     episode ``j``). For the task's own traces the episodes are exactly the attempt paragraphs.
 

@@ -5,7 +5,7 @@ The evaluation sets of MRT (Qu et al. 2025, arXiv 2503.07572, §7). Every loader
 
 - ``problem``: the problem statement;
 - ``answer``: the bare reference answer, ready for
-  :func:`mrl_llm.rewards.math.verify_answer` (GSM8K: the text after ``####`` without
+  :func:`mrl_llm.reasoning.verifier.verify_answer` (GSM8K: the text after ``####`` without
   thousands commas; MATH: the ``answer`` field, else the last ``\\boxed{}`` of
   ``solution``; numbers such as AMC's ``27.0`` rendered ``"27"``);
 - ``source``: the dataset name (``"math500"``, ...);
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import datasets
 
-from mrl_llm.rewards.math import extract_answer
+from mrl_llm.reasoning.verifier import extract_answer
 
 
 @dataclass(frozen=True)

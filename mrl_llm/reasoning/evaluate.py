@@ -19,15 +19,15 @@ means).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
-from mrl_llm.rewards.math import extract_answer, verify_answer
-from mrl_llm.rewards.progress import MetaProver, MetaProverConfig
+from classic.evaluate import mean_ci
+from mrl_llm.reasoning.verifier import extract_answer, verify_answer
+from mrl_llm.reasoning.meta_prover import MetaProver, MetaProverConfig
 
 
 @dataclass
@@ -85,16 +85,6 @@ class ReasoningEvalConfig:
             return list(self.budgets)
         step = self.max_new_tokens / 8
         return sorted({max(1, round(step * i)) for i in range(1, 9)})
-
-
-def mean_ci(per_problem: Sequence[float]) -> dict:
-    """{"mean", "ci95"} of per-problem values (1.96 x standard error; 0 for one problem)."""
-    x = torch.tensor([float(v) for v in per_problem], dtype=torch.float64)
-    n = x.numel()
-    if n == 0:
-        return {"mean": float("nan"), "ci95": float("nan")}
-    se = float(x.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
-    return {"mean": float(x.mean()), "ci95": 1.96 * se}
 
 
 @torch.no_grad()
@@ -348,7 +338,8 @@ def progress_statistics(
     """
     from dataclasses import replace
 
-    from mrl_llm.rewards.progress import progress_rewards, token_cuts
+    from mrl_llm.reasoning.meta_prover import token_cuts
+    from mrl_llm.reasoning.progress import progress_rewards
 
     flat_p, flat_c, flat_cuts, refs, counts = [], [], [], [], []
     for i, per in enumerate(traces):

@@ -1,7 +1,8 @@
-"""MRT's meta-prover and dense progress reward (Qu et al. 2025, arXiv 2503.07572).
+"""MRT's meta-prover (Qu et al. 2025, arXiv 2503.07572): a sampler that measures how likely the
+policy is to answer correctly when it stops thinking after a prefix of its trace.
 
 MRT views a reasoning trace ``z = (z_0, ..., z_{m-1})`` as a sequence of *episodes*
-(:mod:`mrl_llm.rollout.episodes`) and asks after each one how likely the model would be to
+(:mod:`mrl_llm.reasoning.episodes`) and asks after each one how likely the model would be to
 answer correctly if it stopped thinking there. The *meta-prover* ``mu`` is the policy itself,
 forced to stop after a prefix: the prefix is followed by a termination suffix (for R1-style
 models the paper's ``"Time is up. ... I should stop thinking ... </think>"``, see
@@ -13,8 +14,9 @@ reference. With ``c_j = (x, z_0, ..., z_j)``:
 
 and the MRT objective is the outcome objective plus ``alpha`` times the progress of every
 episode, each episode credited with its own progress given the (stale) prefix before it (Eq. 2).
-:func:`mrt_token_advantages` turns that into the per-token advantages of a GRPO update;
-:func:`termination_advantages` is the paper's RL variant, ``A = R - R_termination``, where the
+:func:`mrl_llm.reasoning.progress.mrt_token_advantages` turns that into the per-token
+advantages of a GRPO update; :func:`~mrl_llm.reasoning.progress.termination_advantages` is the
+paper's RL variant, ``A = R - R_termination``, where the
 termination reward ``J(mu | prefix)`` replaces GRPO's group-mean baseline (CMU-AIRe/MRT,
 ``train/rl/README.md``).
 
@@ -53,7 +55,7 @@ from torch import Tensor
 
 from mrl_llm.models import additive_attention_mask, kv_cache_kwarg, output_kv_cache
 from mrl_llm.models import takes_4d_attention_mask as supports_tree_attention
-from mrl_llm.rewards.math import verify_answer
+from mrl_llm.reasoning.verifier import verify_answer
 from mrl_llm.rollout.generation import device_generator, engine_max_num_seqs, seeded_sampling_params
 
 #: The forced-termination text of the paper's analysis code (CMU-AIRe/MRT,
@@ -161,7 +163,7 @@ class MetaProver:
         tokenizer: its tokenizer (pad and eos tokens set).
         config: :class:`MetaProverConfig`.
         verifier: ``verifier(answer_text, reference) -> bool``; default
-            :func:`mrl_llm.rewards.math.verify_answer`. The answer text is what the model
+            :func:`mrl_llm.reasoning.verifier.verify_answer`. The answer text is what the model
             sampled after the suffix, prefixed by the suffix itself (so an answer cue such as
             ``"the answer is"`` in the suffix is seen by the extractor).
         vllm_llm: a ``vllm.LLM`` (e.g. ``trainer.vllm_generation.llm``) to sample with instead.
@@ -169,7 +171,7 @@ class MetaProver:
     Example:
         >>> prover = MetaProver(model, tok, MetaProverConfig(termination_suffix=" so the answer is", num_samples=4))
         >>> J = prover.success_rates([prompt_ids], [trace_ids], [[0, 12, 30]], ["5"], generator=g)
-        >>> progress_rewards(J[0])   # (2,) progress of the two episodes ending at tokens 12 and 30
+        >>> progress_rewards(J[0])  # (2,) progress of the episodes ending at tokens 12 and 30 (reasoning.progress)
     """
 
     def __init__(
@@ -561,122 +563,3 @@ class MetaProver:
             return logits
 
         return self._decode_trie(logits, Q, generator, grow)
-
-
-# ---------------------------------------------------------------------------------------
-# Progress rewards and advantages (pure tensor maths)
-# ---------------------------------------------------------------------------------------
-
-
-def progress_rewards(success: Tensor) -> Tensor:
-    """Per-episode progress from the success rates at the episode boundaries.
-
-    Args:
-        success: (m + 1,) J(mu | c_{j-1}) for j = 0..m: before any episode, then after each.
-
-    Returns:
-        (m,) ``r_prg(z_j) = J(c_j) - J(c_{j-1})`` (Qu et al. 2025, arXiv 2503.07572, Def. 6.1).
-        They telescope: their sum is ``J(c_{m-1}) - J(x)``.
-    """
-    return success[1:] - success[:-1]
-
-
-def mrt_token_advantages(
-    outcome_advantages: Tensor,
-    progress: Sequence[Tensor],
-    episode_token_ends: Sequence[Sequence[int]],
-    completion_length: int,
-    alpha: float,
-    credit: str = "episode",
-) -> Tensor:
-    """Per-token advantages of MRT: the outcome advantage plus ``alpha`` x the progress of the
-    episode the token belongs to (Eq. 2 of arXiv 2503.07572: each episode is credited with its own
-    progress given the prefix before it).
-
-    Args:
-        outcome_advantages: (B,) sequence-level advantages of the outcome reward (e.g. GRPO's).
-        progress: B tensors, ``progress[i]`` of shape (m_i,): ``r_prg`` of each episode.
-        episode_token_ends: per completion, the token index where each episode ends
-            (exclusive, non-decreasing); episode j covers tokens ``[ends[j-1], ends[j])`` with
-            ``ends[-1] = 0``. Tokens after the last episode (the final answer) get no bonus.
-        completion_length: T, columns of the result (the padded completion length).
-        alpha: weight of the progress term (>= 0).
-        credit: ``"episode"`` (each token gets its episode's progress, Eq. 2) or
-            ``"reward_to_go"`` (the sum of the progress of its episode and all later ones).
-
-    Returns:
-        (B, T) float advantages.
-
-    Raises:
-        ValueError: on mismatched lengths, an unknown ``credit`` or a negative ``alpha``.
-    """
-    B = outcome_advantages.shape[0]
-    if len(progress) != B or len(episode_token_ends) != B:
-        raise ValueError(
-            f"expected {B} progress vectors and episode ends, got {len(progress)} and {len(episode_token_ends)}"
-        )
-    if credit not in ("episode", "reward_to_go"):
-        raise ValueError(f"credit must be 'episode' or 'reward_to_go', got {credit!r}")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    adv = outcome_advantages.float().unsqueeze(1).repeat(1, completion_length)
-    for i in range(B):
-        ends = [min(int(e), completion_length) for e in episode_token_ends[i]]
-        prg = progress[i].float()
-        if len(ends) != prg.shape[0]:
-            raise ValueError(f"completion {i}: {prg.shape[0]} progress values for {len(ends)} episodes")
-        if not ends:
-            continue
-        if credit == "reward_to_go":
-            prg = prg.flip(0).cumsum(0).flip(0)
-        ends_t = torch.tensor(ends)
-        token_episode = torch.searchsorted(ends_t, torch.arange(completion_length), right=True)  # (T,) episode index
-        inside = token_episode < len(ends)
-        bonus = torch.zeros(completion_length)
-        bonus[inside] = prg[token_episode[inside]].to(bonus.dtype)
-        adv[i] += alpha * bonus.to(adv.device)
-    return adv
-
-
-def termination_advantages(
-    rewards: Tensor, termination_rewards: Tensor, num_generations: int, scale: str = "none"
-) -> Tensor:
-    """MRT's RL variant: the termination reward replaces GRPO's group-mean baseline.
-
-    ``A_i = R_i - R_termination``, where ``R_termination = J(mu | prefix)`` is the success rate of
-    stopping at the shared prefix of the group (CMU-AIRe/MRT ``train/rl/README.md``; Fig. 6 of
-    arXiv 2503.07572). For a rollout that continues reasoning this is the progress of the rest of
-    the trace, ``J(end) - J(prefix)``, telescoped.
-
-    Args:
-        rewards: (B,) outcome rewards of the rollouts, B = groups x ``num_generations``,
-            consecutive rows forming a group.
-        termination_rewards: (B,) the group's termination reward, repeated per row.
-        num_generations: G, rollouts per group.
-        scale: ``"none"`` (the README's form) or ``"group"`` (divide by the group's reward std
-            + 1e-4, as GRPO does).
-
-    Returns:
-        (B,) advantages.
-
-    Raises:
-        ValueError: on shape mismatch, B not a multiple of G, or an unknown ``scale``.
-    """
-    if rewards.shape != termination_rewards.shape or rewards.dim() != 1:
-        raise ValueError(
-            f"rewards {tuple(rewards.shape)} and termination_rewards {tuple(termination_rewards.shape)} "
-            "must be equal 1-D shapes"
-        )
-    if rewards.shape[0] % num_generations:
-        raise ValueError(f"{rewards.shape[0]} rewards are not a multiple of num_generations={num_generations}")
-    adv = rewards - termination_rewards
-    if scale == "group":
-        std = (
-            rewards.view(-1, num_generations).std(dim=1, unbiased=True)
-            if num_generations > 1
-            else torch.zeros(rewards.shape[0] // num_generations)
-        )
-        adv = adv / (std.repeat_interleave(num_generations) + 1e-4)
-    elif scale != "none":
-        raise ValueError(f"scale must be 'none' or 'group', got {scale!r}")
-    return adv
