@@ -9,7 +9,8 @@
 
 Both return results in the order of their inputs and run the same function on the same arguments,
 so a sweep's results do not depend on the engine; jobs write their own folders, so resuming an
-interrupted sweep works the same way on both.
+interrupted sweep works the same way on both (on a cluster of several machines, ``output.root``
+must be a filesystem they share).
 
 Example:
     >>> with make_executor(ExecutorConfig(), workers=2) as ex:   # doctest: +SKIP

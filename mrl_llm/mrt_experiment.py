@@ -33,10 +33,12 @@ from classic import seeding
 from classic.config import save_resolved, to_dict
 from classic.distributed import is_main_process
 from classic.files import canonical, save_figure, write_atomic
-from classic.workers import in_fresh_process, worker_pool
+from classic.executor import ExecutorConfig, make_executor
+from classic.workers import in_fresh_process
 from classic.files import OutputConfig, prepare_run_dir
 from classic.workers import set_threads
 from classic.metrics import MetricsLogger
+from classic.report import stage_times_table
 from mrl_llm.reasoning.search_task import SearchTaskConfig, prompt_dataset, sample_problems, sft_dataset, trace_episodes
 from classic.evaluate import mean_ci
 from mrl_llm.reasoning.evaluate import ReasoningEvalConfig, evaluate_reasoning, tokens_to_reach
@@ -110,6 +112,8 @@ class MRTExperiment:
             threads). On 2 cores, 2 workers x 1 thread do the four runs of
             ``mrt_search_tiny`` ~1.3x faster than 1 x 2: the tiny LM's small matmuls use a
             second thread poorly. Ignored under ``accelerate launch`` (several processes).
+        executor: where those runs go (:mod:`classic.executor`): ``local`` worker processes, or
+            Ray (``{name: ray}``, ``address: auto`` for a running cluster), ``workers`` at once.
         methods: which trainers to run, among ``grpo``, ``mrt``, ``mrt_rl``, ``mrt_star``.
         task: the problems.
         model: the LM (``tiny`` or a hub id/path).
@@ -125,6 +129,7 @@ class MRTExperiment:
     seeds: list[int] = field(default_factory=lambda: [0])
     threads: int | None = None
     workers: int = 1
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     methods: list[str] = field(default_factory=lambda: ["grpo", "mrt"])
     task: ReasoningTaskConfig = field(default_factory=ReasoningTaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -161,10 +166,11 @@ class MRTExperiment:
                 "eval.use_vllm: vLLM loads a model from disk, and the tiny LM without SFT exists only in memory; "
                 "enable sft or evaluate with transformers"
             )
-        if self.workers > 1 and uses_vllm(self):
+        if (self.workers > 1 or self.executor.name != "local") and uses_vllm(self):
             raise ValueError(
-                "workers > 1 trains several runs at once on the CPU cores; with vLLM (grpo.use_vllm or "
-                "eval.use_vllm) use workers: 1, and several GPUs through accelerate launch"
+                "workers > 1 (or executor: ray) trains several runs at once on the CPU cores; with vLLM "
+                "(grpo.use_vllm or eval.use_vllm) use workers: 1 and the local executor, and several GPUs "
+                "through accelerate launch"
             )
 
     def prover(self) -> MetaProverConfig:
@@ -629,8 +635,7 @@ def write_report(
         ),
         "",
     ]
-    lines += [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
-    lines.append(f"- total: {wall / 60:.1f} min")
+    lines.append(stage_times_table(times, wall))
     write_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
 
 
@@ -767,14 +772,11 @@ def run_mrt(cfg: MRTExperiment) -> Path:
         if single:
             evaluate("start", "start", start)
         pending = [(m, seed) for m, seed in runs if f"{m}_s{seed}" not in evals]
-        if single and cfg.workers > 1 and len(pending) > 1:
-            from concurrent.futures import as_completed
-
+        if single and (cfg.workers > 1 or cfg.executor.name != "local") and len(pending) > 1:
             t = time.perf_counter()
-            with worker_pool(min(cfg.workers, len(pending))) as pool:
-                futures = [pool.submit(train_and_evaluate, cfg, m, seed, start, str(run_dir)) for m, seed in pending]
-                for f in as_completed(futures):
-                    done = f.result()
+            jobs = [(cfg, m, seed, start, str(run_dir)) for m, seed in pending]
+            with make_executor(cfg.executor, min(cfg.workers, len(pending)), _threads(cfg)[1]) as executor:
+                for done in executor.map(train_and_evaluate, jobs):  # in order; each records its evaluation
                     record(done["key"], done["eval"])
                     method, seed = done["key"].rsplit("_s", 1)
                     times[f"train {method} seed {seed}"] = done["train_s"]
