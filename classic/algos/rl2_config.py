@@ -15,11 +15,10 @@ class RL2Config:
     ``num_minibatches`` minibatches of whole trials (BPTT through the GRU over the trial).
 
     The defaults are tuned for ``BernoulliBandit(num_arms=5)`` with 100 episodes per trial:
-    300 iterations x 256 trials = 7.68M environment steps, about 3.5 minutes on one CPU
-    thread, reaching a held-out mean total reward of about 78 (sampled) / 78.7 (greedy) on
-    ``run_trials(..., 1000, 100, seed=0)`` (numbers in ``classic/algos/rl2.py``). Many small
-    minibatches (16 x 16 trials) matter most: the budget is bound by BPTT compute, and more
-    gradient steps per trial collected learned much faster than bigger minibatches.
+    300 iterations x 256 trials = 7.68M environment steps (what they reach, and in how long: the
+    README, "RL² on the bandit, by seed"). Many small minibatches (16 x 16 trials) matter most:
+    the budget is bound by BPTT compute, and more gradient steps per trial collected learned much
+    faster than bigger minibatches.
 
     Attributes:
         hidden_size: GRU hidden units.
