@@ -47,11 +47,26 @@ class ExecutorConfig:
             raise ValueError("address is for the ray executor (name: ray)")
 
 
+class _Done:
+    """A finished job's result behind the ``result()`` of a future."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
 class LocalExecutor:
     """Jobs in ``workers`` spawned processes (in this process when ``workers`` is 1)."""
 
     def __init__(self, pool=None) -> None:
         self.pool = pool
+
+    def submit(self, fn: Callable, *args) -> Any:
+        """Start ``fn(*args)``; returns a future (``.result()`` waits for it). Without worker
+        processes the job runs now, in this process."""
+        return self.pool.submit(fn, *args) if self.pool is not None else _Done(fn(*args))
 
     def map(self, fn: Callable, jobs: Sequence[tuple]) -> Iterator[Any]:
         """``fn(*job)`` for each job, yielded in input order as each finishes in turn."""
@@ -71,6 +86,10 @@ class RayExecutor:
         self.ray = ray
         self.threads = threads
 
+    def submit(self, fn: Callable, *args) -> Any:
+        """Start ``fn(*args)`` as a Ray task; returns a future (``.result()`` waits for it)."""
+        return self.ray.remote(num_cpus=self.threads, max_retries=0)(fn).remote(*args).future()
+
     def map(self, fn: Callable, jobs: Sequence[tuple]) -> Iterator[Any]:
         remote = self.ray.remote(num_cpus=self.threads, max_retries=0)(fn)
         refs = [remote.remote(*job) for job in jobs]
@@ -84,20 +103,24 @@ class RayExecutor:
 
 
 @contextlib.contextmanager
-def make_executor(config: ExecutorConfig, workers: int = 1, threads: int = 1):
+def make_executor(config: ExecutorConfig, workers: int = 1, threads: int = 1, background: bool = False):
     """The executor of ``config``: ``workers`` jobs at once locally; on Ray, as many as the
     cluster's CPUs allow (``threads`` CPUs per job).
+
+    Args:
+        background: jobs must run beside this process (``submit`` returns at once), so even one
+            local worker is a process of its own.
 
     Raises:
         ImportError: ``name: ray`` without the ``ray`` extra installed (the message says how).
     """
     if config.name == "local":
-        if workers <= 1:
+        if workers <= 1 and not background:
             yield LocalExecutor()
             return
         from classic.workers import worker_pool
 
-        with worker_pool(workers) as pool:
+        with worker_pool(max(workers, 1)) as pool:
             yield LocalExecutor(pool)
         return
     try:

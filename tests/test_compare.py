@@ -220,3 +220,17 @@ def test_metrics_logger_forget_drops_only_its_prefix(tmp_path):
         {"step": 3, "ab/z": 4.0},
         {"step": 4, "a/x": 5.0},
     ]
+
+
+def test_learners_trained_in_a_worker_process_give_the_same_numbers(tmp_path):
+    """workers: 2 trains RL² in a spawned process beside the baselines (the LLM's stages, in the
+    main job): the same results.json agents as training it here."""
+    a = json.loads((run_compare(_cfg(tmp_path, name="a"), progress=False) / "results.json").read_text())
+    b_dir = run_compare(_cfg(tmp_path, name="b", workers=2), progress=False)
+    b = json.loads((b_dir / "results.json").read_text())
+    for name, entry in a["agents"].items():
+        assert b["agents"][name]["total_reward"] == entry["total_reward"], name
+    assert "train RL² (in parallel)" in (b_dir / "report.md").read_text()
+    assert any(
+        k.startswith("rl2/") for line in (b_dir / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)
+    )

@@ -38,6 +38,7 @@ from classic.config import save_resolved, to_dict
 from classic.core import StageRun, TaskDistribution
 from classic.distributed import is_main_process
 from classic.evaluate import TrialResult, run_trials
+from classic.executor import ExecutorConfig, make_executor
 from classic.files import OutputConfig, open_stage, prepare_run_dir, write_atomic
 from classic.metrics import MetricsLogger
 from classic.registry import AGENTS, LEARNERS, TASKS
@@ -113,6 +114,11 @@ class CompareExperiment:
         name: run name (the folder under ``output.root``).
         seed: seed of the tuning stream (and given to learners).
         threads: torch CPU threads (None: all cores; pin it where a recipe quotes numbers).
+        workers: learners trained at once: with 2 or more, each learner that trains on the main
+            process only (RL², not the LLM) trains in a worker process of ``threads`` threads
+            (``executor``: local processes or Ray) while this process trains the others and runs
+            the baselines; the same numbers either way (same seeds, same thread count).
+        executor: where those workers run (:mod:`classic.executor`).
         task: the task distribution, by registry name (``task: {name: bandit, num_arms: 5}``).
         protocol: held-out tasks, evaluation seed, tuning tasks.
         baselines: hand-designed agents by registry name, each with its own tuning ``grid``.
@@ -126,6 +132,8 @@ class CompareExperiment:
     name: str = "compare"
     seed: int = 0
     threads: int | None = None
+    workers: int = 1
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     task: TaskRef = field(default_factory=_default_task)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     baselines: list[BaselineRef] = field(default_factory=_default_baselines)
@@ -133,6 +141,8 @@ class CompareExperiment:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not self.baselines and not self.learners:
             raise ValueError("name at least one baseline or learner")
         names = [b.display_name for b in self.baselines] + [learner.display_name for learner in self.learners]
@@ -252,6 +262,18 @@ def train_learner(
     return checkpoint
 
 
+def train_learner_in_worker(config: Any, cfg: CompareExperiment, run_dir: str) -> tuple[Any, float]:
+    """:func:`train_learner` in a worker process (its own metrics logger, appending whole lines to
+    the run's ``metrics.jsonl``); returns the checkpoint and the training seconds."""
+    set_threads(cfg.threads)
+    times: dict[str, float] = {}
+    with MetricsLogger(run_dir) as logger:
+        checkpoint = train_learner(
+            config, cfg, cfg.task.make(), cfg.protocol_for_task(), Path(run_dir), logger, times, progress=False
+        )
+    return checkpoint, times[f"train {config.display_name}"]
+
+
 def evaluate_learner(
     config: Any, checkpoint: Any, eval_dist: TaskDistribution, protocol: Protocol, times: dict
 ) -> dict[str, TrialResult]:
@@ -317,6 +339,7 @@ def write_compare_report(
     wall: float,
     notes: list[str] = (),
     extra: dict | None = None,
+    parallel: list[str] = (),
 ) -> None:
     """report.md, regret.png (when regret is known), adaptation.png and results.json (``extra``:
     more top-level entries, e.g. a learner's benchmark)."""
@@ -354,7 +377,7 @@ def write_compare_report(
         lines.append("")
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    lines += ["## Wall time per stage", "", stage_times_table(times, wall), ""]
+    lines += ["## Wall time per stage", "", stage_times_table(times, wall, parallel), ""]
     write_atomic(run_dir / "report.md", "\n".join(lines))
     write_results_json(
         run_dir / "results.json",
@@ -389,15 +412,27 @@ def run_compare(cfg: CompareExperiment, progress: bool = True) -> Path:
     protocol = cfg.protocol_for_task()
     times: dict[str, float] = {}
     checkpoints: dict[int, Any] = {}
-    with MetricsLogger(run_dir, enabled=main) as logger:
-        for i, config in enumerate(cfg.learners):
-            if config.learner().trains_on_every_rank:
-                checkpoints[i] = train_learner(config, cfg, dist, protocol, run_dir, logger, times, progress)
+    every_rank = {i for i, c in enumerate(cfg.learners) if c.learner().trains_on_every_rank}
+    in_workers = [i for i in range(len(cfg.learners)) if i not in every_rank] if main and cfg.workers > 1 else []
+    parallel: list[str] = []
+    with (
+        make_executor(
+            cfg.executor, min(cfg.workers - 1, len(in_workers)), cfg.threads or 1, background=bool(in_workers)
+        ) as executor,
+        MetricsLogger(run_dir, enabled=main) as logger,
+    ):
+        jobs = {i: executor.submit(train_learner_in_worker, cfg.learners[i], cfg, str(run_dir)) for i in in_workers}
+        for i in sorted(every_rank):
+            checkpoints[i] = train_learner(cfg.learners[i], cfg, dist, protocol, run_dir, logger, times, progress)
         if not main:
             return run_dir
         results, params = run_baselines(cfg, dist, eval_dist, protocol, times, progress)
         for i, config in enumerate(cfg.learners):
-            if i not in checkpoints:
+            if i in jobs:
+                checkpoints[i], seconds = jobs[i].result()
+                times[f"train {config.display_name}"] = seconds
+                parallel.append(f"train {config.display_name}")
+            elif i not in checkpoints:
                 checkpoints[i] = train_learner(config, cfg, dist, protocol, run_dir, logger, times, progress)
             results.update(evaluate_learner(config, checkpoints[i], eval_dist, protocol, times))
     notes: list[str] = []
@@ -410,5 +445,6 @@ def run_compare(cfg: CompareExperiment, progress: bool = True) -> Path:
         notes += more_notes
         extra.update(more)
     limits = bounds(eval_dist, protocol)
-    write_compare_report(run_dir, cfg, results, params, limits, times, time.perf_counter() - start, notes, extra)
+    wall = time.perf_counter() - start
+    write_compare_report(run_dir, cfg, results, params, limits, times, wall, notes, extra, parallel)
     return run_dir
