@@ -1,21 +1,25 @@
 """Typed recipes: YAML files turned into nested config dataclasses, with errors that name the key and the file.
 
 A recipe is one YAML mapping whose groups map one-to-one onto dataclass fields. Loading it
-type-checks every value against the field annotations and reports the first problem as a
-:class:`RecipeError` naming the full dotted key and the file::
+validates every value against the field annotations with pydantic (v2, in strict mode over the
+recipe written as JSON: a mapping builds a dataclass, a list a tuple or set, a string a
+``Path``; a string or a bool is never taken for a number, an int is taken for a float), with a
+*discriminated union* for every field annotated with a registry's ``ref`` (``task: {name:
+gridnavi, ...}``: the ``name`` picks the config class, :mod:`classic.registry`). The first
+problem becomes a one-line :class:`RecipeError` naming the full dotted key and the file::
 
     recipes/x.yaml: unknown key 'train.lrr' (known: lr, epochs); did you mean 'lr'?
     recipes/x.yaml: 'task.num_arms' must be int, got str 'five'
     recipes/x.yaml: invalid 'train': lr must be positive, got -1.0
 
-Supported field types: dataclasses (built from sub-mappings), ``int``, ``float`` (an int is
-accepted and converted), ``bool``, ``str``, ``Optional[X]`` / ``X | None``, other unions
-(first matching member wins), ``Literal[...]``, ``list[X]``, ``tuple[X, ...]``,
-``tuple[X, Y]``, ``set[X]``, ``dict[K, V]``, ``pathlib.Path``, ``Enum`` subclasses (by value
-or by name) and ``Any``. ``bool`` is never accepted for a number and a string never for a
-number. Field annotations may be strings (``from __future__ import annotations``); they are
-resolved with :func:`typing.get_type_hints`, so config dataclasses must be importable at
-module level (not defined inside a function) when they refer to each other.
+Field types are whatever pydantic validates (dataclasses, ``int``, ``float``, ``bool``, ``str``,
+``Optional[X]`` / ``X | None``, unions, ``Literal[...]``, ``list[X]``, ``tuple[...]``,
+``set[X]``, ``dict[K, V]``, ``pathlib.Path``, ``Enum`` by value, ``Any``). Field annotations
+may be strings (``from __future__ import annotations``), so config dataclasses must be
+importable at module level (not defined inside a function) when they refer to each other. A
+``ValueError`` raised by a ``__post_init__`` is reported against its group. Overrides
+(``--set a.b.c=value``) are applied to the mapping before validation; they reach list items by
+``label``, ``name`` or index.
 
 YAML is read with a safe loader that also reads ``1e-3`` as a float (plain YAML 1.1 reads it
 as the string "1e-3") and rejects duplicate keys.
@@ -41,6 +45,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import json
 import pathlib
 import re
 import reprlib
@@ -336,29 +341,31 @@ def _unknown_key(key: str, name: Any, known: list[str]) -> str:
     return msg + (f"; did you mean '{close[0]}'?" if close else "")
 
 
+#: Most nodes a recipe may hold (a YAML alias bomb shares its lists; written out it would be huge).
+MAX_RECIPE_NODES = 1_000_000
+
+
 def _build(cls: type, data: Any, key: str, ctx: _Ctx):
-    fields = _init_fields(cls)
+    """Validate ``data`` into ``cls`` with pydantic (strict JSON-mode rules: a mapping builds a
+    dataclass, a list a tuple or set, a string a Path; no string or bool is taken for a number,
+    an int is taken for a float) and tagged unions for registry fields; the first error becomes a
+    one-line :class:`RecipeError` naming the dotted key."""
+    from pydantic import ValidationError
+
     if not isinstance(data, Mapping):
         what = f"'{key}'" if key else "the recipe"
         raise ctx.error(key, f"{what} must be a mapping of {cls.__name__} fields, got {_describe(data)}")
-    known = list(fields)
-    for name in data:
-        if name not in fields:
-            raise ctx.error(_join(key, str(name)), _unknown_key(key, name, known))
-    kwargs = {}
-    for name, (f, tp) in fields.items():
-        sub = _join(key, name)
-        if name in data:
-            kwargs[name] = _convert(data[name], tp, sub, ctx)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ctx.error(sub, f"missing required key '{sub}' ({_type_name(tp)})")
+    data = _fill_empty_groups(data, cls)
+    _check_size(data, ctx)
     try:
-        return cls(**kwargs)
-    except RecipeError:
-        raise
-    except ValueError as err:
-        what = f"'{key}'" if key else "recipe"
-        raise ctx.error(key, f"invalid {what}: {err}", group=True) from err
+        text = json.dumps(data, allow_nan=True, default=str)
+    except (TypeError, ValueError) as err:
+        raise ctx.error(key, f"the recipe holds a value with no JSON form ({err})") from None
+    try:
+        return _adapter(cls, _registry_sizes()).validate_json(text, strict=True)
+    except ValidationError as err:
+        error, cause = _translate(err.errors(include_url=False)[0], cls, data, ctx)
+        raise error from cause
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:
@@ -375,124 +382,182 @@ def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _convert(value: Any, tp: Any, key: str, ctx: _Ctx, shown: str | None = None) -> Any:
-    """Type-check ``value`` against annotation ``tp`` and convert it (int->float, list->tuple...).
+def _registry_sizes() -> tuple[int, ...]:
+    from classic.registry import AGENTS, LEARNERS, TASKS
 
-    ``shown`` is the type named in a wrong-type message for ``key`` itself (the whole
-    ``Optional[...]`` when ``tp`` is its non-None member).
-    """
-    if tp is Any or tp is object:
-        return value
-    origin, args = get_origin(tp), get_args(tp)
+    return tuple(r.size for r in (TASKS, AGENTS, LEARNERS))
 
-    def wrong() -> RecipeError:
-        return ctx.error(key, f"'{key}' must be {shown or _type_name(tp)}, got {_describe(value)}")
 
-    if origin in (Union, types.UnionType):
-        if value is None:
-            if _NONE in args:
-                return None
-            raise wrong()
-        members = [a for a in args if a is not _NONE]
-        if len(members) == 1:
-            return _convert(value, members[0], key, ctx, shown or _type_name(tp))
-        for member in members:
-            try:
-                return _convert(value, member, key, ctx)
-            except RecipeError:
-                continue
-        raise wrong()
-    if origin is Literal:
-        for allowed in args:
-            if value == allowed and type(value) is type(allowed):
-                return value
-        raise wrong()
+@functools.lru_cache(maxsize=None)
+def _adapter(cls: type, registry_sizes: tuple[int, ...]):
+    """The pydantic ``TypeAdapter`` of ``cls`` (rebuilt when a registry gains a part: its unions
+    list the parts registered when it was built)."""
+    from pydantic import TypeAdapter
+
+    _forbid_extra(cls, set())
+    return TypeAdapter(cls)
+
+
+def _forbid_extra(tp: Any, seen: set) -> None:
+    """Mark every dataclass reachable from ``tp`` with pydantic's ``extra="forbid"`` (an unknown key
+    is an error), through registry fields too."""
+    from pydantic import ConfigDict
+
+    if id(tp) in seen:
+        return
+    seen.add(id(tp))
+    if isinstance(tp, type) and issubclass(tp, RegistryRef):
+        for name in tp.registry.names():
+            _forbid_extra(tp.registry.get(name), seen)
+        return
     if _is_dataclass_type(tp):
-        return _build(tp, {} if value is None else value, key, ctx)
-    if isinstance(tp, type) and issubclass(tp, RegistryRef):  # a tagged union: "name" picks the config class
-        registry = tp.registry
-        if not isinstance(value, Mapping) or "name" not in value:
-            known = ", ".join(registry.names())
-            raise ctx.error(
-                key,
-                f"'{key}' must be a mapping with a 'name' key naming a {registry.what} "
-                f"(known: {known}), got {_describe(value)}",
-            )
-        try:
-            cls = registry.get(value["name"])
-        except RegistryError as err:
-            raise ctx.error(_join(key, "name"), f"'{_join(key, 'name')}': {err}") from None
-        return _build(cls, value, key, ctx)
-    if origin in (list, tuple, set, frozenset) or tp in (list, tuple, set, frozenset):
-        container = origin or tp
-        if not isinstance(value, (list, tuple)):
-            raise wrong()
-        if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if args == ((),):
-                args = ()
-            if len(value) != len(args):
-                expected = f"{shown or _type_name(tp)} ({len(args)} items)"
-                raise ctx.error(key, f"'{key}' must be {expected}, got {_describe(value)}")
-            return tuple(_convert(v, a, f"{key}[{i}]", ctx) for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        items = [_convert(v, item, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
-        return container(items)
-    if origin in (dict, Mapping) or tp in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise wrong()
-        kt, vt = args if len(args) == 2 else (Any, Any)
-        out = {}
-        for k, v in value.items():
-            sub = _join(key, str(k))
-            if kt is not Any:
-                try:
-                    k = _convert(k, kt, sub, ctx)
-                except RecipeError:
-                    message = f"key {k!r} of '{key}' must be {_type_name(kt)}, got {type(k).__name__}"
-                    raise ctx.error(sub, message) from None
-            out[k] = _convert(v, vt, sub, ctx)
-        return out
-    if origin is not None:
-        raise TypeError(f"{ctx.source}: field '{key}' has unsupported type {tp!r}")
-    if tp is _NONE:
-        if value is None:
-            return None
-        raise wrong()
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise wrong()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise wrong()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise wrong()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise wrong()
-    if isinstance(tp, type) and issubclass(tp, pathlib.PurePath):
-        if isinstance(value, (str, pathlib.PurePath)):
-            return tp(value)
-        raise wrong()
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        if isinstance(value, tp):
-            return value
-        for member in tp:
-            if member.value == value and type(member.value) is type(value):
-                return member
-        if isinstance(value, str) and value in tp.__members__:
-            return tp[value]
-        choices = ", ".join(repr(m.value) for m in tp)
-        raise ctx.error(key, f"'{key}' must be one of {choices} ({tp.__name__}), got {_describe(value)}")
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise wrong()
-    raise TypeError(f"{ctx.source}: field '{key}' has unsupported type {tp!r}")
+        if "__pydantic_config__" not in tp.__dict__:
+            tp.__pydantic_config__ = ConfigDict(extra="forbid")
+        for _, sub in _init_fields(tp).values():
+            _forbid_extra(sub, seen)
+        return
+    for arg in get_args(tp):
+        _forbid_extra(arg, seen)
+
+
+def _fill_empty_groups(data: Mapping, cls: type) -> dict:
+    """A group whose value is empty (``train:`` with nothing under it) takes the field's defaults:
+    ``None`` becomes ``{}`` for a (non-Optional) dataclass field, recursively."""
+    fields = _init_fields(cls)
+    out = dict(data)
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        tp = fields[name][1]
+        if _is_dataclass_type(tp):
+            nested = _fill_empty_groups(value, tp) if isinstance(value, Mapping) else value
+            out[name] = {} if value is None else nested
+        elif isinstance(tp, type) and issubclass(tp, RegistryRef) and isinstance(value, Mapping):
+            try:
+                out[name] = _fill_empty_groups(value, tp.registry.get(value.get("name")))
+            except RegistryError:
+                pass  # reported by the validation, with the known names
+        else:
+            inner, _ = _unwrap_optional(tp)
+            if _is_dataclass_type(inner) and isinstance(value, Mapping):
+                out[name] = _fill_empty_groups(value, inner)
+            elif get_origin(inner) is list and isinstance(value, list):
+                item = (get_args(inner) or (Any,))[0]
+                out[name] = [_fill_item(v, item) for v in value]
+    return out
+
+
+def _fill_item(value: Any, tp: Any) -> Any:
+    if isinstance(value, Mapping):
+        if _is_dataclass_type(tp):
+            return _fill_empty_groups(value, tp)
+        if isinstance(tp, type) and issubclass(tp, RegistryRef):
+            try:
+                return _fill_empty_groups(value, tp.registry.get(value.get("name")))
+            except RegistryError:
+                return value
+    return value
+
+
+def _check_size(data: Any, ctx: _Ctx) -> None:
+    """Refuse a recipe of more than :data:`MAX_RECIPE_NODES` values (counted with shared lists
+    counted each time they appear, as they would be written out)."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_RECIPE_NODES:
+            raise ctx.error("", f"the recipe holds more than {MAX_RECIPE_NODES:,} values (a YAML alias bomb?)")
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def _translate(error: dict, cls: type, data: Any, ctx: _Ctx) -> tuple[RecipeError, BaseException | None]:
+    """The :class:`RecipeError` of pydantic's first ``error`` (and the exception to chain)."""
+    kind, loc = error["type"], tuple(error["loc"])
+    tp: Any = cls
+    key, value, parent = "", data, ""
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        inner, _ = _unwrap_optional(tp)
+        if isinstance(inner, type) and issubclass(inner, RegistryRef):
+            try:
+                tp = inner.registry.get(part)  # the tag pydantic put in the location
+            except RegistryError:
+                break
+            i += 1
+            continue
+        if _is_dataclass_type(inner):
+            fields = _init_fields(inner)
+            if part not in fields:
+                parent = key
+                break
+            parent, key, tp = key, _join(key, str(part)), fields[part][1]
+            value = value.get(part) if isinstance(value, Mapping) else None
+        elif get_origin(inner) in (list, tuple, set, frozenset) and isinstance(part, int):
+            args = get_args(inner)
+            if get_origin(inner) is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+                tp = args[part] if part < len(args) else Any
+            else:
+                tp = args[0] if args else Any
+            key = f"{key}[{part}]"
+            value = value[part] if isinstance(value, (list, tuple)) and part < len(value) else None
+        elif get_origin(inner) in (dict, Mapping):
+            kt, vt = get_args(inner) if len(get_args(inner)) == 2 else (Any, Any)
+            if i + 1 < len(loc) and loc[i + 1] == "[key]":
+                raw = _dict_key(value, part)
+                sub = _join(key, str(part))
+                message = f"key {raw!r} of '{key}' must be {_type_name(kt)}, got {type(raw).__name__}"
+                return ctx.error(sub, message), None
+            key, tp = _join(key, str(part)), vt
+            value = value.get(_dict_key(value, part)) if isinstance(value, Mapping) else None
+        else:
+            break  # a union's member tag: the error is the union's, at this key
+        i += 1
+    inner, _ = _unwrap_optional(tp)
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = list(_init_fields(inner)) if _is_dataclass_type(inner) else []
+        name = loc[-1]
+        return ctx.error(_join(parent, str(name)), _unknown_key(parent, name, known)), None
+    if kind in ("missing_argument", "missing"):
+        return ctx.error(key, f"missing required key '{key}' ({_type_name(tp)})"), None
+    if kind in ("value_error", "assertion_error"):
+        original = (error.get("ctx") or {}).get("error")
+        if isinstance(original, RecipeError):
+            return original, original.__cause__
+        what = f"'{key}'" if key else "recipe"
+        return ctx.error(key, f"invalid {what}: {original}", group=True), original
+    if isinstance(inner, type) and issubclass(inner, RegistryRef):
+        registry = inner.registry
+        if kind == "union_tag_invalid" and isinstance(value, Mapping):
+            try:
+                registry.get(value.get("name"))
+            except RegistryError as err:
+                return ctx.error(_join(key, "name"), f"'{_join(key, 'name')}': {err}"), None
+        return ctx.error(
+            key,
+            f"'{key}' must be a mapping with a 'name' key naming a {registry.what} "
+            f"(known: {', '.join(registry.names())}), got {_describe(value)}",
+        ), None
+    if _is_dataclass_type(inner) and not isinstance(value, Mapping):
+        what = f"'{key}'" if key else "the recipe"
+        return ctx.error(key, f"{what} must be a mapping of {inner.__name__} fields, got {_describe(value)}"), None
+    if kind in ("too_short", "too_long") and get_origin(inner) is tuple:
+        expected = f"{_type_name(tp)} ({len(get_args(inner))} items)"
+        return ctx.error(key, f"'{key}' must be {expected}, got {_describe(value)}"), None
+    return ctx.error(key, f"'{key}' must be {_type_name(tp)}, got {_describe(value)}"), None
+
+
+def _dict_key(mapping: Any, part: Any) -> Any:
+    """The key of ``mapping`` that pydantic's JSON location ``part`` (a string) stands for."""
+    if isinstance(mapping, Mapping) and part not in mapping:
+        for k in mapping:
+            if str(k) == str(part):
+                return k
+    return part
 
 
 def _check_override_path(cls: type, parts: list[str], text: str, ctx: _Ctx) -> None:

@@ -39,9 +39,18 @@ class RegistryError(ValueError):
 
 class RegistryRef:
     """Base of the marker types :attr:`Registry.ref`: a config field annotated with one holds a
-    config of that registry, picked by its ``name`` key."""
+    config of that registry, picked by its ``name`` key (for pydantic, which builds recipes: a
+    tagged union of every registered config class, discriminated by ``name``)."""
 
     registry: ClassVar["Registry"]
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        reg = cls.registry
+        choices = {name: handler.generate_schema(reg.get(name)) for name in reg.names()}
+        return core_schema.tagged_union_schema(choices, discriminator="name")
 
 
 class Registry:
@@ -100,6 +109,11 @@ class Registry:
                 except ModuleNotFoundError as err:  # a part behind an optional extra (gymnasium, ...)
                     if (err.name or "").split(".")[0] in ("classic", "mrl_llm"):
                         raise
+
+    @property
+    def size(self) -> int:
+        """How many parts are registered so far (without importing the packages)."""
+        return len(self._entries)
 
     def names(self) -> list[str]:
         """Every registered name, in registration order."""
