@@ -5,7 +5,7 @@
         [--prover-samples 4] [--threads 2]
 
 1. Time per training step of ``trl.GRPOTrainer`` (outcome reward) and of MRT (progress mode,
-   :class:`mrl_llm.train.mrt.MRTGRPOTrainer`) at the same batch, from the same weights, on the
+   :class:`mrl_llm.train.trainers.MRTGRPOTrainer`) at the same batch, from the same weights, on the
    search task's prompts; the meta-prover's share of MRT's step.
 2. The meta-prover alone on the same traces: J at every episode boundary with tree attention
    (one cache row per trace, 4D masks; the default with sdpa/eager attention), with one copied

@@ -235,26 +235,6 @@ class PackedBatchCollator:
         }
 
 
-def _packed_sft_trainer_class():
-    """``trl.SFTTrainer`` that drops ``num_real_tokens`` from the inputs and counts it, rather than
-    the 4D mask's entries, in TRL's ``num_tokens`` metric."""
-    from trl import SFTTrainer
-
-    class PackedSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            real = inputs.pop("num_real_tokens", None)
-            before = getattr(self, "_total_train_tokens", None)
-            out = super().compute_loss(model, inputs, *args, **kwargs)
-            if real is not None and before is not None and model.training:
-                self._total_train_tokens = before + int(
-                    self.accelerator.gather_for_metrics(real.to(self.accelerator.device).reshape(1)).sum()
-                )
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return out
-
-    return PackedSFTTrainer
-
-
 def run_sft(
     model,
     tokenizer,
@@ -282,7 +262,9 @@ def run_sft(
         )
     output_dir = Path(output_dir)
     args = sft_arguments(cfg, output_dir, use_cpu)
-    cls = _packed_sft_trainer_class() if cfg.packed_batches else SFTTrainer
+    from mrl_llm.train.trainers import PackedSFTTrainer
+
+    cls = PackedSFTTrainer if cfg.packed_batches else SFTTrainer
     trainer = cls(
         model=model,
         args=args,
