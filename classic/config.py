@@ -420,42 +420,26 @@ def _forbid_extra(tp: Any, seen: set) -> None:
         _forbid_extra(arg, seen)
 
 
-def _fill_empty_groups(data: Mapping, cls: type) -> dict:
+def _fill_empty_groups(value: Any, tp: Any) -> Any:
     """A group whose value is empty (``train:`` with nothing under it) takes the field's defaults:
-    ``None`` becomes ``{}`` for a (non-Optional) dataclass field, recursively."""
-    fields = _init_fields(cls)
-    out = dict(data)
-    for name, value in data.items():
-        if name not in fields:
-            continue
-        tp = fields[name][1]
-        if _is_dataclass_type(tp):
-            nested = _fill_empty_groups(value, tp) if isinstance(value, Mapping) else value
-            out[name] = {} if value is None else nested
-        elif isinstance(tp, type) and issubclass(tp, RegistryRef) and isinstance(value, Mapping):
-            try:
-                out[name] = _fill_empty_groups(value, tp.registry.get(value.get("name")))
-            except RegistryError:
-                pass  # reported by the validation, with the known names
-        else:
-            inner, _ = _unwrap_optional(tp)
-            if _is_dataclass_type(inner) and isinstance(value, Mapping):
-                out[name] = _fill_empty_groups(value, inner)
-            elif get_origin(inner) is list and isinstance(value, list):
-                item = (get_args(inner) or (Any,))[0]
-                out[name] = [_fill_item(v, item) for v in value]
-    return out
-
-
-def _fill_item(value: Any, tp: Any) -> Any:
-    if isinstance(value, Mapping):
-        if _is_dataclass_type(tp):
-            return _fill_empty_groups(value, tp)
-        if isinstance(tp, type) and issubclass(tp, RegistryRef):
-            try:
-                return _fill_empty_groups(value, tp.registry.get(value.get("name")))
-            except RegistryError:
-                return value
+    ``None`` becomes ``{}`` for a non-Optional dataclass field, recursively through dataclasses,
+    registry parts (an unknown ``name`` is left for the validation to report) and lists."""
+    inner, optional = _unwrap_optional(tp)
+    if isinstance(inner, type) and issubclass(inner, RegistryRef) and isinstance(value, Mapping):
+        try:
+            inner = inner.registry.get(value.get("name"))
+        except RegistryError:
+            return value
+    if _is_dataclass_type(inner):
+        if value is None and not optional:
+            return {}
+        if not isinstance(value, Mapping):
+            return value
+        fields = _init_fields(inner)
+        return {k: _fill_empty_groups(v, fields[k][1]) if k in fields else v for k, v in value.items()}
+    if get_origin(inner) is list and isinstance(value, list):
+        item = (get_args(inner) or (Any,))[0]
+        return [_fill_empty_groups(v, item) for v in value]
     return value
 
 

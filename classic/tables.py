@@ -38,7 +38,14 @@ from classic.algos.rl2 import RL2Agent, RL2Policy
 from classic.config import from_dict, save_resolved, to_dict
 from classic.evaluate import run_trials, sample_eval_tasks
 from classic.executor import ExecutorConfig, make_executor
-from classic.experiments.compare import REFERENCE_PATH, CompareExperiment, ProtocolConfig, paper_reference, run_compare
+from classic.experiments.compare import (
+    REFERENCE_PATH,
+    CompareExperiment,
+    ProtocolConfig,
+    paper_reference,
+    run_compare,
+    stage_name,
+)
 from classic.files import OutputConfig, prepare_run_dir, write_atomic
 from classic.registry import AGENTS, LEARNERS, TASKS
 from classic.report import _jsonable, comparison_table, load_results_json
@@ -285,8 +292,6 @@ def _init_from(learners: list, path: Path) -> list[dict]:
     for cfg in learners:
         d = to_dict(cfg)
         if "init_from" in d:
-            from classic.experiments.compare import stage_name
-
             d["init_from"] = str(path / stage_name(cfg) / "policy.pt")
         out.append(d)
     return out
@@ -503,8 +508,6 @@ def horizon_study(cfg: TablesExperiment, root: Path) -> dict:
         )
     protocol = cfg.protocol
     for label, ns, name_of, task_of, ref_agents, rl2 in parts:
-        from classic.experiments.compare import stage_name
-
         rl2_name, greedy = rl2.display_name, rl2.greedy_eval
         table: dict[str, dict[str, dict]] = {}
         for n_train in ns:

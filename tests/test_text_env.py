@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from classic import seeding
 from classic.registry import AGENTS, TASKS
 from classic.evaluate import run_trials
 from mrl_llm.envs.text_bandit import BanditText
@@ -135,13 +136,13 @@ def test_the_sft_teacher_is_any_baseline_named_by_a_recipe_line(tiny_tok):
     assert type(teacher).__name__ == "UCB1Agent" and teacher.c == 0.3
     renderer = TrialRenderer(tiny_tok, text_env_for(task, dist, 6))
     trs = teacher_transcripts(teacher, dist, renderer, 4, 6, seed=0)
-    g = torch.Generator().manual_seed(20_000)
+    g = seeding.generator("sft", 0)  # the stream teacher_transcripts draws its tasks from
     ref = run_trials(
         AGENTS.get("UCB1")(c=0.3, grid={}).make(dist, 6),
         dist,
         tasks=dist.sample_tasks(4, g),
         episodes_per_trial=6,
-        seed=20_000,
+        seed=seeding.stream_seed("sft", 0),
     )
     for tr, actions in zip(trs, ref.actions.tolist()):
         replies = [tiny_tok.decode([t]) for t, m in zip(tr.completion_ids, tr.env_mask) if m == 1]

@@ -275,7 +275,6 @@ class LLMLearner(MetaLearner):
         dist: TaskDistribution,
         path=None,
         name: str | None = None,
-        sampling: SamplingConfig | None = None,
     ):
         """The LM saved at ``path`` (default: the last stage's; the untrained LM when no stage ran)
         as an :class:`~mrl_llm.rollout.agent.LLMAgent`, on this process's device."""
@@ -288,7 +287,7 @@ class LLMLearner(MetaLearner):
             model.to(inference_device()).eval(),
             tok,
             checkpoint.text_env,
-            sampling or config.sampling,
+            config.sampling,
             name=name or config.display_name,
         )
 
@@ -315,9 +314,11 @@ class LLMLearner(MetaLearner):
         """Tokens/s of the same trials with and without KV-cache reuse; both and the speed-up."""
         out: dict[str, Any] = {}
         n = config.kv_cache_benchmark.num_tasks
+        final = self.agent(config, checkpoint, dist, name="kv")  # loaded once, played both ways
         for use_cache in (True, False):
-            sampling = dataclasses.replace(config.sampling, use_cache=use_cache)
-            agent = self.agent(config, checkpoint, dist, name="kv", sampling=sampling)
+            agent = type(final)(
+                final.model, final.tok, final.env, dataclasses.replace(config.sampling, use_cache=use_cache), name="kv"
+            )
             res = run_trials(
                 agent, dist, n, protocol.episodes_per_trial, seed=protocol.seed, batch_size=config.eval_batch_size
             )

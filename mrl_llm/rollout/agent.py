@@ -86,6 +86,7 @@ class TrialRenderer:
         self.chat = ChatTurns(tokenizer) if text_env.chat else None
         self.stop_ids = self._stop_token_ids(eos_token_id)
         self._ids_cache: dict[str, list[int]] = {}
+        self._chat_prompt_cache: dict[str, list[int]] = {}
 
     def _stop_token_ids(self, extra) -> set[int]:
         ids = {self.tok.eos_token_id}
@@ -117,8 +118,14 @@ class TrialRenderer:
         if self.chat is None:
             bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
             return bos + self.encode(prompt)
-        out = self.tok.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
+        key = prompt[0]["content"]  # the same first observation on many tasks: template it once
+        ids = self._chat_prompt_cache.get(key)
+        if ids is None:
+            out = self.tok.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
+            ids = list(out["input_ids"] if hasattr(out, "keys") else out)
+            if len(self._chat_prompt_cache) < 10_000:
+                self._chat_prompt_cache[key] = ids
+        return list(ids)
 
     def reply_ids(self, action: int) -> list[int]:
         """A teacher's reply taking ``action``, ending with the turn's stop token in chat mode."""
