@@ -259,7 +259,10 @@ class Agent(Protocol):
     Attributes:
         name: the agent's name in reports.
         adapts_by_gradient: True for agents that take gradient steps at test time (MAML): the
-            evaluator runs them with autograd enabled. Agents without it run under ``no_grad``.
+            evaluator plays them through :func:`classic.rollout.rollout_adapting`, on
+            ``episodes_per_adaptation`` (K) copies of each task, one episode at a time, calling
+            their ``adapt(trajectory)`` between episodes with autograd enabled. Agents without
+            it run under ``no_grad``, one trial per task.
     """
 
     name: str

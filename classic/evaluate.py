@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from classic import seeding
-from classic.core import Agent, TaskDistribution
-from classic.rollout import Trajectory, num_tasks_of, rollout, slice_tasks
+from classic.core import Agent, TaskDistribution, adapts_by_gradient
+from classic.rollout import Trajectory, num_tasks_of, rollout, rollout_adapting, slice_tasks
 
 # Evaluation streams start at this offset (:mod:`classic.seeding`, streams eval_tasks and eval_play).
 EVAL_SEED_OFFSET = seeding.STREAMS["eval_tasks"][0]
@@ -124,7 +124,13 @@ def run_trials(
         tasks: explicit tasks (overrides ``num_tasks``/``seed`` for task sampling).
         progress: show a tqdm bar over steps.
         keep_trajectories: keep each batch's :class:`~classic.rollout.Trajectory` in
-            ``TrialResult.trajectories`` (observations, actions, rewards per step).
+            ``TrialResult.trajectories`` (observations, actions, rewards per step); for an agent
+            that adapts by gradient, one trajectory per episode over its K copies of each task.
+
+    An agent that ``adapts_by_gradient`` (MAML) plays its trial through
+    :func:`~classic.rollout.rollout_adapting`: K = ``agent.episodes_per_adaptation`` copies of
+    each task, a gradient step after each episode; its per-task numbers are the means over the
+    K copies (its actions: the first copy's), so episode ``e`` is its return after ``e`` steps.
 
     Returns:
         TrialResult with rewards/actions (num_tasks, E*H), episode_returns/regret (num_tasks, E);
@@ -139,6 +145,12 @@ def run_trials(
     chunks, trajectories = [], []
     for lo in range(0, num_tasks, batch_size):
         sub = slice_tasks(tasks, lo, lo + batch_size)
+        if adapts_by_gradient(agent):
+            episodes = rollout_adapting(agent, dist, sub, episodes_per_trial, g)
+            chunks.append(_per_task_adapting(episodes, dist.episode_length, agent.episodes_per_adaptation))
+            if keep_trajectories:
+                trajectories.extend(episodes)
+            continue
         traj = rollout(agent, dist, sub, episodes_per_trial, g, progress=progress)
         chunks.append(_per_task(traj, episodes_per_trial, dist.episode_length))
         if keep_trajectories:
@@ -176,3 +188,16 @@ def _per_task(traj: Trajectory, episodes_per_trial: int, episode_length: int):
     ep_returns = torch.zeros(B, E).scatter_add_(1, ep, traj.rewards.T.float() * keep)
     ep_expected = torch.zeros(B, E).scatter_add_(1, ep, traj.expected_rewards.T.float() * keep)
     return rewards, actions, ep_returns, ep_expected
+
+
+def _per_task_adapting(episodes: list[Trajectory], episode_length: int, copies: int):
+    """:func:`_per_task` of a gradient-adapting agent's trial (one trajectory per episode over
+    B * K rows, K copies per task): per-task means over the K copies, the first copy's actions."""
+    parts = [_per_task(traj, 1, episode_length) for traj in episodes]
+    rewards, actions, ep_returns, ep_expected = (torch.cat(p, dim=1) for p in zip(*parts))
+    return (
+        rewards.reshape(-1, copies, rewards.shape[1]).mean(1),
+        actions[::copies],
+        ep_returns.reshape(-1, copies, ep_returns.shape[1]).mean(1),
+        ep_expected.reshape(-1, copies, ep_expected.shape[1]).mean(1),
+    )

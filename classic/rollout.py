@@ -88,6 +88,13 @@ def slice_tasks(tasks: Any, lo: int, hi: int) -> Any:
     return type(tasks)(*parts) if hasattr(tasks, "_fields") else type(tasks)(parts)
 
 
+def repeat_tasks(tasks: Any, copies: int) -> Any:
+    """Each task of a container repeated ``copies`` times in place: rows ``b * copies .. b * copies
+    + copies - 1`` are copies of task ``b`` (a NamedTuple or tuple of tensors leading with n)."""
+    parts = [t.repeat_interleave(copies, dim=0) for t in tasks]
+    return type(tasks)(*parts) if hasattr(tasks, "_fields") else type(tasks)(parts)
+
+
 def select_rows(mask: Tensor, new: Any, old: Any) -> Any:
     """Rows of ``new`` where ``mask`` (n,) is True, of ``old`` elsewhere, for a NamedTuple (or a
     tensor) whose tensors lead with n."""
@@ -204,3 +211,37 @@ def rollout(
     columns = [torch.stack(c) for c in zip(*rows)]
     info_stacked = {k: torch.stack([i[k] for i in infos]) for k in infos[0]} if infos else {}
     return Trajectory(*columns, info=info_stacked)
+
+
+def rollout_adapting(
+    agent: Agent, dist: TaskDistribution, tasks: Any, episodes_per_trial: int, generator: torch.Generator
+) -> list[Trajectory]:
+    """A trial of an agent that adapts by gradient between episodes (MAML, arXiv 1703.03400).
+
+    The agent plays ``agent.episodes_per_adaptation`` (K) copies of each task at once (rows
+    ``b * K .. b * K + K - 1`` are task ``b``), one episode at a time: after episode ``e`` of
+    every copy it gets that episode's :class:`Trajectory` through ``agent.adapt(trajectory)``
+    (its K episodes per task are its adaptation data, e.g. one policy-gradient step), then plays
+    episode ``e + 1``. So episode ``e`` is played after ``e`` adaptation steps. The agent is
+    ``reset`` once with ``B * K`` tasks; ``adapt`` runs with gradients enabled.
+
+    Args:
+        agent: an agent with ``adapts_by_gradient``, ``episodes_per_adaptation`` and ``adapt``.
+        dist, tasks, episodes_per_trial, generator: as in :func:`rollout`.
+
+    Returns:
+        ``episodes_per_trial`` trajectories of one episode each, over ``B * K`` rows (a row whose
+        episode terminates early is padded, ``valid`` False, until every row has finished).
+    """
+    copies = int(getattr(agent, "episodes_per_adaptation", 1))
+    if copies < 1:
+        raise ValueError(f"episodes_per_adaptation must be >= 1, got {copies}")
+    rows = repeat_tasks(tasks, copies)
+    agent.reset(num_tasks_of(rows), generator)
+    episodes = []
+    for e in range(int(episodes_per_trial)):
+        episodes.append(rollout(agent, dist, rows, 1, generator, reset_agent=False))
+        if e + 1 < episodes_per_trial:
+            with torch.enable_grad():
+                agent.adapt(episodes[-1])
+    return episodes

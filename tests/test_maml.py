@@ -1,0 +1,259 @@
+"""MAML / FOMAML (classic/algos/maml.py): adaptation against a slow loop, the meta-gradient against
+finite differences, FOMAML = MAML minus the Hessian term, conjugate gradient against a direct
+solve, the linear feature baseline against least squares, the evaluator's adaptation protocol,
+and tiny trainings (parameters change, resume, same seed same numbers)."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from classic.algos.maml import (
+    Episodes,
+    GaussianMLPPolicy,
+    MAMLAgent,
+    MAMLConfig,
+    MetaBatch,
+    adapt,
+    advantages,
+    baseline_features,
+    conjugate_gradient,
+    discounted_returns_to_go,
+    fit_linear_baseline,
+    surrogate,
+    train_maml,
+    trpo_step,
+)
+from classic.envs.nav2d import Nav2DConfig
+from classic.evaluate import run_trials
+from classic.registry import LEARNERS
+
+
+def _episodes(B=3, K=4, T=6, obs_dim=2, act_dim=2, seed=0, dtype=torch.float64) -> Episodes:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, K, T, dtype=dtype)
+    mask[0, 1, 4:] = 0  # one episode ended early
+    ep = Episodes(
+        obs=torch.randn(B, K, T, obs_dim, generator=g, dtype=dtype),
+        actions=torch.randn(B, K, T, act_dim, generator=g, dtype=dtype),
+        rewards=torch.randn(B, K, T, generator=g, dtype=dtype) * mask,
+        mask=mask,
+        advantages=torch.zeros(B, K, T, dtype=dtype),
+    )
+    return advantages(ep, gamma=0.9)
+
+
+def _policy(seed=0, hidden=(5,)) -> GaussianMLPPolicy:
+    return GaussianMLPPolicy(2, 2, list(hidden), init_std=0.7, generator=torch.Generator().manual_seed(seed)).double()
+
+
+def _slow_inner_loss(policy, ep_b) -> torch.Tensor:
+    """One task's REINFORCE loss by loops: mean over episodes of the per-episode time mean."""
+    K, T = ep_b.rewards.shape
+    per_episode = []
+    for k in range(K):
+        terms = []
+        for t in range(T):
+            if ep_b.mask[k, t] > 0:
+                mean = policy(ep_b.obs[k, t])
+                dist = torch.distributions.Normal(mean, policy.log_std.exp())
+                terms.append(dist.log_prob(ep_b.actions[k, t]).sum() * ep_b.advantages[k, t])
+        per_episode.append(torch.stack(terms).mean())
+    return -torch.stack(per_episode).mean()
+
+
+def _task(ep: Episodes, b: int) -> Episodes:
+    return Episodes(*(x[b] for x in ep))
+
+
+def test_adapted_parameters_match_a_slow_per_task_loop():
+    policy, ep = _policy(), _episodes()
+    adapted = adapt(policy, policy.params(), ep, fast_lr=0.3, first_order=False, batched=False)
+    for b in range(3):
+        clone = copy.deepcopy(policy)
+        grads = torch.autograd.grad(_slow_inner_loss(clone, _task(ep, b)), list(clone.parameters()))
+        for (name, p), g in zip(clone.named_parameters(), grads):
+            assert torch.allclose(adapted[name][b], p - 0.3 * g, atol=1e-10), name
+
+
+def _meta_batch(policy, seed=1) -> MetaBatch:
+    return MetaBatch(train=[_episodes(seed=seed)], valid=_episodes(seed=seed + 1))
+
+
+def test_meta_gradient_matches_finite_differences():
+    """d/d theta of the surrogate through one second-order adaptation step (float64)."""
+    policy = _policy()
+    cfg = MAMLConfig(fast_lr=0.5, first_order=False)
+    batch = _meta_batch(policy)
+    _, _, old = surrogate(policy, batch, cfg)
+    old = tuple(x.detach() for x in old)
+    loss, _, _ = surrogate(policy, batch, cfg, old)
+    grads = torch.autograd.grad(loss, list(policy.parameters()))
+    eps = 1e-6
+    for p, g in zip(policy.parameters(), grads):
+        for idx in [(0,) * p.dim(), tuple(s - 1 for s in p.shape)]:
+            with torch.no_grad():
+                p[idx] += eps
+                up = float(surrogate(policy, batch, cfg, old)[0])
+                p[idx] -= 2 * eps
+                down = float(surrogate(policy, batch, cfg, old)[0])
+                p[idx] += eps
+            assert float(g[idx]) == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8)
+
+
+def test_fomaml_differs_from_maml_exactly_by_the_hessian_term():
+    """MAML: (I - alpha H_i) grad_theta' L_val; FOMAML: grad_theta' L_val (arXiv 1703.03400, Sec. 5.2)."""
+    policy, alpha = _policy(), 0.4
+    batch = MetaBatch(train=[_episodes(B=1, seed=3)], valid=_episodes(B=1, seed=4))
+    leaves = list(policy.parameters())
+    _, _, old = surrogate(policy, batch, MAMLConfig(fast_lr=alpha))
+    old = tuple(x.detach() for x in old)
+
+    def meta_grad(first_order):
+        cfg = MAMLConfig(fast_lr=alpha, first_order=first_order)
+        return torch.autograd.grad(surrogate(policy, batch, cfg, old)[0], leaves)
+
+    maml, fomaml = meta_grad(False), meta_grad(True)
+    # v = grad_theta' L_val at theta' (what FOMAML returns); H v by double backward of the inner loss
+    inner = _slow_inner_loss(policy, _task(batch.train[0], 0))
+    g_inner = torch.autograd.grad(inner, leaves, create_graph=True)
+    hv = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g_inner, fomaml)), leaves)
+    for m, f, h in zip(maml, fomaml, hv):
+        assert torch.allclose(m, f - alpha * h, atol=1e-10)
+    assert any(not torch.allclose(m, f) for m, f in zip(maml, fomaml))
+
+
+def test_conjugate_gradient_matches_a_direct_solve():
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    A = M @ M.T + 0.1 * torch.eye(8, dtype=torch.float64)
+    b = torch.randn(8, generator=g, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: A @ v, b, iters=50, tol=1e-30)
+    assert torch.allclose(x, torch.linalg.solve(A, b), atol=1e-8)
+    few = conjugate_gradient(lambda v: A @ v, b, iters=2)
+    assert not torch.allclose(few, torch.linalg.solve(A, b), atol=1e-3)
+
+
+def test_linear_feature_baseline_is_least_squares_and_returns_are_discounted_sums():
+    ep = _episodes(B=2, K=5, T=7)
+    returns = discounted_returns_to_go(ep.rewards, ep.mask, 0.9)
+    for b, k, t in [(0, 0, 0), (1, 3, 2), (0, 1, 3)]:
+        ref = sum(0.9**i * float(ep.rewards[b, k, t + i] * ep.mask[b, k, t + i]) for i in range(7 - t))
+        assert float(returns[b, k, t]) == pytest.approx(ref, abs=1e-10)
+    feats = baseline_features(ep.obs, ep.mask).reshape(2, 35, -1)
+    w = fit_linear_baseline(feats, returns.reshape(2, 35), reg=1e-3)
+    for b in range(2):  # ridge = least squares on [F; sqrt(reg) I] against [R; 0]
+        f = feats.shape[-1]
+        A = torch.cat([feats[b], 1e-3**0.5 * torch.eye(f, dtype=feats.dtype)])
+        y = torch.cat([returns.reshape(2, 35)[b], torch.zeros(f, dtype=feats.dtype)])
+        ref = torch.linalg.lstsq(A, y.unsqueeze(-1)).solution.squeeze(-1)
+        assert torch.allclose(w[b], ref, atol=1e-8)
+
+
+def test_trpo_step_respects_the_trust_region_and_improves_the_surrogate():
+    policy = _policy()
+    cfg = MAMLConfig(fast_lr=0.3, max_kl=1e-3)
+    batch = _meta_batch(policy, seed=7)
+    before = [p.detach().clone() for p in policy.parameters()]
+    stats = trpo_step(policy, batch, cfg)
+    assert stats["accepted"] == 1.0
+    assert stats["loss_after"] < stats["loss_before"] and stats["kl"] < 1e-3
+    assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
+
+
+class _CountingAgent:
+    """Adapts by 'gradient' by counting steps; acts with velocity 0 or toward the goal."""
+
+    adapts_by_gradient = True
+    episodes_per_adaptation = 3
+    name = "counting"
+
+    def __init__(self, goals):
+        self.goals, self.steps = goals, 0
+
+    def reset(self, num_tasks, generator):
+        assert num_tasks == 3 * self.goals.shape[0]
+        self.steps = 0
+
+    def act(self, obs, prev_action, prev_reward, terminated, truncated):
+        goal = self.goals.repeat_interleave(3, dim=0)
+        return torch.zeros_like(obs) if self.steps == 0 else (goal - obs).clamp(-0.1, 0.1)
+
+    def adapt(self, trajectory):
+        assert torch.is_grad_enabled()
+        self.steps += 1
+
+
+def test_the_evaluator_plays_gradient_adapting_agents_episode_by_episode_on_k_copies():
+    dist = Nav2DConfig().make()
+    from classic.evaluate import sample_eval_tasks
+
+    tasks = sample_eval_tasks(dist, 5, seed=0)
+    agent = _CountingAgent(tasks.goal)
+    result = run_trials(agent, dist, tasks=tasks, episodes_per_trial=3)
+    assert result.episode_returns.shape == (5, 3)
+    still = -100 * tasks.goal.norm(dim=-1)
+    assert torch.allclose(result.episode_returns[:, 0], still, atol=1e-4)
+    oracle = dist.optimal_episode_return(tasks)
+    assert torch.allclose(result.episode_returns[:, 1], oracle, atol=1e-4)
+    assert torch.allclose(result.episode_returns[:, 2], oracle, atol=1e-4)
+    assert torch.allclose(result.regret[:, 0], oracle - still, atol=1e-3)
+
+
+def test_the_agent_adapts_between_episodes_and_test_steps_caps_it():
+    dist = Nav2DConfig(episode_length=10).make()
+    cfg = MAMLConfig(hidden_sizes=[8], episodes_per_task=4, fast_lr=0.5)
+    policy = GaussianMLPPolicy(2, 2, [8], generator=torch.Generator().manual_seed(0))
+    agent = MAMLAgent(policy, cfg)
+    run_trials(agent, dist, num_tasks=3, episodes_per_trial=3)
+    assert agent.steps_taken == 2
+    assert not torch.equal(agent.params["log_std"][0], policy.log_std.detach())
+    capped = MAMLAgent(policy, dataclasses.replace(cfg, test_steps=1))
+    run_trials(capped, dist, num_tasks=3, episodes_per_trial=3)
+    assert capped.steps_taken == 1
+
+
+TINY = dict(hidden_sizes=[8], episodes_per_task=3, meta_batch_size=4, cg_iters=3, ls_max_steps=5)
+
+
+@pytest.mark.parametrize(
+    "variant", [{}, {"first_order": True}, {"outer": "ppo", "ppo_epochs": 2}, {"inner_steps": 2}, {"inner_steps": 0}]
+)
+def test_tiny_training_changes_parameters_and_same_seed_gives_same_numbers(variant):
+    dist = Nav2DConfig(episode_length=10).make()
+    cfg = MAMLConfig(num_iterations=2, **TINY, **variant)
+    init = GaussianMLPPolicy(2, 2, [8], generator=torch.Generator().manual_seed(cfg.seed))
+    a, b = train_maml(cfg, dist), train_maml(cfg, dist)
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), init.parameters()))
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_interrupted_training_resumes_to_the_same_numbers(tmp_path):
+    dist = Nav2DConfig(episode_length=10).make()
+    full = train_maml(MAMLConfig(num_iterations=4, **TINY), dist)
+    state = tmp_path / "state.pt"
+    train_maml(MAMLConfig(num_iterations=2, **TINY), dist, checkpoint_path=state, checkpoint_every=1)
+    resumed = train_maml(MAMLConfig(num_iterations=4, **TINY), dist, checkpoint_path=state, checkpoint_every=1)
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_learner_config_names_its_variants_and_rejects_bad_values():
+    cls = LEARNERS.get("maml")
+    assert cls().display_name == "MAML"
+    assert cls(algo=MAMLConfig(first_order=True)).display_name == "FOMAML"
+    assert cls(algo=MAMLConfig(inner_steps=0)).display_name == "pretrained"
+    assert cls(algo=MAMLConfig(num_iterations=0)).display_name == "random init"
+    with pytest.raises(ValueError, match="fast_lr"):
+        MAMLConfig(fast_lr=0)
+    with pytest.raises(ValueError, match="outer"):
+        MAMLConfig(outer="sgd")
+
+
+def test_training_needs_box_actions():
+    from classic.envs.bandit import BernoulliBandit
+
+    with pytest.raises(ValueError, match="Box actions"):
+        train_maml(MAMLConfig(num_iterations=1, **TINY), BernoulliBandit(3))
