@@ -202,3 +202,13 @@ def test_rl2_mdp_behaviour_scores_an_oracle_as_always_optimal_and_counts_tried_a
     assert first["windows"]["0-5"]["optimal"] < 1.0
     with pytest.raises(SystemExit):
         bench.main(["--policy", "x.pt", "--windows", "5-2"])
+
+
+def test_maml_iteration_benchmark_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("maml_iteration", SCRIPT.parent / "maml_iteration.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--meta-batch", "2", "--episodes-per-task", "2", "--episode-length", "5", "--repeats", "1"])
+    assert [r["variant"] for r in rows] == list(bench.VARIANTS)
+    assert all(r["total_s"] > 0 for r in rows) and rows[0]["speedup"] == pytest.approx(1.0)
+    assert "| FOMAML (TRPO) |" in capsys.readouterr().out

@@ -234,3 +234,9 @@ def test_learners_trained_in_a_worker_process_give_the_same_numbers(tmp_path):
     assert any(
         k.startswith("rl2/") for line in (b_dir / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)
     )
+
+
+def test_two_learners_in_one_stage_folder_are_refused(tmp_path):
+    """RL² and RL² (greedy) have distinct report names but would both train in "rl2"."""
+    with pytest.raises((RecipeError, ValueError), match="stage folder 'rl2'"):
+        _cfg(tmp_path, learners=[TINY_RL2, {**TINY_RL2, "greedy_eval": True}])

@@ -257,3 +257,52 @@ def test_training_needs_box_actions():
 
     with pytest.raises(ValueError, match="Box actions"):
         train_maml(MAMLConfig(num_iterations=1, **TINY), BernoulliBandit(3))
+
+
+def test_compare_run_trains_each_variant_in_its_own_stage_and_reports_per_step_returns(tmp_path):
+    """A tiny nav2d compare run: MAML, FOMAML, pretrained, random init and the zero action; each
+    variant in its own stage folder; episode e of a MAML agent is its return after e steps."""
+    import json
+
+    from classic.config import RecipeError, from_dict
+    from classic.experiments.compare import CompareExperiment, run_compare
+
+    algo = {"num_iterations": 2, "hidden_sizes": [8], "episodes_per_task": 3, "meta_batch_size": 4, "cg_iters": 3}
+    data = {
+        "name": "m",
+        "threads": 1,
+        "task": {"name": "nav2d", "episodes_per_trial": 3, "episode_length": 10},
+        "protocol": {"num_tasks": 6},
+        "baselines": [{"name": "zero action"}],
+        "learners": [
+            {"name": "maml", "algo": algo},
+            {"name": "maml", "algo": {**algo, "first_order": True}},
+            {"name": "maml", "algo": {**algo, "inner_steps": 0}},
+            {"name": "maml", "algo": {**algo, "num_iterations": 0}},
+        ],
+        "output": {"root": str(tmp_path)},
+    }
+    cfg = from_dict(CompareExperiment, data, source="r.yaml")
+    run_dir = run_compare(cfg, progress=False)
+    for stage in ("maml", "fomaml", "pretrained", "random_init"):
+        assert (run_dir / stage).is_dir(), stage
+    assert (run_dir / "maml" / "policy.pt").is_file() and not (run_dir / "random_init" / "training_state.pt").exists()
+    results = json.loads((run_dir / "results.json").read_text())
+    text = json.dumps(results)
+    for name in ("MAML", "FOMAML", "pretrained", "random init", "zero action"):
+        assert f'"{name}"' in text
+    twin = {**data, "learners": [{"name": "maml", "label": "x", "algo": algo}, {"name": "rl2", "label": "x"}]}
+    with pytest.raises((RecipeError, ValueError), match="named 'x'|stage folder"):
+        from_dict(CompareExperiment, twin, source="r.yaml")
+
+
+def test_linear_baseline_survives_far_wandering_policies_in_float32():
+    """Positions ~10 make s^2 ~ 100: the float32 Gram matrix is singular; the fit runs in float64."""
+    ep = _episodes(B=2, K=20, T=100, dtype=torch.float32)
+    ep = ep._replace(obs=ep.obs * 10, rewards=ep.rewards * 400)
+    returns = discounted_returns_to_go(ep.rewards, ep.mask, 0.99)
+    feats = baseline_features(ep.obs, ep.mask).reshape(2, 2000, -1)
+    w = fit_linear_baseline(feats, returns.reshape(2, 2000))
+    ref = fit_linear_baseline(feats.double(), returns.reshape(2, 2000).double())
+    assert w.dtype == torch.float32 and bool(torch.isfinite(w).all())
+    assert torch.allclose(w.double(), ref, rtol=1e-4, atol=1e-4)

@@ -305,8 +305,9 @@ def baseline_features(obs: Tensor, mask: Tensor) -> Tensor:
 def fit_linear_baseline(features: Tensor, returns: Tensor, reg: float = 1e-5) -> Tensor:
     """Per-task ridge regression of returns on features (the linear feature baseline).
 
-    Solves ``(F^T F + reg I) w = F^T R`` per task; when the system is singular, ``reg`` grows by 10x
-    up to 5 times (rllab / pytorch-maml-rl).
+    Solves ``(F^T F + reg I) w = F^T R`` per task in float64 (in float32 the Gram matrix of a policy
+    that wanders far, ``s^2`` ~ 100, is numerically singular); when the system is singular, ``reg``
+    grows by 10x up to 5 times (rllab / pytorch-maml-rl), then the pseudo-inverse solves it.
 
     Args:
         features: (B, N, f) float, the rows of each task's steps (masked rows are zeros).
@@ -314,20 +315,18 @@ def fit_linear_baseline(features: Tensor, returns: Tensor, reg: float = 1e-5) ->
         reg: the ridge coefficient.
 
     Returns:
-        (B, f) weights.
-
-    Raises:
-        RuntimeError: the system stays singular after 5 increases of ``reg``.
+        (B, f) weights, in the dtype of ``features``.
     """
-    ft = features.transpose(-1, -2)
-    gram, rhs = ft @ features, (ft @ returns.unsqueeze(-1))
-    eye = torch.eye(features.shape[-1], dtype=features.dtype)
+    f64 = features.double()
+    ft = f64.transpose(-1, -2)
+    gram, rhs = ft @ f64, ft @ returns.double().unsqueeze(-1)
+    eye = torch.eye(features.shape[-1], dtype=torch.float64)
     for _ in range(5):
         w, info = torch.linalg.solve_ex(gram + reg * eye, rhs)
         if bool((info == 0).all()) and bool(torch.isfinite(w).all()):
-            return w.squeeze(-1)
+            return w.squeeze(-1).to(features.dtype)
         reg *= 10.0
-    raise RuntimeError("linear feature baseline: singular system even with a large ridge coefficient")
+    return (torch.linalg.pinv(gram + reg * eye) @ rhs).squeeze(-1).to(features.dtype)
 
 
 def advantages(episodes: Episodes, gamma: float, reg: float = 1e-5, normalize: bool = True) -> Episodes:
@@ -801,6 +800,11 @@ class MAMLLearnerConfig:
         if self.algo.inner_steps == 0:
             return "pretrained"
         return "FOMAML" if self.algo.first_order else "MAML"
+
+    @property
+    def stage(self) -> str:
+        """Its stage folder without a label: "maml", "fomaml", "pretrained" or "random_init"."""
+        return self.display_name.lower().replace(" ", "_")
 
     def learner(self) -> "MAMLLearner":
         return MAMLLearner()

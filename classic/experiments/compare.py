@@ -115,9 +115,10 @@ class CompareExperiment:
         seed: seed of the tuning stream (and given to learners).
         threads: torch CPU threads (None: all cores; pin it where a recipe quotes numbers).
         workers: learners trained at once: with 2 or more, each learner that trains on the main
-            process only (RL², not the LLM) trains in a worker process of ``threads`` threads
-            (``executor``: local processes or Ray) while this process trains the others and runs
-            the baselines; the same numbers either way (same seeds, same thread count).
+            process only (RL², MAML, not the LLM) trains in one of ``workers`` worker processes
+            (``workers - 1`` when this process trains an LLM meanwhile) of ``threads`` threads
+            (``executor``: local processes or Ray) while this process runs the baselines; the
+            same numbers either way (same seeds, same thread count).
         executor: where those workers run (:mod:`classic.executor`).
         task: the task distribution, by registry name (``task: {name: bandit, num_arms: 5}``).
         protocol: held-out tasks, evaluation seed, tuning tasks.
@@ -149,6 +150,10 @@ class CompareExperiment:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"two agents are named {dup[0]!r} in reports: give one a 'label'")
+        stages = [stage_name(learner) for learner in self.learners]
+        dup = sorted({n for n in stages if stages.count(n) > 1})
+        if dup:
+            raise ValueError(f"two learners would train in the stage folder {dup[0]!r}: give one a 'label'")
         self.eval_task_config()  # checks protocol.eval_task
 
     def eval_task_config(self) -> Any:
@@ -233,8 +238,10 @@ def run_baselines(
 
 
 def stage_name(config: Any) -> str:
-    """The learner's stage folder: its label (or registry name) as a file name ("rl2")."""
-    text = config.label or config.name
+    """The learner's stage folder: its label, else its config's ``stage`` (a learner whose variants
+    share a registry name, e.g. MAML's "fomaml", "pretrained"), else its registry name ("rl2"), as a
+    file name."""
+    text = config.label or getattr(config, "stage", None) or config.name
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or config.name
 
 
@@ -417,7 +424,10 @@ def run_compare(cfg: CompareExperiment, progress: bool = True) -> Path:
     parallel: list[str] = []
     with (
         make_executor(
-            cfg.executor, min(cfg.workers - 1, len(in_workers)), cfg.threads or 1, background=bool(in_workers)
+            cfg.executor,
+            min(cfg.workers - (1 if every_rank else 0), len(in_workers)),  # the main process trains those
+            cfg.threads or 1,
+            background=bool(in_workers),
         ) as executor,
         MetricsLogger(run_dir, enabled=main) as logger,
     ):
