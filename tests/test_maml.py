@@ -306,3 +306,12 @@ def test_linear_baseline_survives_far_wandering_policies_in_float32():
     ref = fit_linear_baseline(feats.double(), returns.reshape(2, 2000).double())
     assert w.dtype == torch.float32 and bool(torch.isfinite(w).all())
     assert torch.allclose(w.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_test_time_step_sizes_follow_test_fast_lr():
+    policy = GaussianMLPPolicy(2, 2, [8], generator=torch.Generator().manual_seed(0))
+    agent = MAMLAgent(policy, MAMLConfig(fast_lr=0.1, test_fast_lr=[0.1, 0.05]))
+    assert [agent.step_size(s) for s in range(4)] == [0.1, 0.05, 0.05, 0.05]
+    assert MAMLAgent(policy, MAMLConfig(fast_lr=0.3)).step_size(2) == 0.3
+    with pytest.raises(ValueError, match="test_fast_lr"):
+        MAMLConfig(test_fast_lr=[])

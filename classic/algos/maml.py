@@ -79,6 +79,9 @@ class MAMLConfig:
             policy; 0 trains the multi-task pretrained policy.
         test_steps: adaptation steps at test time (None: after every episode of the trial but the
             last, so a trial of E episodes reports 0 .. E-1 steps).
+        test_fast_lr: the inner step sizes at test time, one per step (the last repeats); None:
+            ``fast_lr`` for every step. A policy meta-trained for one step overshoots with a
+            second step of the same size (pytorch-maml-rl #46; README "MAML on 2D navigation").
         episodes_per_task: K, episodes per task per adaptation step (pytorch-maml-rl
             ``fast-batch-size``); also the copies of each task the agent plays at test time.
         meta_batch_size: tasks per outer-loop iteration.
@@ -109,6 +112,7 @@ class MAMLConfig:
     fast_lr: float = 0.1
     inner_steps: int = 1
     test_steps: int | None = None
+    test_fast_lr: list[float] | None = None
     episodes_per_task: int = 20
     meta_batch_size: int = 20
     num_iterations: int = 500
@@ -140,6 +144,10 @@ class MAMLConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.test_fast_lr is not None:
+            self.test_fast_lr = [float(x) for x in self.test_fast_lr]
+            if not self.test_fast_lr or any(not (math.isfinite(x) and x > 0) for x in self.test_fast_lr):
+                raise ValueError(f"test_fast_lr must be a non-empty list of numbers > 0, got {self.test_fast_lr!r}")
         if self.test_steps is not None and (not isinstance(self.test_steps, int) or self.test_steps < 0):
             raise ValueError(f"test_steps must be an int >= 0 or null, got {self.test_steps!r}")
         for name in ("init_std", "fast_lr", "max_kl", "ppo_clip", "ppo_lr", "baseline_reg"):
@@ -460,6 +468,11 @@ class MAMLAgent:
         noise = torch.randn(mean.shape, generator=self.generator, device=mean.device)
         return (mean + std * noise).reshape(obs.shape[0], -1)
 
+    def step_size(self, step: int) -> float:
+        """The inner step size of 0-based test-time step ``step`` (``test_fast_lr``, else ``fast_lr``)."""
+        sizes = self.config.test_fast_lr
+        return self.config.fast_lr if sizes is None else sizes[min(step, len(sizes) - 1)]
+
     def adapt(self, trajectory: Trajectory) -> None:
         """One inner step per task on the episode just played (K copies per task)."""
         if self.max_steps is not None and self.steps_taken >= self.max_steps:
@@ -468,7 +481,7 @@ class MAMLAgent:
         ep = advantages(episodes_from(trajectory, self.episodes_per_adaptation), cfg.gamma, cfg.baseline_reg)
         params = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         with torch.enable_grad():
-            new = adapt(self.policy, params, ep, cfg.fast_lr, first_order=True, batched=True)
+            new = adapt(self.policy, params, ep, self.step_size(self.steps_taken), first_order=True, batched=True)
         taken = self.steps_taken + 1
         self.set_params({k: v.detach() for k, v in new.items()})
         self.steps_taken = taken
