@@ -478,7 +478,8 @@ class MAMLAgent:
         if self.max_steps is not None and self.steps_taken >= self.max_steps:
             return
         cfg = self.config
-        ep = advantages(episodes_from(trajectory, self.episodes_per_adaptation), cfg.gamma, cfg.baseline_reg)
+        ep = episodes_from(trajectory, self.episodes_per_adaptation)
+        ep = advantages(ep, cfg.gamma, cfg.baseline_reg, cfg.normalize_advantages)
         params = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         with torch.enable_grad():
             new = adapt(self.policy, params, ep, self.step_size(self.steps_taken), first_order=True, batched=True)
