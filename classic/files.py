@@ -116,6 +116,21 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def save_torch(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` to ``path`` whole or not at all (a learner's training state to resume from)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     """``fig.savefig`` to ``path`` whole or not at all (a kill while plotting leaves no 0-byte PNG)."""
     path = Path(path)

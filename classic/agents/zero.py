@@ -23,7 +23,7 @@ class ZeroActionAgent:
         self.space = space
 
     def reset(self, num_tasks: int, generator: torch.Generator) -> None:
-        pass
+        """Nothing to reset: the agent keeps no memory and draws no randomness."""
 
     def act(
         self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from classic.core import Box, MetaLearner, StageRun
+from classic.files import save_torch
 from classic.registry import LEARNERS
 from classic.rollout import Trajectory, repeat_tasks, rollout
 
@@ -558,6 +559,15 @@ def adapted_params(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConf
     return params
 
 
+def adapted_policies(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """The adapted policies on the validation episodes: log-probs (B, K, T) of the actions taken,
+    means and standard deviations (B, K, T, action_dim); differentiable w.r.t. the meta-parameters."""
+    params = adapted_params(policy, batch, config)
+    mean, std = batched_mean_std(policy, params, batch.valid.obs)
+    logp = torch.distributions.Normal(mean, std).log_prob(batch.valid.actions).sum(-1)
+    return logp, mean, std
+
+
 def surrogate(
     policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig, old: tuple[Tensor, Tensor, Tensor] | None = None
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
@@ -573,10 +583,8 @@ def surrogate(
     Returns:
         (loss, kl, old) scalars and the old policies' statistics.
     """
-    params = adapted_params(policy, batch, config)
+    logp, mean, std = adapted_policies(policy, batch, config)
     valid = batch.valid
-    mean, std = batched_mean_std(policy, params, valid.obs)
-    logp = torch.distributions.Normal(mean, std).log_prob(valid.actions).sum(-1)
     if old is None:
         old = (logp.detach(), mean.detach(), std.detach())
     ratio = torch.exp(logp - old[0])
@@ -641,10 +649,8 @@ def ppo_step(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, batch:
     old = None
     loss_before = kl = 0.0
     for epoch in range(config.ppo_epochs):
-        params = adapted_params(policy, batch, config)
+        logp, mean, std = adapted_policies(policy, batch, config)
         valid = batch.valid
-        mean, std = batched_mean_std(policy, params, valid.obs)
-        logp = torch.distributions.Normal(mean, std).log_prob(valid.actions).sum(-1)
         if old is None:
             old = (logp.detach(), mean.detach(), std.detach())
         ratio = torch.exp(logp - old[0])
@@ -765,9 +771,6 @@ def train_maml(
 
 def _save_training_state(path, policy, optimizer, generator, iteration: int, env_steps: int) -> None:
     """Atomically write what :func:`train_maml` needs to resume after ``iteration``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     state = {
         "policy": policy.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -775,8 +778,7 @@ def _save_training_state(path, policy, optimizer, generator, iteration: int, env
         "iteration": iteration,
         "env_steps": env_steps,
     }
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch(state, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from classic import functional as F
 from classic.algos.rl2_config import RL2Config
 from classic.core import ActOutput, Box, MetaLearner, StageRun
+from classic.files import save_torch
 from classic.registry import LEARNERS
 from classic.rollout import rollout
 
@@ -642,9 +643,6 @@ def _box_bounds(dist) -> dict:
 
 def _save_training_state(path, policy, optimizer, generator, iteration: int, env_steps: int) -> None:
     """Atomically write what :func:`train_rl2` needs to resume after ``iteration``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     state = {
         "policy": policy.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -652,8 +650,7 @@ def _save_training_state(path, policy, optimizer, generator, iteration: int, env
         "iteration": iteration,
         "env_steps": env_steps,
     }
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch(state, path)
 
 
 # ---------------------------------------------------------------------------------------
