@@ -212,6 +212,12 @@ class TaskDistribution(ABC):
         or None when the distribution cannot compute it."""
         return None
 
+    def episode_success(self, episode_returns: Tensor) -> Tensor | None:
+        """(N, E) bool, which episodes succeeded, from their returns (N, E) (e.g. reached the goal
+        region of a sparse-reward task), or None when the task has no success criterion; the
+        reports show the success rate per episode where it is defined."""
+        return None
+
     def bayes_optimal_episode_returns(self, episodes_per_trial: int) -> Tensor | None:
         """(episodes_per_trial,) expected return of each episode of a trial under the Bayes-optimal
         policy (the limit of any agent that does not know the task), or None when not computed."""

@@ -169,6 +169,11 @@ class PointRobot(Nav2D):
             state=Nav2DState(pos=pos, t=t),
         )
 
+    def episode_success(self, episode_returns: Tensor) -> Tensor:
+        """(N, E) bool: the episode entered the goal region (the reward is >= 1 - goal_radius > 0
+        there and 0 elsewhere, so a positive return is exactly a visit; PEARL's success metric)."""
+        return episode_returns > 0
+
     def optimal_episode_return(self, tasks: Nav2DTasks) -> Tensor:
         """(n,) return of the known-goal oracle (``clip(g - p)`` every step, a rollout of H steps).
 

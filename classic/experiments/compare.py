@@ -374,6 +374,16 @@ def write_compare_report(
         "![adaptation curve](adaptation.png)",
         "",
     ]
+    if (extra or {}).get("success_rate"):
+        lines += [
+            "## Success rate per episode",
+            "",
+            "Fraction of the held-out tasks whose episode of that index succeeded (the task's success "
+            "criterion, e.g. the goal region reached).",
+            "",
+            success_table(extra["success_rate"]),
+            "",
+        ]
     tuned = {n: p for n, p in params.items() if p["grid"]}
     if params:
         lines += ["## Baselines' settings", ""]
@@ -456,5 +466,31 @@ def run_compare(cfg: CompareExperiment, progress: bool = True) -> Path:
         extra.update(more)
     limits = bounds(eval_dist, protocol)
     wall = time.perf_counter() - start
+    success = success_rates(eval_dist, results)
+    if success:
+        extra["success_rate"] = success
     write_compare_report(run_dir, cfg, results, params, limits, times, wall, notes, extra, parallel)
     return run_dir
+
+
+def success_rates(dist: TaskDistribution, results: dict) -> dict[str, list[float]]:
+    """Per agent, the fraction of held-out tasks whose episode e succeeded (the distribution's
+    :meth:`~classic.core.TaskDistribution.episode_success`), per episode index; empty when the
+    task defines no success."""
+    out = {}
+    for name, result in results.items():
+        if isinstance(result, TrialResult):
+            success = dist.episode_success(result.episode_returns)
+            if success is None:
+                return {}
+            out[name] = [float(x) for x in success.double().mean(0)]
+    return out
+
+
+def success_table(success: dict[str, list[float]]) -> str:
+    """Markdown table of the success rate per episode index, one row per agent."""
+    E = max(len(v) for v in success.values())
+    lines = ["| agent | " + " | ".join(f"ep. {e + 1}" for e in range(E)) + " |", "| --- |" + " ---: |" * E]
+    for name, rates in success.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r:.2f}" for r in rates) + " |")
+    return "\n".join(lines) + "\n"
