@@ -212,3 +212,13 @@ def test_maml_iteration_benchmark_smoke(capsys):
     assert [r["variant"] for r in rows] == list(bench.VARIANTS)
     assert all(r["total_s"] > 0 for r in rows) and rows[0]["speedup"] == pytest.approx(1.0)
     assert "| FOMAML (TRPO) |" in capsys.readouterr().out
+
+
+def test_pearl_steps_benchmark_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("pearl_steps", SCRIPT.parent / "pearl_steps.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    name = next(iter(bench.VARIANTS))
+    rows = bench.main(["--steps", "1", "--meta-batch", "2", "--variants", name])
+    assert [r["encoder"] for r in rows] == [True, False] and all(r["steps_per_s"] > 0 for r in rows)
+    assert "| ms per step |" in capsys.readouterr().out
