@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for encoder in (True, False):
             seconds = time_variant(config, args.steps, encoder)
             label = LABELS[name] if encoder else "  peer: same SAC step without the encoder (z = 0 context)"
-            rows.append({"variant": label, "key": name, "encoder": encoder, "step_s": seconds, "steps_per_s": 1.0 / seconds})
+            rows.append(
+                {"variant": label, "key": name, "encoder": encoder, "step_s": seconds, "steps_per_s": 1.0 / seconds}
+            )
     print(f"PEARL gradient step on the sparse point robot, {args.threads} thread(s), median of {args.steps}")
     print("| variant | ms per step | steps/s |")
     print("|---|---:|---:|")

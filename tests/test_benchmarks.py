@@ -222,3 +222,14 @@ def test_pearl_steps_benchmark_smoke(capsys):
     rows = bench.main(["--steps", "1", "--meta-batch", "2", "--variants", name])
     assert [r["encoder"] for r in rows] == [True, False] and all(r["steps_per_s"] > 0 for r in rows)
     assert "| ms per step |" in capsys.readouterr().out
+
+
+def test_env_throughput_mujoco_smoke(capsys):
+    pytest.importorskip("mujoco")
+    spec = importlib.util.spec_from_file_location("env_throughput", SCRIPT.parent / "env_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--mujoco", "--steps", "2", "--batch-sizes", "2"])
+    assert [r["distribution"] for r in rows] == ["cheetah_vel", "ant_dir"]
+    assert all(r["ours"] > 0 and r["gymnasium"] > 0 for r in rows)
+    assert "gymnasium sync vector env" in capsys.readouterr().out
