@@ -162,6 +162,32 @@ def test_trpo_step_respects_the_trust_region_and_improves_the_surrogate():
     assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"first_order": True}, {"kl_first_order": True}, {"inner_steps": 2}, {"inner_steps": 0}],
+    ids=["maml", "fomaml", "kl_first_order", "two_steps", "pretrained"],
+)
+def test_fisher_form_kl_hvp_equals_the_double_backward_hvp(variant):
+    """At the old parameters the KL's Hessian is J^T M J: both ways give the same products (float64)."""
+    from classic.algos.maml import fisher_kl_hvp
+
+    policy = _policy()
+    cfg = MAMLConfig(fast_lr=0.4, cg_damping=1e-3, **variant)
+    train = [_episodes(seed=3 + i) for i in range(cfg.inner_steps)]
+    batch = MetaBatch(train=train, valid=_episodes(seed=9))
+    leaves = list(policy.parameters())
+    kl_cfg = dataclasses.replace(cfg, first_order=True) if cfg.kl_first_order else cfg
+    _, _, old = surrogate(policy, batch, kl_cfg)
+    _, kl, _ = surrogate(policy, batch, kl_cfg, tuple(x.detach() for x in old))
+    grad_kl = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, leaves, create_graph=True)])
+    hvp = fisher_kl_hvp(policy, batch, cfg)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(grad_kl.shape, generator=g, dtype=torch.float64)
+        ref = torch.cat([x.reshape(-1) for x in torch.autograd.grad(grad_kl.dot(v), leaves, retain_graph=True)])
+        torch.testing.assert_close(hvp(v), ref + 1e-3 * v, rtol=1e-8, atol=1e-10)
+
+
 class _CountingAgent:
     """Adapts by 'gradient' by counting steps; acts with velocity 0 or toward the goal."""
 

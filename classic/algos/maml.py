@@ -98,6 +98,11 @@ class MAMLConfig:
             adaptation (``d theta' / d theta = I``): a cheaper metric for the natural-gradient
             direction (no third derivatives). The meta-gradient stays second order and the line
             search still checks the exact KL. False: pytorch-maml-rl's exact products.
+        kl_hvp: how TRPO's Hessian-vector products of the KL are computed, both exact at the old
+            parameters: ``double_backward`` (pytorch-maml-rl's: differentiate the KL's gradient
+            again, a third derivative through the adaptation) or ``fisher`` (the Gauss-Newton form
+            ``J^T M J v``: a forward-mode product through the adapted policies' outputs, then a
+            reverse one; equal because the KL's gradient in the outputs vanishes at the old policy).
         cg_iters, cg_damping: conjugate-gradient iterations and damping of TRPO's natural step.
         ls_max_steps, ls_backtrack_ratio: TRPO's backtracking line search.
         ppo_epochs, ppo_clip, ppo_lr: the PPO outer loop's Adam epochs per meta-batch, ratio clip
@@ -124,6 +129,7 @@ class MAMLConfig:
     outer: Literal["trpo", "ppo"] = "trpo"
     max_kl: float = 0.01
     kl_first_order: bool = False
+    kl_hvp: Literal["double_backward", "fisher"] = "double_backward"
     cg_iters: int = 10
     cg_damping: float = 1e-5
     ls_max_steps: int = 15
@@ -163,6 +169,8 @@ class MAMLConfig:
             raise ValueError(f"ls_backtrack_ratio must be in (0, 1), got {self.ls_backtrack_ratio!r}")
         if self.outer not in ("trpo", "ppo"):
             raise ValueError(f"outer must be 'trpo' or 'ppo', got {self.outer!r}")
+        if self.kl_hvp not in ("double_backward", "fisher"):
+            raise ValueError(f"kl_hvp must be 'double_backward' or 'fisher', got {self.kl_hvp!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -593,6 +601,49 @@ def surrogate(
     return loss, kl, old
 
 
+def fisher_kl_hvp(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig) -> Callable[[Tensor], Tensor]:
+    """Hessian-vector products of TRPO's mean KL at the current (old) meta-parameters, in Gauss-Newton
+    form (Schulman et al. 2015, arXiv 1502.05477, App. C: the KL's Hessian at the old policy is the
+    Fisher information ``J^T M J``).
+
+    ``J`` is the Jacobian of the adapted policies' outputs (means and standard deviations on the
+    validation episodes, through the adaptation) w.r.t. the meta-parameters, ``M`` the KL's Hessian
+    in those outputs, diagonal: ``w / sigma^2`` for a mean and ``2 w / sigma^2`` for a standard
+    deviation, ``w`` the step's weight in the mean KL. Each product is one ``torch.func.jvp``
+    (forward mode through the inner gradient) and one reverse pass of a ``torch.func.vjp`` built
+    once; no third derivative. Includes ``cg_damping * v``.
+
+    Returns:
+        ``hvp(v)`` on flat vectors in the order of ``policy.parameters()``.
+    """
+    theta = {k: v.detach() for k, v in policy.params().items()}
+    names = list(theta)
+    sizes = [theta[k].numel() for k in names]
+    hvp_config = dataclasses.replace(config, first_order=config.first_order or config.kl_first_order)
+    B = batch.valid.rewards.shape[0]
+
+    def outputs(p: Params) -> tuple[Tensor, Tensor]:
+        params = {k: v.expand(B, *v.shape) for k, v in p.items()}
+        for i, ep in enumerate(batch.train):
+            params = adapt(
+                policy, p if i == 0 else params, ep, hvp_config.fast_lr, hvp_config.first_order, batched=i > 0
+            )
+        return batched_mean_std(policy, params, batch.valid.obs)
+
+    (mean, std), vjp_fn = torch.func.vjp(outputs, theta)
+    mask = batch.valid.mask
+    w = (mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / (mask.shape[0] * mask.shape[1])).unsqueeze(-1)
+    m_mean, m_std = (w / std.pow(2)).detach(), (2 * w / std.pow(2)).detach()
+
+    def hvp(v: Tensor) -> Tensor:
+        tangent = {k: part.view_as(theta[k]) for k, part in zip(names, v.split(sizes))}
+        _, (j_mean, j_std) = torch.func.jvp(outputs, (theta,), (tangent,))
+        (hv,) = vjp_fn((m_mean * j_mean, m_std * j_std))
+        return torch.cat([hv[k].reshape(-1) for k in names]) + config.cg_damping * v
+
+    return hvp
+
+
 def trpo_step(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig) -> dict:
     """One TRPO update of the meta-parameters through the adaptation (pytorch-maml-rl ``MAMLTRPO.step``).
 
@@ -608,13 +659,16 @@ def trpo_step(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig) -
     leaves = list(policy.parameters())
     loss, kl, old = surrogate(policy, batch, config)
     g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, leaves, retain_graph=True)])
-    if config.kl_first_order and not config.first_order:
-        kl = surrogate(policy, batch, dataclasses.replace(config, first_order=True), old)[1]
-    grad_kl = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, leaves, create_graph=True)])
+    if config.kl_hvp == "fisher":
+        hvp = fisher_kl_hvp(policy, batch, config)
+    else:
+        if config.kl_first_order and not config.first_order:
+            kl = surrogate(policy, batch, dataclasses.replace(config, first_order=True), old)[1]
+        grad_kl = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, leaves, create_graph=True)])
 
-    def hvp(v: Tensor) -> Tensor:
-        hv = torch.autograd.grad(grad_kl.dot(v), leaves, retain_graph=True)
-        return torch.cat([x.reshape(-1) for x in hv]) + config.cg_damping * v
+        def hvp(v: Tensor) -> Tensor:
+            hv = torch.autograd.grad(grad_kl.dot(v), leaves, retain_graph=True)
+            return torch.cat([x.reshape(-1) for x in hv]) + config.cg_damping * v
 
     step_dir = conjugate_gradient(hvp, g.detach(), config.cg_iters)
     shs = 0.5 * step_dir.dot(hvp(step_dir))
