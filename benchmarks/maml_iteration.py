@@ -23,7 +23,7 @@ from classic.envs.nav2d import Nav2DConfig
 
 VARIANTS = {
     "MAML (TRPO; exact KL HVP)": {},
-    "MAML (TRPO; exact KL HVP, Fisher form)": {"kl_hvp": "fisher"},
+    "MAML (TRPO; exact KL HVP in Fisher form)": {"kl_hvp": "fisher"},
     "MAML (TRPO; first-order KL HVP)": {"kl_first_order": True},
     "MAML (PPO outer loop)": {"outer": "ppo"},
     "FOMAML (TRPO)": {"first_order": True},
