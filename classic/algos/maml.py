@@ -237,7 +237,7 @@ class GaussianMLPPolicy(nn.Module):
     def log_prob(self, params: Params, obs: Tensor, actions: Tensor) -> Tensor:
         """(...) log pi(a | s) of actions (..., action_dim) at observations (..., obs_dim)."""
         mean, std = self.mean_std(params, obs)
-        return torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
+        return gaussian_log_prob(mean, std, actions)
 
     def save(self, path, config: MAMLConfig | None = None) -> None:
         torch.save({"spec": self.spec(), "state_dict": self.state_dict(), "config": config and config.to_dict()}, path)
@@ -248,6 +248,13 @@ class GaussianMLPPolicy(nn.Module):
         policy = cls(**ckpt["spec"])
         policy.load_state_dict(ckpt["state_dict"])
         return policy
+
+
+def gaussian_log_prob(mean: Tensor, std: Tensor, x: Tensor) -> Tensor:
+    """(...) log N(x; mean, diag std^2) summed over the last dimension (no argument validation, so
+    it traces without data-dependent checks)."""
+    z = (x - mean) / std
+    return (-0.5 * z.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) -> Tensor:
@@ -572,7 +579,7 @@ def adapted_policies(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLCo
     means and standard deviations (B, K, T, action_dim); differentiable w.r.t. the meta-parameters."""
     params = adapted_params(policy, batch, config)
     mean, std = batched_mean_std(policy, params, batch.valid.obs)
-    logp = torch.distributions.Normal(mean, std).log_prob(batch.valid.actions).sum(-1)
+    logp = gaussian_log_prob(mean, std, batch.valid.actions)
     return logp, mean, std
 
 
