@@ -97,3 +97,19 @@ def test_a_platform_trial_runs_on_the_cheetah():
     result = run_trials(ZeroActionAgent(dist.action_space), dist, num_tasks=3, episodes_per_trial=2)
     assert result.episode_returns.shape == (3, 2) and bool(torch.isfinite(result.episode_returns).all())
     assert not math.isnan(float(result.total_reward.mean()))
+
+
+def test_mujoco_warnings_do_not_write_a_log_file_in_the_working_directory(tmp_path, monkeypatch):
+    """MuJoCo's default handler appends warnings to ./MUJOCO_LOG.TXT; ours routes them to Python."""
+    from classic.envs import mujoco_locomotion
+
+    import mujoco
+
+    monkeypatch.chdir(tmp_path)
+    mujoco_locomotion._gymnasium_model.cache_clear()
+    dist = CheetahDirConfig().make()
+    data = mujoco.MjData(dist.model)
+    data.qvel[0] = math.nan  # an unstable simulation: MuJoCo warns
+    with pytest.warns(RuntimeWarning, match="MuJoCo: Nan"):
+        mujoco.mj_step(dist.model, data)
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

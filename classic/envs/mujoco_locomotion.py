@@ -70,6 +70,18 @@ class LocomotionState(NamedTuple):
     t: Tensor
 
 
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to Python's ``warnings`` (``RuntimeWarning``) unless a handler is set:
+    by default MuJoCo appends them to ``MUJOCO_LOG.TXT`` in the working directory, a file outside
+    any run's output root (gymnasium's v5 models trigger a compiler deprecation warning on load)."""
+    import warnings
+
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2))
+
+
 @functools.lru_cache(maxsize=None)
 def _gymnasium_model(env_id: str):
     """(model, init_qpos, init_qvel, frame_skip) of a gymnasium MuJoCo environment."""
@@ -78,6 +90,7 @@ def _gymnasium_model(env_id: str):
         import mujoco  # noqa: F401
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError('the MuJoCo task distributions need the optional extra: pip install -e ".[mujoco]"') from err
+    route_mujoco_warnings()
     env = gymnasium.make(env_id).unwrapped
     return env.model, env.init_qpos.copy(), env.init_qvel.copy(), int(env.frame_skip)
 
