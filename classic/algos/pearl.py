@@ -393,12 +393,14 @@ class TaskReplayBuffers:
 
     def __init__(self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int) -> None:
         self.capacity = int(capacity)
+        # Uninitialized: only rows below ``size`` are ever read, and the pages of a large buffer are
+        # not resident until written (oyster's numpy buffers behave the same way).
         self.data = Transitions(
-            torch.zeros(num_tasks, capacity, obs_dim),
-            torch.zeros(num_tasks, capacity, action_dim),
-            torch.zeros(num_tasks, capacity),
-            torch.zeros(num_tasks, capacity, obs_dim),
-            torch.zeros(num_tasks, capacity),
+            torch.empty(num_tasks, capacity, obs_dim),
+            torch.empty(num_tasks, capacity, action_dim),
+            torch.empty(num_tasks, capacity),
+            torch.empty(num_tasks, capacity, obs_dim),
+            torch.empty(num_tasks, capacity),
         )
         self.size = torch.zeros(num_tasks, dtype=torch.long)
         self.pointer = torch.zeros(num_tasks, dtype=torch.long)
@@ -434,11 +436,17 @@ class TaskReplayBuffers:
         return Transitions(*(store[tasks.unsqueeze(1), rows] for store in self.data))
 
     def state_dict(self) -> dict:
-        return {"data": [t.clone() for t in self.data], "size": self.size.clone(), "pointer": self.pointer.clone()}
+        """The filled part only: columns ``0 .. max(size) - 1`` of every task."""
+        filled = int(self.size.max()) if len(self.size) else 0
+        return {
+            "data": [t[:, :filled].clone() for t in self.data],
+            "size": self.size.clone(),
+            "pointer": self.pointer.clone(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for store, saved in zip(self.data, state["data"]):
-            store.copy_(saved)
+            store[:, : saved.shape[1]].copy_(saved)
         self.size.copy_(state["size"])
         self.pointer.copy_(state["pointer"])
 
