@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, NamedTuple, Protocol, runtime_checkable
@@ -311,6 +312,22 @@ class StageRun:
     progress: bool = False
     seed: int = 0
     task: Any = None
+
+    def log_fn(self, resuming: bool):
+        """``log_fn(step, metrics)`` for a trainer: writes ``metrics`` under ``"<stage folder>/"``
+        (e.g. ``maml/charts/...``) to the run's metrics log; when ``resuming`` (a training state is
+        in the folder), steps up to the last one already logged are skipped. None without a log."""
+        if self.metrics is None:
+            return None
+        prefix = f"{os.path.basename(os.fspath(self.dir))}/"
+        logged = self.metrics.last_step(prefix) if resuming else 0
+        metrics_log = self.metrics
+
+        def log_fn(step, metrics):
+            if step > logged:
+                metrics_log.log(step, {f"{prefix}{k}": v for k, v in metrics.items()})
+
+        return log_fn
 
 
 class MetaLearner:

@@ -931,16 +931,8 @@ class PEARLLearner(MetaLearner):
         path = Path(run.dir) / "networks.pt"
         if path.exists():
             return path
-        log_fn = None
         state_path = path.parent / "training_state.pt"
-        if run.metrics is not None:
-            prefix = f"{Path(run.dir).name}/"
-            logged = run.metrics.last_step(prefix) if state_path.exists() else 0
-
-            def log_fn(step, metrics):
-                if step > logged:
-                    run.metrics.log(step, {f"{prefix}{k}": v for k, v in metrics.items()})
-
+        log_fn = run.log_fn(resuming=state_path.exists())
         nets = train_pearl(config.algo, dist, log_fn=log_fn, progress=run.progress, checkpoint_path=state_path)
         save_networks(nets, path, config.algo)
         return path

@@ -755,16 +755,7 @@ class RL2Learner(MetaLearner):
             if not Path(config.init_from).is_file():
                 raise FileNotFoundError(f"init_from: no saved policy at {config.init_from}")
             init = RL2Policy.load(config.init_from)
-        log_fn = None
-        if run.metrics is not None:
-            prefix = f"{Path(run.dir).name}/"  # the stage folder's name: "rl2/charts/...", "<label>/..."
-            state = path.parent / "training_state.pt"
-            logged = run.metrics.last_step(prefix) if state.exists() else 0  # resuming: these steps are logged
-
-            def log_fn(step, metrics):
-                if step > logged:
-                    run.metrics.log(step, {f"{prefix}{k}": v for k, v in metrics.items()})
-
+        log_fn = run.log_fn(resuming=(path.parent / "training_state.pt").exists())
         policy = train_rl2(
             config.algo,
             dist,
