@@ -714,3 +714,40 @@ def save_resolved(obj: Any, path: str | Path, kind: str | None = None) -> Path:
         data = {"kind": kind, **{k: v for k, v in data.items() if k != "kind"}}
     text = yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return write_atomic(path, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Range checks for config dataclasses' __post_init__ (the ValueError names the field)
+# ---------------------------------------------------------------------------------------------
+
+
+def require_ints(config: Any, names: Iterable[str], minimum: int) -> None:
+    """Raise ``ValueError`` naming the first field of ``names`` that is not an int >= ``minimum``
+    (a bool is not an int here)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def require_numbers(config: Any, names: Iterable[str], positive: bool = True) -> None:
+    """Raise ``ValueError`` naming the first field of ``names`` that is not a finite number > 0
+    (``positive``) or >= 0."""
+    import math
+
+    for name in names:
+        value = getattr(config, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (value <= 0 if positive else value < 0):
+            raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def require_widths(config: Any, names: Iterable[str]) -> None:
+    """Normalize list-of-widths fields to lists of ints; raise ``ValueError`` naming the first one
+    that is empty or holds a width < 1."""
+    for name in names:
+        sizes = [int(h) for h in getattr(config, name)]
+        if not sizes or any(h < 1 for h in sizes):
+            raise ValueError(f"{name} must be a non-empty list of positive ints, got {sizes}")
+        setattr(config, name, sizes)

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from classic.config import require_ints, require_numbers, require_widths
 from classic.core import Box, MetaLearner, StageRun
 from classic.files import save_torch
 from classic.registry import LEARNERS
@@ -140,27 +141,18 @@ class MAMLConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
-        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {self.hidden_sizes}")
-        for name in ("episodes_per_task", "meta_batch_size", "cg_iters", "ls_max_steps", "ppo_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("inner_steps", "num_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        require_widths(self, ("hidden_sizes",))
+        require_ints(
+            self, ("episodes_per_task", "meta_batch_size", "cg_iters", "ls_max_steps", "ppo_epochs"), minimum=1
+        )
+        require_ints(self, ("inner_steps", "num_iterations"), minimum=0)
         if self.test_fast_lr is not None:
             self.test_fast_lr = [float(x) for x in self.test_fast_lr]
             if not self.test_fast_lr or any(not (math.isfinite(x) and x > 0) for x in self.test_fast_lr):
                 raise ValueError(f"test_fast_lr must be a non-empty list of numbers > 0, got {self.test_fast_lr!r}")
         if self.test_steps is not None and (not isinstance(self.test_steps, int) or self.test_steps < 0):
             raise ValueError(f"test_steps must be an int >= 0 or null, got {self.test_steps!r}")
-        for name in ("init_std", "fast_lr", "max_kl", "ppo_clip", "ppo_lr", "baseline_reg"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        require_numbers(self, ("init_std", "fast_lr", "max_kl", "ppo_clip", "ppo_lr", "baseline_reg"))
         if not 0.0 <= self.cg_damping < math.inf:
             raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping!r}")
         if not 0.0 <= self.gamma <= 1.0:

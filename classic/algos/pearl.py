@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from classic.config import require_ints, require_numbers, require_widths
 from classic.core import Box, MetaLearner, StageRun
 from classic.files import save_torch
 from classic.registry import LEARNERS
@@ -135,46 +136,36 @@ class PEARLConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("hidden_sizes", "encoder_hidden_sizes"):
-            sizes = [int(h) for h in getattr(self, name)]
-            if not sizes or any(h < 1 for h in sizes):
-                raise ValueError(f"{name} must be a non-empty list of positive ints, got {sizes}")
-            setattr(self, name, sizes)
-        positive = (
-            "latent_size",
-            "num_train_tasks",
-            "num_tasks_sample",
-            "meta_batch",
-            "batch_size",
-            "embedding_batch_size",
-            "buffer_size",
-            "checkpoint_every",
+        require_widths(self, ("hidden_sizes", "encoder_hidden_sizes"))
+        require_ints(
+            self,
+            (
+                "latent_size",
+                "num_train_tasks",
+                "num_tasks_sample",
+                "meta_batch",
+                "batch_size",
+                "embedding_batch_size",
+                "buffer_size",
+                "checkpoint_every",
+            ),
+            minimum=1,
         )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        non_negative = (
-            "num_iterations",
-            "num_initial_steps",
-            "num_steps_prior",
-            "num_steps_posterior",
-            "num_extra_rl_steps_posterior",
-            "num_train_steps_per_itr",
-            "num_exploration_episodes",
+        require_ints(
+            self,
+            (
+                "num_iterations",
+                "num_initial_steps",
+                "num_steps_prior",
+                "num_steps_posterior",
+                "num_extra_rl_steps_posterior",
+                "num_train_steps_per_itr",
+                "num_exploration_episodes",
+            ),
+            minimum=0,
         )
-        for name in non_negative:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        for name in ("reward_scale", "policy_lr", "qf_lr", "vf_lr", "context_lr", "soft_target_tau"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("kl_lambda", "policy_mean_reg", "policy_std_reg"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        require_numbers(self, ("reward_scale", "policy_lr", "qf_lr", "vf_lr", "context_lr", "soft_target_tau"))
+        require_numbers(self, ("kl_lambda", "policy_mean_reg", "policy_std_reg"), positive=False)
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
         if self.soft_target_tau > 1:
@@ -329,7 +320,10 @@ class PEARLNetworks(nn.Module):
         """q(z | c): ``(mean, var)`` (..., L) of contexts (..., N, context_dim) (``mask`` (..., N)
         marks real transitions). Without the information bottleneck: the mean of the factor means
         and zero variance."""
-        mu, var = self.factors(context)
+        return self.combine(*self.factors(context), mask)
+
+    def combine(self, mu: Tensor, var: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q(z | c) from per-transition factors (..., N, L) already encoded (see :meth:`posterior`)."""
         if self.bottleneck:
             return product_of_gaussians(mu, var, mask)
         if mask is None:
@@ -338,7 +332,9 @@ class PEARLNetworks(nn.Module):
         return (mu * m).sum(-2) / m.sum(-2).clamp(min=1.0), torch.zeros_like(mu[..., 0, :])
 
     def sample_z(self, mean: Tensor, var: Tensor, generator: torch.Generator) -> Tensor:
-        """A reparameterized z ~ N(mean, var), (..., L)."""
+        """A reparameterized z ~ N(mean, var), (..., L); without the bottleneck the mean itself."""
+        if not self.bottleneck:
+            return mean
         return mean + var.sqrt() * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
 
     def prior_z(self, n: int, generator: torch.Generator) -> Tensor:
@@ -475,7 +471,7 @@ def critic_losses(
         ``y``); ``z`` (M, L) the sampled latents (with the encoder's graph).
     """
     mean, var = nets.posterior(context)
-    z = nets.sample_z(mean, var, generator) if nets.bottleneck else mean
+    z = nets.sample_z(mean, var, generator)
     kl = config.kl_lambda * kl_to_standard_normal(mean, var).sum() if nets.bottleneck else mean.new_zeros(())
     zb = z.unsqueeze(1).expand(*rl.reward.shape, z.shape[-1])
     q1, q2 = nets.q_values(rl.obs, rl.action, zb)
@@ -652,7 +648,8 @@ class PEARLAgent:
 
     def reset(self, num_tasks: int, generator: torch.Generator) -> None:
         self.generator = generator
-        self.context: list[Tensor] = []
+        self.context: list[Tensor] = []  # (n, context_dim) per step: the trial's transitions
+        self.factors: list[tuple[Tensor, Tensor]] = []  # their Gaussian factors, (n, L) each
         self.prev_obs: Tensor | None = None
         self.episode = torch.full((num_tasks,), -1, dtype=torch.long)
         self.z = torch.zeros(num_tasks, self.nets.latent_size)
@@ -664,15 +661,18 @@ class PEARLAgent:
         obs = obs.float()
         if self.prev_obs is not None:
             a = unscale_action(prev_action.float().reshape(obs.shape[0], -1), self.space)
-            self.context.append(torch.cat([self.prev_obs, a, prev_reward.float().reshape(-1, 1)], dim=-1))
+            transition = torch.cat([self.prev_obs, a, prev_reward.float().reshape(-1, 1)], dim=-1)
+            self.context.append(transition)
+            self.factors.append(self.nets.factors(transition))  # each transition is encoded once
         start = terminated | truncated
         if bool(start.any()):
             self.episode = self.episode + start.long()
             z = self.nets.prior_z(obs.shape[0], self.generator)
             explore = self.episode < self.config.num_exploration_episodes
             if self.context and not bool(explore[start].all()):
-                mean, var = self.nets.posterior(torch.stack(self.context, dim=1))
-                posterior = self.nets.sample_z(mean, var, self.generator) if self.nets.bottleneck else mean
+                mu, var = (torch.stack(f, dim=1) for f in zip(*self.factors))
+                mean, var = self.nets.combine(mu, var)
+                posterior = self.nets.sample_z(mean, var, self.generator)
                 z = torch.where(explore.unsqueeze(-1), z, posterior)
             self.z = select_rows(start, z, self.z)
         self.prev_obs = obs
@@ -732,7 +732,7 @@ def collect(
                 with torch.no_grad():
                     ctx = state.encoder_buffers.sample(ids[filled], config.embedding_batch_size, g).context()
                     mean, var = nets.posterior(ctx)
-                    z[filled] = nets.sample_z(mean, var, g) if nets.bottleneck else mean
+                    z[filled] = nets.sample_z(mean, var, g)
         batch, valid = collect_episodes(nets, dist, tasks, z, g)
         for row, task in enumerate(ids.tolist()):
             keep = valid[row]

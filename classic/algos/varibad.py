@@ -43,6 +43,7 @@ import torch.nn.functional as Fn
 from torch import Tensor, nn
 
 from classic import functional as F
+from classic.config import require_ints, require_numbers, require_widths
 from classic.core import ActOutput, Discrete, MetaLearner, StageRun
 from classic.files import save_torch
 from classic.registry import LEARNERS
@@ -119,39 +120,28 @@ class VariBADConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("reward_decoder_layers", "policy_layers"):
-            sizes = [int(h) for h in getattr(self, name)]
-            if not sizes or any(h < 1 for h in sizes):
-                raise ValueError(f"{name} must be a non-empty list of positive ints, got {sizes}")
-            setattr(self, name, sizes)
-        positive = (
-            "latent_dim",
-            "gru_hidden_size",
-            "state_embedding_size",
-            "reward_embedding_size",
-            "vae_buffer_size",
-            "vae_batch_num_trials",
-            "num_trials_per_batch",
-            "ppo_epochs",
-            "num_minibatches",
-            "checkpoint_every",
+        require_widths(self, ("reward_decoder_layers", "policy_layers"))
+        require_ints(
+            self,
+            (
+                "latent_dim",
+                "gru_hidden_size",
+                "state_embedding_size",
+                "reward_embedding_size",
+                "vae_buffer_size",
+                "vae_batch_num_trials",
+                "num_trials_per_batch",
+                "ppo_epochs",
+                "num_minibatches",
+                "checkpoint_every",
+            ),
+            minimum=1,
         )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("action_embedding_size", "num_vae_updates", "num_iterations", "pretrain_vae_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        for name in ("lr_vae", "lr_policy", "clip_coef", "max_grad_norm"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("kl_weight", "ent_coef", "vf_coef"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        require_ints(
+            self, ("action_embedding_size", "num_vae_updates", "num_iterations", "pretrain_vae_iterations"), minimum=0
+        )
+        require_numbers(self, ("lr_vae", "lr_policy", "clip_coef", "max_grad_norm"))
+        require_numbers(self, ("kl_weight", "ent_coef", "vf_coef"), positive=False)
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
