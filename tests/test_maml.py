@@ -188,6 +188,47 @@ def test_fisher_form_kl_hvp_equals_the_double_backward_hvp(variant):
         torch.testing.assert_close(hvp(v), ref + 1e-3 * v, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("kl_hvp", ["double_backward", "fisher"])
+def test_kl_hvp_tasks_takes_the_metric_on_the_first_tasks_only(monkeypatch, kl_hvp):
+    """With kl_hvp_tasks = n the natural step's metric is the KL Hessian of the first n tasks' adapted
+    policies (the meta-gradient still uses every task); n = B is the full metric exactly."""
+    import classic.algos.maml as maml
+
+    seen = []
+
+    def spy(hvp, b, iters=10, tol=1e-10):
+        seen.append((hvp, b))
+        return conjugate_gradient(hvp, b, iters, tol)
+
+    monkeypatch.setattr(maml, "conjugate_gradient", spy)
+    cfg = MAMLConfig(fast_lr=0.4, cg_damping=1e-3, meta_batch_size=3, kl_hvp=kl_hvp, kl_hvp_tasks=2)
+    policy = _policy()
+    batch = MetaBatch(train=[_episodes(seed=3)], valid=_episodes(seed=9))
+    full = _policy()
+    trpo_step(full, batch, dataclasses.replace(cfg, kl_hvp_tasks=None))
+    trpo_step(policy, batch, cfg)
+    (hvp_full, g_full), (hvp, g) = seen
+    torch.testing.assert_close(g, g_full)  # the meta-gradient: all three tasks
+    sub = batch.tasks(2)
+    assert sub.valid.obs.shape[0] == 2 and sub.train[0].rewards.shape[0] == 2
+    ref_policy = _policy()
+    leaves = list(ref_policy.parameters())
+    _, _, old = surrogate(ref_policy, sub, cfg)
+    _, kl, _ = surrogate(ref_policy, sub, cfg, tuple(x.detach() for x in old))
+    grad_kl = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, leaves, create_graph=True)])
+    v = torch.randn(grad_kl.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = torch.cat([x.reshape(-1) for x in torch.autograd.grad(grad_kl.dot(v), leaves)]) + 1e-3 * v
+    torch.testing.assert_close(hvp(v), ref, rtol=1e-8, atol=1e-10)
+    assert not torch.allclose(hvp_full(v), ref)
+    # n = B: the same update as the full metric.
+    same = _policy()
+    trpo_step(same, batch, dataclasses.replace(cfg, kl_hvp_tasks=3))
+    for a, b in zip(same.parameters(), full.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="kl_hvp_tasks"):
+        MAMLConfig(meta_batch_size=3, kl_hvp_tasks=4)
+
+
 class _CountingAgent:
     """Adapts by 'gradient' by counting steps; acts with velocity 0 or toward the goal."""
 

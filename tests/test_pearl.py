@@ -293,3 +293,28 @@ def test_compare_run_reports_pearl_beside_the_baselines(tmp_path):
     # The sparse point robot defines success (the goal region reached): a rate per episode.
     assert set(results["success_rate"]) == {"Random", "PEARL"} and len(results["success_rate"]["PEARL"]) == 2
     assert "## Success rate per episode" in (run_dir / "report.md").read_text()
+
+
+def test_latent_size_zero_is_the_multi_task_sac_policy():
+    """latent_size 0: no encoder, no z, SAC on every train task's pooled data; its actions depend on
+    the state only, never on the trial's rewards (the multi-task policy baseline)."""
+    dist = PointRobotConfig(episode_length=4).make()
+    cfg = PEARLConfig(**{**TINY, "latent_size": 0, "num_iterations": 2})
+    init = new_state(cfg, dist)
+    assert init.nets.encoder is None and "context" not in init.optimizers.all()
+    nets = train_pearl(cfg, dist)
+    assert any(not torch.equal(p, q) for p, q in zip(nets.policy.parameters(), init.nets.policy.parameters()))
+    assert all(torch.isfinite(p).all() for p in nets.parameters())
+    # The same state gets the same action whatever the trial's history (no task inference).
+    agent = PEARLAgent(nets, cfg, dist.action_space)
+    agent.reset(2, torch.Generator().manual_seed(0))
+    obs = torch.tensor([[0.1, 0.2], [0.1, 0.2]])
+    start = torch.ones(2, dtype=torch.bool)
+    first = agent.act(obs, torch.zeros(2, 2), torch.zeros(2), start, torch.zeros(2, dtype=torch.bool))
+    for _ in range(5):  # different rewards per task, then a new episode
+        agent.act(obs, first, torch.tensor([1.0, 0.0]), ~start, ~start)
+    again = agent.act(obs, first, torch.tensor([1.0, 0.0]), start, ~start)
+    torch.testing.assert_close(again, first)
+    assert agent.z.shape == (2, 0)
+    with pytest.raises(ValueError, match="latent_size"):
+        PEARLConfig(latent_size=-1)

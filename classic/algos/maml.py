@@ -104,6 +104,11 @@ class MAMLConfig:
             again, a third derivative through the adaptation) or ``fisher`` (the Gauss-Newton form
             ``J^T M J v``: a forward-mode product through the adapted policies' outputs, then a
             reverse one; equal because the KL's gradient in the outputs vanishes at the old policy).
+        kl_hvp_tasks: the KL's Hessian-vector products (the natural step's metric) on the first
+            ``kl_hvp_tasks`` tasks of the meta-batch only (tasks are i.i.d., so this is an unbiased
+            estimate of the metric; OpenAI baselines' TRPO takes its Fisher-vector products on every
+            5th sample). The meta-gradient and the line search's KL use every task. None: all tasks
+            (pytorch-maml-rl).
         cg_iters, cg_damping: conjugate-gradient iterations and damping of TRPO's natural step.
         ls_max_steps, ls_backtrack_ratio: TRPO's backtracking line search.
         ppo_epochs, ppo_clip, ppo_lr: the PPO outer loop's Adam epochs per meta-batch, ratio clip
@@ -131,6 +136,7 @@ class MAMLConfig:
     max_kl: float = 0.01
     kl_first_order: bool = False
     kl_hvp: Literal["double_backward", "fisher"] = "double_backward"
+    kl_hvp_tasks: int | None = None
     cg_iters: int = 10
     cg_damping: float = 1e-5
     ls_max_steps: int = 15
@@ -163,6 +169,13 @@ class MAMLConfig:
             raise ValueError(f"outer must be 'trpo' or 'ppo', got {self.outer!r}")
         if self.kl_hvp not in ("double_backward", "fisher"):
             raise ValueError(f"kl_hvp must be 'double_backward' or 'fisher', got {self.kl_hvp!r}")
+        if self.kl_hvp_tasks is not None and (
+            not isinstance(self.kl_hvp_tasks, int) or not 1 <= self.kl_hvp_tasks <= self.meta_batch_size
+        ):
+            raise ValueError(
+                f"kl_hvp_tasks must be an int in [1, meta_batch_size={self.meta_batch_size}] or null, "
+                f"got {self.kl_hvp_tasks!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -553,6 +566,11 @@ class MetaBatch(NamedTuple):
     train: list[Episodes]
     valid: Episodes
 
+    def tasks(self, n: int) -> "MetaBatch":
+        """The meta-batch of its first ``n`` tasks (every tensor sliced along B)."""
+        first = lambda ep: Episodes(*(x[:n] for x in ep))  # noqa: E731
+        return MetaBatch([first(ep) for ep in self.train], first(self.valid))
+
 
 def adapted_params(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig) -> Params:
     """Per-task parameters (B, ...) after the meta-batch's inner steps, from the module's current
@@ -647,7 +665,8 @@ def trpo_step(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig) -
     """One TRPO update of the meta-parameters through the adaptation (pytorch-maml-rl ``MAMLTRPO.step``).
 
     The step direction solves ``(H + damping I) x = g`` by conjugate gradient, with H the Hessian of
-    the mean KL at the old parameters (Hessian-vector products by double backward) and g the
+    the mean KL at the old parameters (Hessian-vector products by double backward, or in Fisher form
+    with ``kl_hvp: fisher``; on the first ``kl_hvp_tasks`` tasks when set) and g the
     surrogate's gradient; it is scaled to KL = ``max_kl`` (``sqrt(2 max_kl / x^T H x)``) and
     backtracked until the surrogate improves and the KL is within ``max_kl``; when no step
     qualifies the parameters stay.
@@ -658,10 +677,16 @@ def trpo_step(policy: GaussianMLPPolicy, batch: MetaBatch, config: MAMLConfig) -
     leaves = list(policy.parameters())
     loss, kl, old = surrogate(policy, batch, config)
     g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, leaves, retain_graph=True)])
+    n = config.kl_hvp_tasks
+    metric = batch if n is None or n >= batch.valid.rewards.shape[0] else batch.tasks(n)
     if config.kl_hvp == "fisher":
-        hvp = fisher_kl_hvp(policy, batch, config)
+        hvp = fisher_kl_hvp(policy, metric, config)
     else:
-        if config.kl_first_order and not config.first_order:
+        if metric is not batch:
+            old_n = tuple(x[:n] for x in old)
+            kl_config = dataclasses.replace(config, first_order=config.first_order or config.kl_first_order)
+            kl = surrogate(policy, metric, kl_config, old_n)[1]
+        elif config.kl_first_order and not config.first_order:
             kl = surrogate(policy, batch, dataclasses.replace(config, first_order=True), old)[1]
         grad_kl = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, leaves, create_graph=True)])
 

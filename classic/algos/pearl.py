@@ -66,7 +66,9 @@ class PEARLConfig:
     """Hyperparameters of PEARL (defaults: oyster's ``configs/default.py`` except where noted).
 
     Attributes:
-        latent_size: L, the dimension of z (oyster 5).
+        latent_size: L, the dimension of z (oyster 5). 0: no encoder and no z, i.e. SAC on the
+            train tasks' pooled data with the same collection and budget: the *multi-task policy*
+            baseline (one policy for every task, no task inference; PEARL Sec. 6.1's comparison).
         hidden_sizes: widths of the actor's, the Q-functions' and V's hidden layers (oyster [300] * 3).
         encoder_hidden_sizes: widths of the context encoder's hidden layers (oyster [200] * 3).
         num_train_tasks: train tasks drawn once from the distribution, each with its own buffers
@@ -140,7 +142,6 @@ class PEARLConfig:
         require_ints(
             self,
             (
-                "latent_size",
                 "num_train_tasks",
                 "num_tasks_sample",
                 "meta_batch",
@@ -154,6 +155,7 @@ class PEARLConfig:
         require_ints(
             self,
             (
+                "latent_size",
                 "num_iterations",
                 "num_initial_steps",
                 "num_steps_prior",
@@ -299,7 +301,8 @@ class PEARLNetworks(nn.Module):
         L, hidden = config.latent_size, config.hidden_sizes
         self.obs_dim, self.action_dim, self.latent_size = int(obs_dim), int(action_dim), int(L)
         self.context_dim = self.obs_dim + self.action_dim + 1
-        self.encoder = mlp([self.context_dim, *config.encoder_hidden_sizes, 2 * L], generator)
+        # latent_size 0: the multi-task policy, no encoder (factors are (..., N, 0) and z is (..., 0)).
+        self.encoder = mlp([self.context_dim, *config.encoder_hidden_sizes, 2 * L], generator) if L > 0 else None
         self.policy = TanhGaussianPolicy(obs_dim + L, action_dim, hidden, generator)
         self.qf1 = mlp([obs_dim + action_dim + L, *hidden, 1], generator)
         self.qf2 = mlp([obs_dim + action_dim + L, *hidden, 1], generator)
@@ -312,6 +315,9 @@ class PEARLNetworks(nn.Module):
     def factors(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Per-transition Gaussian factors of contexts (..., N, context_dim): means and variances
         (..., N, L), the variance through softplus (oyster)."""
+        if self.encoder is None:
+            empty = context.new_zeros(*context.shape[:-1], 0)
+            return empty, empty
         out = self.encoder(context)
         mu, raw = out[..., : self.latent_size], out[..., self.latent_size :]
         return mu, F.softplus(raw)
@@ -515,13 +521,17 @@ class PEARLOptimizers:
     """Adam for each of PEARL's parts (oyster's separate optimizers and step sizes)."""
 
     def __init__(self, nets: PEARLNetworks, config: PEARLConfig) -> None:
-        self.context = torch.optim.Adam(nets.encoder.parameters(), lr=config.context_lr)
+        self.context = (
+            torch.optim.Adam(nets.encoder.parameters(), lr=config.context_lr) if nets.encoder is not None else None
+        )
         self.q = torch.optim.Adam([*nets.qf1.parameters(), *nets.qf2.parameters()], lr=config.qf_lr)
         self.v = torch.optim.Adam(nets.vf.parameters(), lr=config.vf_lr)
         self.policy = torch.optim.Adam(nets.policy.parameters(), lr=config.policy_lr)
 
     def all(self) -> dict[str, torch.optim.Optimizer]:
-        return {"context": self.context, "q": self.q, "v": self.v, "policy": self.policy}
+        """The optimizers by name (``context`` absent without an encoder, ``latent_size`` 0)."""
+        opts = {"context": self.context, "q": self.q, "v": self.v, "policy": self.policy}
+        return {name: opt for name, opt in opts.items() if opt is not None}
 
 
 def gradient_step(
@@ -543,7 +553,8 @@ def gradient_step(
         opt.zero_grad(set_to_none=True)
     critic, z = critic_losses(nets, rl, context, config, generator)
     (critic["kl"] + critic["q"]).backward()
-    optimizers.context.step()
+    if optimizers.context is not None:
+        optimizers.context.step()
     optimizers.q.step()
     for opt in optimizers.all().values():
         opt.zero_grad(set_to_none=True)
@@ -560,7 +571,7 @@ def gradient_step(
         "v_loss": actor["v"].item(),
         "policy_loss": actor["policy"].item(),
         "log_pi": float(actor["log_pi"]),
-        "z_abs_mean": float(z.detach().abs().mean()),
+        "z_abs_mean": float(z.detach().abs().mean()) if z.numel() else 0.0,
     }
 
 
