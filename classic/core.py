@@ -213,6 +213,17 @@ class TaskDistribution(ABC):
         or None when the distribution cannot compute it."""
         return None
 
+    def optimal_action(self, tasks: Any, state: Any) -> Tensor | None:
+        """(n,) an action of the optimal policy that knows the task, in ``state`` (the labels of
+        DPT's pretraining, arXiv 2306.14892), or None when the distribution does not define it."""
+        return None
+
+    def sample_states(self, tasks: Any, generator: torch.Generator) -> tuple[Any, Tensor] | None:
+        """``(state, obs)`` of a state drawn uniformly from each task's state space, a step from
+        which is a valid step of an episode (DPT's in-context datasets and query states), or None
+        when the distribution does not define it."""
+        return None
+
     def episode_success(self, episode_returns: Tensor) -> Tensor | None:
         """(N, E) bool, which episodes succeeded, from their returns (N, E) (e.g. reached the goal
         region of a sparse-reward task), or None when the task has no success criterion; the

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from classic import functional as F
 from classic.algos.rl2_config import RL2Config
+from classic.algos.sequence import SNAIL, CausalTransformer
 from classic.core import ActOutput, Box, MetaLearner, StageRun
 from classic.files import save_torch
 from classic.registry import LEARNERS
@@ -102,6 +103,15 @@ class RL2Policy(nn.Module):
             ``obs outer features`` (one readout per one-hot state) instead of in the features.
         continuous: Box actions of size ``num_actions`` (a Gaussian head) instead of discrete ones.
         action_low, action_high: the Box's bounds (continuous only).
+        network: the memory over the trial: ``gru`` (the paper's), ``transformer`` (a causal
+            transformer with a key/value cache, :class:`~classic.algos.sequence.CausalTransformer`)
+            or ``snail`` (:class:`~classic.algos.sequence.SNAIL`); ``hidden_size`` is its width.
+        num_layers, num_heads: the transformer's blocks and attention heads.
+        seq_len: the longest trial in steps (SNAIL's number of dense blocks).
+
+    The recurrent state ``h`` is the GRU's hidden state (1, B, hidden_size), the transformer's
+    :class:`~classic.algos.sequence.KVCache` or SNAIL's input history: opaque to callers, who get
+    it from :meth:`initial_state` and pass back what :meth:`forward` returns.
 
     Example:
         >>> policy = RL2Policy(num_actions=5, obs_dim=1, hidden_size=32)
@@ -124,8 +134,15 @@ class RL2Policy(nn.Module):
         continuous: bool = False,
         action_low: float = -1.0,
         action_high: float = 1.0,
+        network: str = "gru",
+        num_layers: int = 1,
+        num_heads: int = 4,
+        seq_len: int = 0,
     ) -> None:
         super().__init__()
+        if network not in ("gru", "transformer", "snail"):
+            raise ValueError(f"network must be 'gru', 'transformer' or 'snail', got {network!r}")
+        self.network, self.num_layers, self.num_heads, self.seq_len = network, int(num_layers), int(num_heads), seq_len
         self.continuous = bool(continuous)
         self.action_low, self.action_high = float(action_low), float(action_high)
         if self.continuous and (obs_action_reward_input or obs_action_input):
@@ -146,14 +163,19 @@ class RL2Policy(nn.Module):
         if self.obs_action_input:
             self.input_dim += self.obs_dim * self.num_actions
         self.config: RL2Config | None = None  # set by train_rl2 / load, for the record
-        self.gru = nn.GRU(self.input_dim, self.hidden_size)
-        # CleanRL-style init: orthogonal weights, zero biases, small actor output.
-        for name, param in self.gru.named_parameters():
-            if "weight" in name:
-                for chunk in param.data.chunk(3, dim=0):  # one orthogonal block per gate (r, z, n)
-                    nn.init.orthogonal_(chunk, gain=1.0, generator=generator)
-            else:
-                nn.init.zeros_(param)
+        if network == "gru":
+            self.gru = nn.GRU(self.input_dim, self.hidden_size)
+            # CleanRL-style init: orthogonal weights, zero biases, small actor output.
+            for name, param in self.gru.named_parameters():
+                if "weight" in name:
+                    for chunk in param.data.chunk(3, dim=0):  # one orthogonal block per gate (r, z, n)
+                        nn.init.orthogonal_(chunk, gain=1.0, generator=generator)
+                else:
+                    nn.init.zeros_(param)
+        elif network == "transformer":
+            self.memory = CausalTransformer(self.input_dim, self.hidden_size, num_layers, num_heads, generator)
+        else:
+            self.memory = SNAIL(self.input_dim, self.hidden_size, max(int(seq_len), 2), generator=generator)
         gate = self.obs_dim if self.state_gated_heads else 1  # output layers read obs outer features
         if self.head_hidden_size > 0:
             width, head_in = self.head_hidden_size, self.hidden_size + self.obs_dim
@@ -189,11 +211,18 @@ class RL2Policy(nn.Module):
             "continuous": self.continuous,
             "action_low": self.action_low,
             "action_high": self.action_high,
+            "network": self.network,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "seq_len": self.seq_len,
         }
 
-    def initial_state(self, batch_size: int) -> Tensor:
-        """(1, batch_size, hidden_size) zero hidden state: the start of a trial."""
-        return torch.zeros(1, batch_size, self.hidden_size)
+    def initial_state(self, batch_size: int) -> Any:
+        """The state at the start of a trial: the GRU's (1, batch_size, hidden_size) zeros, an
+        empty key/value cache or an empty history."""
+        if self.network == "gru":
+            return torch.zeros(1, batch_size, self.hidden_size)
+        return self.memory.initial_state(batch_size)
 
     def encode(
         self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor, prev_obs: Tensor | None = None
@@ -232,18 +261,19 @@ class RL2Policy(nn.Module):
                 parts.append(pair)
         return torch.cat(parts, dim=-1)
 
-    def forward(self, inputs: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Run the GRU over a time-major sequence.
+    def forward(self, inputs: Tensor, h: Any) -> tuple[Tensor, Tensor, Any]:
+        """Run the memory (GRU, transformer or SNAIL) over a time-major sequence.
 
         Args:
             inputs: (T, B, input_dim) encoded inputs.
-            h: (1, B, hidden_size) hidden state before the first step.
+            h: the state before the first step (:meth:`initial_state`, or what a previous call
+                returned).
 
         Returns:
             ``(logits, values, h)``: logits (T, B, A), values (T, B) in units of the config's
-            ``reward_scale``, and the hidden state (1, B, hidden_size) after the last step.
+            ``reward_scale``, and the state after the last step.
         """
-        out, h = self.gru(inputs, h)
+        out, h = self.gru(inputs, h) if self.network == "gru" else self.memory(inputs, h)
         obs = inputs[..., self.obs_slice]
         if self.head_hidden_size > 0:
             out = torch.cat([out, obs], dim=-1)
@@ -566,6 +596,10 @@ def train_rl2(
         head_hidden_size=config.head_hidden_size,
         obs_action_input=config.obs_action_input,
         state_gated_heads=config.state_gated_heads,
+        network=config.network,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        seq_len=episodes_per_trial * dist.episode_length,
         **_box_bounds(dist),
     )
     policy.config = config

@@ -21,7 +21,11 @@ class RL2Config:
     faster than bigger minibatches.
 
     Attributes:
-        hidden_size: GRU hidden units.
+        network: the policy's memory over the trial: ``gru`` (the paper's), ``transformer`` (a
+            causal transformer, exact memory of the whole trial) or ``snail`` (Mishra et al. 2018,
+            arXiv 1707.03141).
+        hidden_size: GRU hidden units (the transformer's and SNAIL's width).
+        num_layers, num_heads: the transformer's decoder blocks and attention heads.
         learning_rate: Adam step size at the start of training.
         anneal_lr: decay the step size linearly to 0 over ``num_iterations``.
         num_trials_per_batch: trials (tasks) collected per iteration.
@@ -67,7 +71,10 @@ class RL2Config:
         256000
     """
 
+    network: str = "gru"
     hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
     learning_rate: float = 3e-3
     anneal_lr: bool = True
     num_trials_per_batch: int = 256
@@ -96,7 +103,16 @@ class RL2Config:
     def __post_init__(self) -> None:
         if isinstance(self.num_iterations, bool) or not isinstance(self.num_iterations, int) or self.num_iterations < 0:
             raise ValueError(f"num_iterations must be an int >= 0, got {self.num_iterations!r}")
-        positive_ints = ("hidden_size", "num_trials_per_batch", "update_epochs", "num_minibatches")
+        if self.network not in ("gru", "transformer", "snail"):
+            raise ValueError(f"network must be 'gru', 'transformer' or 'snail', got {self.network!r}")
+        positive_ints = (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_trials_per_batch",
+            "update_epochs",
+            "num_minibatches",
+        )
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -107,6 +123,8 @@ class RL2Config:
             or self.head_hidden_size < 0
         ):
             raise ValueError(f"head_hidden_size must be an int >= 0, got {self.head_hidden_size!r}")
+        if self.network == "transformer" and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.num_trials_per_batch % self.num_minibatches != 0:
             raise ValueError(
                 f"num_trials_per_batch ({self.num_trials_per_batch}) must be divisible by "

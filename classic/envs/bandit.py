@@ -129,6 +129,14 @@ class BernoulliBandit(TaskDistribution):
             state=BanditState(t=state.t + 1),
         )
 
+    def optimal_action(self, tasks: BanditTasks, state: BanditState) -> Tensor:
+        """(n,) long the best arm, argmax_i p_i."""
+        return tasks.probs.argmax(dim=1)
+
+    def sample_states(self, tasks: BanditTasks, generator: torch.Generator) -> tuple[BanditState, Tensor]:
+        """The bandit's one state: a fresh episode (as :meth:`reset`)."""
+        return self.reset(tasks, generator)
+
     def optimal_episode_return(self, tasks: BanditTasks) -> Tensor:
         """(n,) expected reward of the best arm, max_i p_i."""
         return tasks.probs.max(dim=1).values

@@ -128,6 +128,12 @@ class GoalGrid(TaskDistribution):
             state=GridState(pos=pos, t=t),
         )
 
+    def sample_states(self, tasks: GridTasks, generator: torch.Generator) -> tuple[GridState, Tensor]:
+        """A uniformly random cell per task (episode step 0): ``(GridState, obs (n, 2) float)``."""
+        n, dev = tasks.goal.shape[0], tasks.goal.device
+        pos = torch.randint(self.size, (n, 2), generator=generator, device=generator.device).to(dev)
+        return GridState(pos=pos, t=torch.zeros(n, dtype=torch.long, device=dev)), pos.float()
+
     def optimal_action(self, tasks: GridTasks, state: GridState) -> Tensor:
         """(n,) long the known-goal oracle's action: toward the goal along x, then along y, then stay."""
         dx = tasks.goal[:, 0] - state.pos[:, 0]

@@ -1,0 +1,418 @@
+"""Decision-Pretrained Transformer: in-context RL by predicting the optimal action.
+
+DPT (Lee et al. 2023, arXiv 2306.14892) pretrains a causal transformer on (in-context dataset,
+query state) -> optimal action: for a task tau, an in-context dataset D = {(s_j, a_j, r_j, s'_j)}
+collected by some behaviour, a query state s_q, and the label a* = pi*_tau(s_q) from the policy that
+knows the task. The sequence is ``[query, (s_1, a_1, r_1, s'_1), ..., (s_n, a_n, r_n, s'_n)]`` and
+the model predicts a* at every position j (from the query and the first j transitions), so one
+sample trains every context size 0 .. n (DPT, Sec. 3, Eq. 1; the reference code's ``net.py``
+puts the query first the same way):
+
+    L(theta) = - sum_{j=0..n} log M_theta(a* | s_q, D_j)
+
+At deployment (online, DPT Sec. 4.2) the agent plays episodes on a new task: its in-context
+dataset is the transitions of its earlier episodes of the trial (added when an episode ends, the
+last ``context_size`` kept), the query is its current state, and it *samples* its action from the
+predicted distribution, which the paper shows is posterior sampling (Thompson sampling) in
+disguise (Theorem 1).
+
+Pretraining data is drawn fresh for every batch from the training task distribution (unlimited,
+the distribution's hooks :meth:`~classic.core.TaskDistribution.sample_states` and
+:meth:`~classic.core.TaskDistribution.optimal_action`): states uniform over the task's states,
+actions from a per-dataset random distribution ``p ~ Dirichlet(1)`` over the actions (DPT's
+bandit datasets; diverse, from near-uniform to concentrated on one action like a learner's
+data), query states uniform. DPT's held-out Dark Room goals are the task configuration
+(``goal_split: train`` for pretraining, ``protocol.eval_task: {goal_split: test}``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from classic.algos.ad import obs_features
+from classic.algos.sequence import CausalTransformer
+from classic.config import require_ints, require_numbers
+from classic.core import Discrete, MetaLearner, StageRun, TaskDistribution
+from classic.files import save_torch
+from classic.registry import LEARNERS
+
+# ---------------------------------------------------------------------------------------------
+# 1. Configuration and pretraining data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DPTConfig:
+    """Hyperparameters of DPT.
+
+    Attributes:
+        context_size: n, transitions per in-context dataset (and the most the agent keeps).
+        dirichlet_alpha: concentration of the per-dataset action distribution.
+        hidden_size, num_layers, num_heads: the transformer's width, blocks and heads.
+        num_steps: gradient steps (each on a fresh batch of datasets).
+        batch_size: (dataset, query) samples per gradient step.
+        learning_rate: AdamW step size (5% linear warm-up, cosine decay to 10%).
+        weight_decay: AdamW weight decay.
+        max_grad_norm: global gradient-norm clip.
+        obs_one_hot: one-hot integer Box coordinates (Dark Room's ``(x, y)``).
+        greedy_eval: act with the most probable action (DPT-greedy) instead of sampling.
+        checkpoint_every: gradient steps between training-state checkpoints.
+        seed: seeds the data, initialization and batches.
+
+    Raises:
+        ValueError: naming the offending field, when a value is out of range.
+    """
+
+    context_size: int = 200
+    dirichlet_alpha: float = 1.0
+    hidden_size: int = 64
+    num_layers: int = 3
+    num_heads: int = 4
+    num_steps: int = 3000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    obs_one_hot: bool = True
+    greedy_eval: bool = False
+    checkpoint_every: int = 500
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        require_ints(
+            self,
+            ("context_size", "hidden_size", "num_layers", "num_heads", "batch_size", "checkpoint_every"),
+            minimum=1,
+        )
+        require_ints(self, ("num_steps",), minimum=0)
+        require_numbers(self, ("dirichlet_alpha", "learning_rate", "max_grad_norm"))
+        require_numbers(self, ("weight_decay",), positive=False)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def transition_features(
+    obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, dist: TaskDistribution, one_hot: bool
+) -> Tensor:
+    """The token of transitions ``[obs features, one_hot(action), reward, next-obs features]``
+    (..., 2F + A + 1)."""
+    A = int(dist.action_space.n)
+    a = F.one_hot(action.clamp(0, A - 1).long(), A).float()
+    s, s2 = obs_features(obs, dist, one_hot), obs_features(next_obs, dist, one_hot)
+    return torch.cat([s, a, reward.float().unsqueeze(-1), s2], dim=-1)
+
+
+def query_features(obs: Tensor, dist: TaskDistribution, one_hot: bool) -> Tensor:
+    """The query token ``[obs features, 0 (A), 0, 0 (F)]`` (..., 2F + A + 1)."""
+    s = obs_features(obs, dist, one_hot)
+    return torch.cat([s, torch.zeros(*s.shape[:-1], int(dist.action_space.n) + 1 + s.shape[-1])], dim=-1)
+
+
+class PretrainingBatch(NamedTuple):
+    """DPT pretraining samples.
+
+    Attributes:
+        tokens: (B, 1 + n, D) ``[query, transitions]``.
+        labels: (B,) long, the optimal action at each query state.
+        tasks: the B tasks.
+        query_state: their query states (the distribution's state container).
+    """
+
+    tokens: Tensor
+    labels: Tensor
+    tasks: Any
+    query_state: Any
+
+
+def pretraining_batch(
+    dist: TaskDistribution, batch: int, context_size: int, config: DPTConfig, generator: torch.Generator
+) -> PretrainingBatch:
+    """``batch`` fresh pretraining samples, one task each: n transitions from uniform states and
+    Dirichlet-weighted actions, a uniform query state and its optimal action.
+
+    Raises:
+        ValueError: the distribution does not define ``sample_states`` / ``optimal_action``.
+    """
+    tasks = dist.sample_tasks(batch, generator)
+    probe = dist.sample_states(tasks, generator)
+    if probe is None:
+        raise ValueError(f"DPT needs a task distribution with sample_states and optimal_action; {type(dist).__name__}")
+    A = int(dist.action_space.n)
+    probs = _dirichlet(batch, A, config.dirichlet_alpha, generator)  # torch's Dirichlet takes no generator
+    tokens = []
+    for _ in range(context_size):
+        state, obs = dist.sample_states(tasks, generator)
+        action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        step = dist.step(tasks, state, action, generator)
+        tokens.append(transition_features(obs, action, step.reward, step.obs, dist, config.obs_one_hot))
+    q_state, q_obs = dist.sample_states(tasks, generator)
+    label = dist.optimal_action(tasks, q_state)
+    if label is None:
+        raise ValueError(f"DPT needs optimal_action on the task distribution; {type(dist).__name__} has none")
+    query = query_features(q_obs, dist, config.obs_one_hot)
+    return PretrainingBatch(torch.stack([query, *tokens], dim=1), label.long(), tasks, q_state)
+
+
+def _dirichlet(n: int, k: int, alpha: float, generator: torch.Generator) -> Tensor:
+    """(n, k) Dirichlet(alpha) draws from ``generator``: normalized Gamma(alpha, 1) variables, each
+    Gamma drawn as -log of a product of uniforms for integer alpha (alpha = 1: exponentials) and by
+    Marsaglia-Tsang otherwise."""
+    if float(alpha).is_integer():
+        u = torch.rand(n, k, int(alpha), generator=generator).clamp(min=1e-12)
+        g = -u.log().sum(-1)
+    else:
+        g = _gamma_marsaglia_tsang(n, k, float(alpha), generator)
+    return g / g.sum(-1, keepdim=True)
+
+
+def _gamma_marsaglia_tsang(n: int, k: int, alpha: float, generator: torch.Generator) -> Tensor:
+    """Gamma(alpha, 1) (n, k) by Marsaglia & Tsang (2000), with the alpha < 1 boost ``G(a+1) U^(1/a)``."""
+    boost = alpha < 1
+    a = alpha + 1 if boost else alpha
+    d = a - 1 / 3
+    c = 1 / (9 * d) ** 0.5
+    out = torch.empty(n, k)
+    todo = torch.ones(n, k, dtype=torch.bool)
+    while bool(todo.any()):
+        x = torch.randn(n, k, generator=generator)
+        v = (1 + c * x) ** 3
+        u = torch.rand(n, k, generator=generator)
+        ok = (v > 0) & (u.clamp(min=1e-12).log() < 0.5 * x**2 + d - d * v + d * v.clamp(min=1e-12).log())
+        take = ok & todo
+        out[take] = (d * v)[take]
+        todo &= ~take
+    if boost:
+        out = out * torch.rand(n, k, generator=generator).clamp(min=1e-12) ** (1 / alpha)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Model and training
+# ---------------------------------------------------------------------------------------------
+
+
+class DPTModel(nn.Module):
+    """A causal transformer over ``[query, transitions]`` with a linear head to action logits.
+
+    Args:
+        input_dim: D, token features.
+        num_actions: A.
+        config: the sizes.
+        generator: initialization RNG.
+    """
+
+    def __init__(self, input_dim: int, num_actions: int, config: DPTConfig, generator=None) -> None:
+        super().__init__()
+        self.input_dim, self.num_actions = int(input_dim), int(num_actions)
+        self.body = CausalTransformer(input_dim, config.hidden_size, config.num_layers, config.num_heads, generator)
+        self.head = nn.Linear(config.hidden_size, num_actions)
+        nn.init.normal_(self.head.weight, std=0.02, generator=generator)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + n, D) -> (B, 1 + n, A) logits of the optimal action at the query, after each
+        prefix of the dataset (position 0: the query alone)."""
+        out, _ = self.body(tokens.transpose(0, 1), None)
+        return self.head(out.transpose(0, 1))
+
+
+def train_dpt(
+    config: DPTConfig,
+    dist: TaskDistribution,
+    log_fn: Callable[[int, dict], None] | None = None,
+    progress: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+) -> DPTModel:
+    """Pretrain DPT on fresh batches from ``dist`` (the training tasks).
+
+    Args:
+        config: hyperparameters.
+        dist: the training task distribution (discrete actions, with ``sample_states`` and
+            ``optimal_action``).
+        log_fn: ``log_fn(step, metrics)`` every 50 steps (``losses/action_nll`` over every
+            position, ``charts/accuracy_full_context`` at the last position, ``charts/learning_rate``).
+        progress: tqdm bar.
+        checkpoint_path: training state saved every ``checkpoint_every`` steps; resumed from.
+
+    Raises:
+        ValueError: discrete actions or the hooks missing.
+    """
+    from classic.algos.ad import lr_at
+
+    if not isinstance(dist.action_space, Discrete):
+        raise ValueError(f"DPT needs discrete actions, got {type(dist.action_space).__name__}")
+    generator = torch.Generator().manual_seed(config.seed)
+    probe = pretraining_batch(dist, 2, 1, config, torch.Generator().manual_seed(0)).tokens
+    model = DPTModel(probe.shape[-1], dist.action_space.n, config, generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    first = 0
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        first = state["step"]
+    steps = range(first, config.num_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="DPT", initial=first, total=config.num_steps)
+    model.train()
+    start = time.perf_counter()
+    for step in steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, step)
+        with torch.no_grad():
+            tokens, label, _, _ = pretraining_batch(dist, config.batch_size, config.context_size, config, generator)
+        logits = model(tokens)  # (B, 1 + n, A)
+        target = label.unsqueeze(1).expand(logits.shape[:2])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        if progress:
+            steps.set_postfix(nll=f"{loss.item():.3f}")
+        if log_fn is not None and (step + 1) % 50 == 0:
+            log_fn(
+                step + 1,
+                {
+                    "losses/action_nll": loss.item(),
+                    "charts/accuracy_full_context": float((logits[:, -1].argmax(-1) == label).float().mean()),
+                    "charts/learning_rate": lr_at(config, step),
+                    "charts/steps_per_s": (step + 1 - first) / (time.perf_counter() - start),
+                },
+            )
+        if checkpoint_path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps):
+            save_torch(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "step": step + 1,
+                },
+                checkpoint_path,
+            )
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Online deployment and DPT on the platform
+# ---------------------------------------------------------------------------------------------
+
+
+class DPTAgent:
+    """DPT deployed online (DPT Sec. 4.2): the in-context dataset is the transitions of the trial's
+    earlier episodes (the last ``context_size``), added when an episode ends; each action is
+    sampled from the predicted distribution of the optimal action at the current state (or its
+    argmax with ``greedy_eval``). No weight update.
+
+    Args:
+        model: a trained :class:`DPTModel`.
+        dist: the task distribution (for the tokens).
+        config: ``context_size``, ``obs_one_hot``, ``greedy_eval``.
+        name: its name in reports.
+    """
+
+    def __init__(self, model: DPTModel, dist: TaskDistribution, config: DPTConfig, name: str = "DPT") -> None:
+        self.model, self.dist, self.config, self.name = model.eval(), dist, config, name
+        self.generator = torch.Generator().manual_seed(0)
+
+    def reset(self, num_tasks: int, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.context: Tensor | None = None  # (n, c, D) transitions of finished episodes
+        self.episode: list[Tensor] = []  # tokens of the current episode's transitions
+        self.prev_obs: Tensor | None = None
+
+    @torch.no_grad()
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
+        cfg = self.config
+        if self.prev_obs is not None:
+            # The previous step's transition; its s' is this observation unless its episode ended
+            # (then s' is unknown here and the episode-start observation stands in for bandits,
+            # whose one state is the same; grids truncate, where s' only matters as a feature).
+            self.episode.append(
+                transition_features(self.prev_obs, prev_action, prev_reward, obs, self.dist, cfg.obs_one_hot)
+            )
+        ended = terminated | truncated
+        if bool(ended.any()) and not bool(ended.all()):
+            raise ValueError("DPT's online agent needs fixed-length episodes (every task's episode ends together)")
+        if self.episode and bool(ended.all()):
+            new = torch.stack(self.episode, dim=1)
+            self.context = new if self.context is None else torch.cat([self.context, new], dim=1)
+            self.context = self.context[:, -cfg.context_size :]
+            self.episode = []
+        query = query_features(obs.float(), self.dist, cfg.obs_one_hot).unsqueeze(1)
+        tokens = query if self.context is None else torch.cat([query, self.context], dim=1)
+        logits = self.model(tokens)[:, -1]
+        self.prev_obs = obs.float()
+        if cfg.greedy_eval:
+            return logits.argmax(-1)
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(-1)
+
+
+def save_model(model: DPTModel, path) -> None:
+    save_torch({"state_dict": model.state_dict(), "input_dim": model.input_dim, "num_actions": model.num_actions}, path)
+
+
+def load_model(path, config: DPTConfig) -> DPTModel:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = DPTModel(ckpt["input_dim"], ckpt["num_actions"], config)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+@LEARNERS.register("dpt")
+@dataclass
+class DPTLearnerConfig:
+    """DPT as a learner of a ``kind: compare`` recipe (``learners: [{name: dpt, algo: {...}}]``).
+
+    Attributes:
+        name: the registry name.
+        label: its name in reports (default "DPT").
+        algo: :class:`DPTConfig`.
+    """
+
+    name: str = "dpt"
+    label: str | None = None
+    algo: DPTConfig = field(default_factory=DPTConfig)
+
+    @property
+    def display_name(self) -> str:
+        return self.label or "DPT"
+
+    def learner(self) -> "DPTLearner":
+        return DPTLearner()
+
+
+class DPTLearner(MetaLearner):
+    """The :class:`~classic.core.MetaLearner` of DPT: pretraining in the stage folder (``model.pt``;
+    ``training_state.pt`` to resume)."""
+
+    config_class = DPTLearnerConfig
+
+    def train(self, config: DPTLearnerConfig, dist, protocol, run: StageRun) -> Path:
+        path = Path(run.dir) / "model.pt"
+        if path.exists():
+            return path
+        state_path = path.parent / "training_state.pt"
+        log_fn = run.log_fn(resuming=state_path.exists())
+        save_model(train_dpt(config.algo, dist, log_fn, run.progress, state_path), path)
+        return path
+
+    def agent(self, config: DPTLearnerConfig, checkpoint: Any, dist) -> DPTAgent:
+        return DPTAgent(load_model(checkpoint, config.algo), dist, config.algo, config.display_name)
