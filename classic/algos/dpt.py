@@ -55,6 +55,10 @@ class DPTConfig:
 
     Attributes:
         context_size: n, transitions per in-context dataset (and the most the agent keeps).
+        context_states: where the dataset's transitions start: ``uniform`` (a uniformly random
+            state each, DPT's Dark Room pretraining) or ``episodes`` (consecutive episodes from the
+            task's start, as the agent collects them online; the behaviour is still the
+            per-dataset Dirichlet action distribution).
         dirichlet_alpha: concentration of the per-dataset action distribution.
         hidden_size, num_layers, num_heads: the transformer's width, blocks and heads.
         num_steps: gradient steps (each on a fresh batch of datasets).
@@ -63,6 +67,8 @@ class DPTConfig:
         weight_decay: AdamW weight decay.
         max_grad_norm: global gradient-norm clip.
         obs_one_hot: one-hot integer Box coordinates (Dark Room's ``(x, y)``).
+        positional_encoding: sinusoidal positions on the tokens; False (default): none, the
+            in-context dataset being a set (the query is told apart by its empty action field).
         greedy_eval: act with the most probable action (DPT-greedy) instead of sampling.
         checkpoint_every: gradient steps between training-state checkpoints.
         seed: seeds the data, initialization and batches.
@@ -72,6 +78,7 @@ class DPTConfig:
     """
 
     context_size: int = 200
+    context_states: str = "uniform"
     dirichlet_alpha: float = 1.0
     hidden_size: int = 64
     num_layers: int = 3
@@ -82,6 +89,7 @@ class DPTConfig:
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     obs_one_hot: bool = True
+    positional_encoding: bool = False
     greedy_eval: bool = False
     checkpoint_every: int = 500
     seed: int = 1
@@ -93,6 +101,8 @@ class DPTConfig:
             minimum=1,
         )
         require_ints(self, ("num_steps",), minimum=0)
+        if self.context_states not in ("uniform", "episodes"):
+            raise ValueError(f"context_states must be 'uniform' or 'episodes', got {self.context_states!r}")
         require_numbers(self, ("dirichlet_alpha", "learning_rate", "max_grad_norm"))
         require_numbers(self, ("weight_decay",), positive=False)
         if self.hidden_size % self.num_heads:
@@ -138,8 +148,9 @@ class PretrainingBatch(NamedTuple):
 def pretraining_batch(
     dist: TaskDistribution, batch: int, context_size: int, config: DPTConfig, generator: torch.Generator
 ) -> PretrainingBatch:
-    """``batch`` fresh pretraining samples, one task each: n transitions from uniform states and
-    Dirichlet-weighted actions, a uniform query state and its optimal action.
+    """``batch`` fresh pretraining samples, one task each: n transitions with Dirichlet-weighted
+    actions (from uniform states, or in consecutive episodes from the start: ``context_states``),
+    a uniform query state and its optimal action.
 
     Raises:
         ValueError: the distribution does not define ``sample_states`` / ``optimal_action``.
@@ -151,11 +162,22 @@ def pretraining_batch(
     A = int(dist.action_space.n)
     probs = _dirichlet(batch, A, config.dirichlet_alpha, generator)  # torch's Dirichlet takes no generator
     tokens = []
+    episodes = config.context_states == "episodes"
+    if episodes:
+        state, obs = dist.reset(tasks, generator)
     for _ in range(context_size):
-        state, obs = dist.sample_states(tasks, generator)
+        if not episodes:
+            state, obs = dist.sample_states(tasks, generator)
         action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         step = dist.step(tasks, state, action, generator)
         tokens.append(transition_features(obs, action, step.reward, step.obs, dist, config.obs_one_hot))
+        if episodes:
+            state, obs = step.state, step.obs
+            ended = step.terminated | step.truncated
+            if bool(ended.any()):
+                if not bool(ended.all()):
+                    raise ValueError("context_states 'episodes' needs fixed-length episodes")
+                state, obs = dist.reset(tasks, generator)
     q_state, q_obs = dist.sample_states(tasks, generator)
     label = dist.optimal_action(tasks, q_state)
     if label is None:
@@ -215,7 +237,9 @@ class DPTModel(nn.Module):
     def __init__(self, input_dim: int, num_actions: int, config: DPTConfig, generator=None) -> None:
         super().__init__()
         self.input_dim, self.num_actions = int(input_dim), int(num_actions)
-        self.body = CausalTransformer(input_dim, config.hidden_size, config.num_layers, config.num_heads, generator)
+        self.body = CausalTransformer(
+            input_dim, config.hidden_size, config.num_layers, config.num_heads, generator, config.positional_encoding
+        )
         self.head = nn.Linear(config.hidden_size, num_actions)
         nn.init.normal_(self.head.weight, std=0.02, generator=generator)
         nn.init.zeros_(self.head.bias)

@@ -125,19 +125,29 @@ class CausalTransformer(nn.Module):
         width: d_model, also the output width.
         num_layers: decoder blocks.
         num_heads: attention heads (``width`` must be divisible by it).
-        generator: initialization RNG (normal(0, 0.02) weights, GPT-2's).
+        generator: initialization RNG (normal(0, 0.02) weights, GPT-2's; the input embedding
+            uniform in +-1/sqrt(input_dim), so sparse one-hot inputs are not drowned by the
+            positions).
+        positions: add sinusoidal position encodings; False: none (the causal mask alone orders
+            the steps, "NoPE"; for set-like inputs such as DPT's in-context dataset).
 
     Raises:
         ValueError: ``width`` not divisible by ``num_heads``.
     """
 
     def __init__(
-        self, input_dim: int, width: int, num_layers: int, num_heads: int, generator: torch.Generator | None = None
+        self,
+        input_dim: int,
+        width: int,
+        num_layers: int,
+        num_heads: int,
+        generator: torch.Generator | None = None,
+        positions: bool = True,
     ) -> None:
         super().__init__()
         if width % num_heads:
             raise ValueError(f"width ({width}) must be divisible by num_heads ({num_heads})")
-        self.width, self.num_layers = int(width), int(num_layers)
+        self.width, self.num_layers, self.positions = int(width), int(num_layers), bool(positions)
         self.embed = nn.Linear(input_dim, width)
         self.blocks = nn.ModuleList(_Block(width, num_heads) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(width)
@@ -145,6 +155,8 @@ class CausalTransformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02, generator=generator)
                 nn.init.zeros_(module.bias)
+        bound = 1.0 / math.sqrt(input_dim)
+        nn.init.uniform_(self.embed.weight, -bound, bound, generator=generator)
 
     def initial_state(self, batch_size: int) -> KVCache:
         """An empty cache: the start of a trial (``batch_size`` is fixed by the first call)."""
@@ -163,8 +175,9 @@ class CausalTransformer(nn.Module):
         """
         T = inputs.shape[0]
         start = state.length if state is not None else 0
-        positions = torch.arange(start, start + T, device=inputs.device)
-        x = self.embed(inputs.transpose(0, 1)) + sinusoidal_positions(positions, self.width)  # (B, T, W)
+        x = self.embed(inputs.transpose(0, 1))  # (B, T, W)
+        if self.positions:
+            x = x + sinusoidal_positions(torch.arange(start, start + T, device=inputs.device), self.width)
         for layer, block in enumerate(self.blocks):
             x = block(x, state, layer)
         if state is not None:
