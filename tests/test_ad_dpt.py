@@ -153,7 +153,7 @@ def test_ad_training_changes_parameters_same_seed_same_numbers_and_resumes(tmp_p
 def test_dpt_labels_are_optimal_actions_and_tokens_are_the_sampled_transitions():
     dist = _room()
     batch = pretraining_batch(dist, 64, 5, DPTConfig(**DPT_TINY), torch.Generator().manual_seed(0))
-    assert batch.tokens.shape == (64, 6, 2 * 8 + 5 + 1)
+    assert batch.tokens.shape == (64, 6, 3 * 8 + 5 + 1)  # [s, a, r, s', r * s']
     # The label moves the query cell one step closer to the goal (or stays on it): optimal.
     pos, goal = batch.query_state.pos, batch.tasks.goal
     moves = torch.tensor([(0, 0), (0, 1), (0, -1), (-1, 0), (1, 0)])
@@ -161,7 +161,8 @@ def test_dpt_labels_are_optimal_actions_and_tokens_are_the_sampled_transitions()
     after = (goal - (pos + moves[batch.labels]).clamp(0, 3)).abs().sum(-1)
     assert torch.equal(after, (before - 1).clamp(min=0))
     # The query token is the query cell with no action, reward or next cell.
-    torch.testing.assert_close(batch.tokens[:, 0], query_features(pos.float(), dist, True))
+    torch.testing.assert_close(batch.tokens[:, 0], query_features(pos.float(), dist, True, True))
+    assert (batch.tokens[:, 0, 8:] == 0).all()
     # Transitions: s' is s moved by a, and the reward is 1 exactly when s' is the goal.
     t = batch.tokens[:, 1:]
     s = torch.stack([t[..., :4].argmax(-1), t[..., 4:8].argmax(-1)], -1)
@@ -169,6 +170,7 @@ def test_dpt_labels_are_optimal_actions_and_tokens_are_the_sampled_transitions()
     s2 = torch.stack([t[..., 14:18].argmax(-1), t[..., 18:22].argmax(-1)], -1)
     assert torch.equal(s2, (s + moves[a]).clamp(0, 3))
     assert torch.equal(r, (s2 == goal.unsqueeze(1)).all(-1).float())
+    torch.testing.assert_close(t[..., 22:], r.unsqueeze(-1) * t[..., 14:22])
     bandit = BernoulliBandit(4)
     b = pretraining_batch(bandit, 16, 3, DPTConfig(**DPT_TINY), torch.Generator().manual_seed(1))
     assert torch.equal(b.labels, b.tasks.probs.argmax(-1))
@@ -192,19 +194,27 @@ def test_dpt_training_changes_parameters_same_seed_same_numbers_and_resumes(tmp_
 def test_dpt_agent_context_is_the_earlier_episodes_transitions():
     dist = _room()
     cfg = DPTConfig(**{**DPT_TINY, "context_size": 9, "greedy_eval": True})
-    model = DPTModel(2 * 8 + 5 + 1, 5, cfg, generator=torch.Generator().manual_seed(0))
+    model = DPTModel(3 * 8 + 5 + 1, 5, cfg, generator=torch.Generator().manual_seed(0))
     agent = DPTAgent(model, dist, cfg)
     g = torch.Generator().manual_seed(3)
     traj = rollout(agent, dist, dist.sample_tasks(2, g), 3, g)
-    # After two episodes of 6 steps the context holds the last 9 of their 12 transitions (the last
-    # step of each episode has s' = the next episode's start cell as a stand-in).
-    assert agent.context.shape == (2, 9, 22)
+    # After two episodes of 6 steps the context holds the last 9 of their 10 transitions whose next
+    # state the agent saw (each episode's last step, followed by a reset, is left out).
+    assert agent.context.shape == (2, 9, 30)
     from classic.algos.dpt import transition_features
 
     obs, act, rew = traj.obs.transpose(0, 1), traj.actions.T, traj.rewards.T
-    next_obs = torch.cat([obs[:, 1:], obs[:, :1]], dim=1)
-    expected = transition_features(obs[:, :12], act[:, :12], rew[:, :12], next_obs[:, :12], dist, True)[:, 3:]
+    seen = [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    expected = transition_features(
+        obs[:, seen], act[:, seen], rew[:, seen], obs[:, [t + 1 for t in seen]], dist, True, True
+    )
     torch.testing.assert_close(agent.context, expected)
+    # One-step episodes (bandits): every pull is in the context.
+    bandit = BernoulliBandit(3)
+    cfg_b = DPTConfig(**{**DPT_TINY, "context_size": 50})
+    agent_b = DPTAgent(DPTModel(3 * 1 + 3 + 1, 3, cfg_b), bandit, cfg_b)
+    rollout(agent_b, bandit, bandit.sample_tasks(2, g), 7, g)
+    assert agent_b.context.shape == (2, 6, 7)
 
 
 # --- on the platform --------------------------------------------------------------------------
@@ -232,3 +242,28 @@ def test_compare_run_reports_ad_with_its_source_curve_and_dpt(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "AD (Q-learning): the source's learning curve" in report
     assert len(results["source_curve"]["AD (Q-learning)"]) == 3
+
+
+def test_systematic_search_finds_the_goal_then_plays_the_oracle():
+    from classic.registry import AGENTS
+
+    dist = DarkRoomConfig().make()
+    agent = AGENTS.get("Systematic search")().make(dist, 10)
+    g = torch.Generator().manual_seed(0)
+    tasks = dist.sample_tasks(64, g)
+    traj = rollout(agent, dist, tasks, 10, g)
+    returns = traj.rewards.T.reshape(64, 10, 20).sum(-1)
+    oracle = dist.optimal_episode_return(tasks)
+    found = (returns > 0).float().argmax(-1)  # first episode that reached the goal
+    assert (returns.sum(-1) > 0).all()  # every goal found within the trial
+    for b in range(64):
+        later = returns[b, found[b] + 1 :]
+        assert torch.equal(later, oracle[b].expand_as(later))  # straight there, every later episode
+    # The first episode sweeps new cells: no cell is stood on twice before the goal is seen.
+    first = traj.obs[:20].round().long()
+    for b in range(64):
+        if returns[b, 0] == 0:
+            cells = {tuple(c) for c in first[:, b].tolist()}
+            assert len(cells) >= 16
+    with pytest.raises(ValueError, match="grid"):
+        AGENTS.get("Systematic search")().make(BernoulliBandit(3), 10)

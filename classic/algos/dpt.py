@@ -67,6 +67,9 @@ class DPTConfig:
         weight_decay: AdamW weight decay.
         max_grad_norm: global gradient-norm clip.
         obs_one_hot: one-hot integer Box coordinates (Dark Room's ``(x, y)``).
+        reward_next_obs_input: add ``reward * next-obs features`` to each transition token, so "the
+            state that paid r" is linear in the input (our addition, not the paper's, as RL²'s
+            ``action_reward_input``).
         positional_encoding: sinusoidal positions on the tokens; False (default): none, the
             in-context dataset being a set (the query is told apart by its empty action field).
         greedy_eval: act with the most probable action (DPT-greedy) instead of sampling.
@@ -89,6 +92,7 @@ class DPTConfig:
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     obs_one_hot: bool = True
+    reward_next_obs_input: bool = True
     positional_encoding: bool = False
     greedy_eval: bool = False
     checkpoint_every: int = 500
@@ -113,20 +117,29 @@ class DPTConfig:
 
 
 def transition_features(
-    obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, dist: TaskDistribution, one_hot: bool
+    obs: Tensor,
+    action: Tensor,
+    reward: Tensor,
+    next_obs: Tensor,
+    dist: TaskDistribution,
+    one_hot: bool,
+    reward_next_obs: bool = False,
 ) -> Tensor:
     """The token of transitions ``[obs features, one_hot(action), reward, next-obs features]``
-    (..., 2F + A + 1)."""
+    (..., 2F + A + 1), and with ``reward_next_obs`` also ``reward * next-obs features`` (+ F)."""
     A = int(dist.action_space.n)
     a = F.one_hot(action.clamp(0, A - 1).long(), A).float()
     s, s2 = obs_features(obs, dist, one_hot), obs_features(next_obs, dist, one_hot)
-    return torch.cat([s, a, reward.float().unsqueeze(-1), s2], dim=-1)
+    r = reward.float().unsqueeze(-1)
+    return torch.cat([s, a, r, s2, *([r * s2] if reward_next_obs else [])], dim=-1)
 
 
-def query_features(obs: Tensor, dist: TaskDistribution, one_hot: bool) -> Tensor:
-    """The query token ``[obs features, 0 (A), 0, 0 (F)]`` (..., 2F + A + 1)."""
+def query_features(obs: Tensor, dist: TaskDistribution, one_hot: bool, reward_next_obs: bool = False) -> Tensor:
+    """The query token ``[obs features, 0 (A), 0, 0 (F)]`` (..., 2F + A + 1) (+ F zeros with
+    ``reward_next_obs``)."""
     s = obs_features(obs, dist, one_hot)
-    return torch.cat([s, torch.zeros(*s.shape[:-1], int(dist.action_space.n) + 1 + s.shape[-1])], dim=-1)
+    rest = int(dist.action_space.n) + 1 + s.shape[-1] * (2 if reward_next_obs else 1)
+    return torch.cat([s, torch.zeros(*s.shape[:-1], rest)], dim=-1)
 
 
 class PretrainingBatch(NamedTuple):
@@ -170,7 +183,11 @@ def pretraining_batch(
             state, obs = dist.sample_states(tasks, generator)
         action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         step = dist.step(tasks, state, action, generator)
-        tokens.append(transition_features(obs, action, step.reward, step.obs, dist, config.obs_one_hot))
+        tokens.append(
+            transition_features(
+                obs, action, step.reward, step.obs, dist, config.obs_one_hot, config.reward_next_obs_input
+            )
+        )
         if episodes:
             state, obs = step.state, step.obs
             ended = step.terminated | step.truncated
@@ -182,7 +199,7 @@ def pretraining_batch(
     label = dist.optimal_action(tasks, q_state)
     if label is None:
         raise ValueError(f"DPT needs optimal_action on the task distribution; {type(dist).__name__} has none")
-    query = query_features(q_obs, dist, config.obs_one_hot)
+    query = query_features(q_obs, dist, config.obs_one_hot, config.reward_next_obs_input)
     return PretrainingBatch(torch.stack([query, *tokens], dim=1), label.long(), tasks, q_state)
 
 
@@ -339,7 +356,8 @@ def train_dpt(
 
 class DPTAgent:
     """DPT deployed online (DPT Sec. 4.2): the in-context dataset is the transitions of the trial's
-    earlier episodes (the last ``context_size``), added when an episode ends; each action is
+    earlier episodes (the last ``context_size``; an episode's last transition, whose next state the
+    agent does not see, left out unless episodes are one step), added when an episode ends; each action is
     sampled from the predicted distribution of the optimal action at the current state (or its
     argmax with ``greedy_eval``). No weight update.
 
@@ -365,14 +383,17 @@ class DPTAgent:
         self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, terminated: Tensor, truncated: Tensor
     ) -> Tensor:
         cfg = self.config
-        if self.prev_obs is not None:
-            # The previous step's transition; its s' is this observation unless its episode ended
-            # (then s' is unknown here and the episode-start observation stands in for bandits,
-            # whose one state is the same; grids truncate, where s' only matters as a feature).
-            self.episode.append(
-                transition_features(self.prev_obs, prev_action, prev_reward, obs, self.dist, cfg.obs_one_hot)
-            )
         ended = terminated | truncated
+        if self.prev_obs is not None and (self.dist.episode_length == 1 or not bool(ended.all())):
+            # The previous step's transition (s, a, r, s'), s' being this observation. When that step
+            # ended its episode, this observation is the next episode's start, not s': the
+            # transition is left out (the state it reached is unknown to the agent), except for
+            # one-step episodes (bandits), whose next state is the start state itself.
+            self.episode.append(
+                transition_features(
+                    self.prev_obs, prev_action, prev_reward, obs, self.dist, cfg.obs_one_hot, cfg.reward_next_obs_input
+                )
+            )
         if bool(ended.any()) and not bool(ended.all()):
             raise ValueError("DPT's online agent needs fixed-length episodes (every task's episode ends together)")
         if self.episode and bool(ended.all()):
@@ -380,7 +401,7 @@ class DPTAgent:
             self.context = new if self.context is None else torch.cat([self.context, new], dim=1)
             self.context = self.context[:, -cfg.context_size :]
             self.episode = []
-        query = query_features(obs.float(), self.dist, cfg.obs_one_hot).unsqueeze(1)
+        query = query_features(obs.float(), self.dist, cfg.obs_one_hot, cfg.reward_next_obs_input).unsqueeze(1)
         tokens = query if self.context is None else torch.cat([query, self.context], dim=1)
         logits = self.model(tokens)[:, -1]
         self.prev_obs = obs.float()
