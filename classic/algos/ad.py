@@ -424,6 +424,11 @@ class ADLearnerConfig:
     def display_name(self) -> str:
         return self.label or f"AD ({self.source.display_name})"
 
+    @property
+    def stage(self) -> str:
+        """The stage folder, one per source ("ad_Q-learning")."""
+        return f"ad_{self.source.display_name}"
+
     def learner(self) -> "ADLearner":
         return ADLearner()
 
