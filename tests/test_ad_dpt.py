@@ -239,8 +239,9 @@ def test_compare_run_reports_ad_with_its_source_curve_and_dpt(tmp_path):
     run_dir = run_compare(from_dict(CompareExperiment, data, source="r.yaml"), progress=False)
     results = json.loads((run_dir / "results.json").read_text())
     assert {"AD (Q-learning)", "DPT", "Q-learning", "Random"} <= set(results["agents"])
+    assert {"AD (Q-learning) (greedy)", "DPT (greedy)"} <= set(results["agents"])  # evaluate_both
     report = (run_dir / "report.md").read_text()
-    assert "AD (Q-learning): the source's learning curve" in report
+    assert "AD (Q-learning): its source Q-learning" in report
     assert len(results["source_curve"]["AD (Q-learning)"]) == 3
 
 

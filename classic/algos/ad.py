@@ -72,7 +72,9 @@ class ADConfig:
         obs_one_hot: one-hot each observation coordinate when observations are integer
             coordinates in a Box (Dark Room's ``(x, y)``); otherwise observations enter as they are.
         greedy_eval: act with the most probable action at meta-test instead of sampling (the
-            paper samples).
+            paper's agent samples).
+        evaluate_both: also report the other way of acting, as "<name> (greedy)" or
+            "<name> (sampled)" (same weights, one more evaluation).
         checkpoint_every: gradient steps between training-state checkpoints.
         seed: seeds the histories' tasks and the source's randomness, initialization and batches.
 
@@ -94,6 +96,7 @@ class ADConfig:
     max_grad_norm: float = 1.0
     obs_one_hot: bool = True
     greedy_eval: bool = False
+    evaluate_both: bool = True
     checkpoint_every: int = 500
     seed: int = 1
 
@@ -378,6 +381,18 @@ class ADAgent:
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(-1)
 
 
+def both_ways(config, agent, agent_class):
+    """``(name, agent)`` of a sequence-model learner (AD, DPT): as configured, then, with
+    ``config.algo.evaluate_both``, the same model acting the other way (greedy or sampled)."""
+    from dataclasses import replace
+
+    yield config.display_name, agent
+    if config.algo.evaluate_both:
+        other = replace(config.algo, greedy_eval=not config.algo.greedy_eval)
+        name = f"{config.display_name} ({'greedy' if other.greedy_eval else 'sampled'})"
+        yield name, agent_class(agent.model, agent.dist, other, name)
+
+
 def save_model(model: ADModel, path, source_curve: Tensor) -> None:
     save_torch(
         {
@@ -453,28 +468,23 @@ class ADLearner(MetaLearner):
     def agent(self, config: ADLearnerConfig, checkpoint: Path, dist) -> ADAgent:
         return ADAgent(load_model(checkpoint, config.algo)[0], dist, config.algo, config.display_name)
 
+    def agents(self, config: ADLearnerConfig, checkpoint: Path, dist):
+        """The agent as configured, and with ``evaluate_both`` the same model acting the other way."""
+        yield from both_ways(config, self.agent(config, checkpoint, dist), ADAgent)
+
     def report(self, config: ADLearnerConfig, checkpoint, results: dict, dist, protocol) -> tuple[list[str], dict]:
-        """The source's learning curve on the training tasks (mean return of the kept episodes of
-        its histories) beside AD's in-context curve on the held-out tasks."""
+        """A note: the source's learning curve on the training tasks (mean return of the kept
+        episodes of its histories) beside AD's in-context curve on the held-out tasks."""
         _, curve = load_model(checkpoint, config.algo)
         k, name = config.algo.subsample, config.display_name
         ad = results[name].episode_returns.double().mean(0) if name in results else None
-        shown = min(len(curve), 20)
-        lines = [
-            f"## {name}: the source's learning curve",
-            "",
-            f"{config.source.display_name}'s mean return per episode of its {config.algo.num_histories} learning "
-            f"histories on training tasks (history episode i = the source's episode 1 + (i - 1) * {k}), beside "
-            f"{name}'s episode i in context on the held-out tasks (no weight update).",
-            "",
-            "| | " + " | ".join(f"{i + 1}" for i in range(shown)) + " |",
-            "| --- | " + " | ".join("---:" for _ in range(shown)) + " |",
-            f"| {config.source.display_name} (source, training tasks) | "
-            + " | ".join(f"{float(x):.2f}" for x in curve[:shown])
-            + " |",
-        ]
+        fmt = lambda xs: ", ".join(f"{float(x):.2f}" for x in xs)  # noqa: E731
+        line = (
+            f"{name}: its source {config.source.display_name}'s mean return per episode of its "
+            f"{config.algo.num_histories} learning histories on training tasks (episodes 1, {1 + k}, {1 + 2 * k}, ... "
+            f"of each run) was {fmt(curve)}"
+        )
         if ad is not None:
-            cells = [f"{float(ad[i]):.2f}" if i < len(ad) else "" for i in range(shown)]
-            lines.append(f"| {name} (held-out tasks) | " + " | ".join(cells) + " |")
-        lines.append("")
+            line += f"; {name} in context on the held-out tasks (no weight update): {fmt(ad)}"
+        lines = [line + "."]
         return lines, {"source_curve": {name: [float(x) for x in curve]}}

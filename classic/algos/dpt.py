@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from classic.algos.ad import obs_features
+from classic.algos.ad import both_ways, obs_features
 from classic.algos.sequence import CausalTransformer
 from classic.config import require_ints, require_numbers
 from classic.core import Discrete, MetaLearner, StageRun, TaskDistribution
@@ -72,7 +72,10 @@ class DPTConfig:
             ``action_reward_input``).
         positional_encoding: sinusoidal positions on the tokens; False (default): none, the
             in-context dataset being a set (the query is told apart by its empty action field).
-        greedy_eval: act with the most probable action (DPT-greedy) instead of sampling.
+        greedy_eval: act with the most probable action at meta-test instead of sampling (the
+            paper's agent samples).
+        evaluate_both: also report the other way of acting, as "<name> (greedy)" or
+            "<name> (sampled)" (same weights, one more evaluation).
         checkpoint_every: gradient steps between training-state checkpoints.
         seed: seeds the data, initialization and batches.
 
@@ -95,6 +98,7 @@ class DPTConfig:
     reward_next_obs_input: bool = True
     positional_encoding: bool = False
     greedy_eval: bool = False
+    evaluate_both: bool = True
     checkpoint_every: int = 500
     seed: int = 1
 
@@ -461,3 +465,7 @@ class DPTLearner(MetaLearner):
 
     def agent(self, config: DPTLearnerConfig, checkpoint: Any, dist) -> DPTAgent:
         return DPTAgent(load_model(checkpoint, config.algo), dist, config.algo, config.display_name)
+
+    def agents(self, config: DPTLearnerConfig, checkpoint: Any, dist):
+        """The agent as configured, and with ``evaluate_both`` the same model acting the other way."""
+        yield from both_ways(config, self.agent(config, checkpoint, dist), DPTAgent)
