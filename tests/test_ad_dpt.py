@@ -268,3 +268,18 @@ def test_systematic_search_finds_the_goal_then_plays_the_oracle():
             assert len(cells) >= 16
     with pytest.raises(ValueError, match="grid"):
         AGENTS.get("Systematic search")().make(BernoulliBandit(3), 10)
+
+
+def test_rewarded_queries_are_the_rewarded_next_states_of_the_dataset():
+    dist = _room()
+    cfg = DPTConfig(**{**DPT_TINY, "rewarded_query_prob": 1.0})
+    batch = pretraining_batch(dist, 256, 40, cfg, torch.Generator().manual_seed(0))
+    r = batch.tokens[:, 1:, 13]
+    hit = r.max(1).values > 0
+    on_goal = (batch.query_state.pos == batch.tasks.goal).all(-1)
+    assert hit.any() and (~hit).any()
+    assert on_goal[hit].all()  # the one rewarded cell of Dark Room is the goal; label: stay
+    assert (batch.labels[hit] == 0).all()
+    torch.testing.assert_close(batch.tokens[:, 0, :8], query_features(batch.query_state.pos.float(), dist, True)[:, :8])
+    with pytest.raises(ValueError, match="rewarded_query_prob"):
+        DPTConfig(rewarded_query_prob=1.5)

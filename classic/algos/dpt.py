@@ -60,6 +60,11 @@ class DPTConfig:
             task's start, as the agent collects them online; the behaviour is still the
             per-dataset Dirichlet action distribution).
         dirichlet_alpha: concentration of the per-dataset action distribution.
+        rewarded_query_prob: probability that a sample's query state is the next state of a
+            rewarded transition of its dataset (one drawn uniformly among those with the dataset's
+            highest reward, when it has a positive one) instead of a uniform state; 0: DPT's uniform
+            queries. Our addition: under uniform queries the states an optimal agent dwells in
+            (Dark Room's goal, where the label is "stay") are 1/|S| of the labels.
         hidden_size, num_layers, num_heads: the transformer's width, blocks and heads.
         num_steps: gradient steps (each on a fresh batch of datasets).
         batch_size: (dataset, query) samples per gradient step.
@@ -86,6 +91,7 @@ class DPTConfig:
     context_size: int = 200
     context_states: str = "uniform"
     dirichlet_alpha: float = 1.0
+    rewarded_query_prob: float = 0.0
     hidden_size: int = 64
     num_layers: int = 3
     num_heads: int = 4
@@ -112,6 +118,8 @@ class DPTConfig:
         if self.context_states not in ("uniform", "episodes"):
             raise ValueError(f"context_states must be 'uniform' or 'episodes', got {self.context_states!r}")
         require_numbers(self, ("dirichlet_alpha", "learning_rate", "max_grad_norm"))
+        if not 0.0 <= self.rewarded_query_prob <= 1.0:
+            raise ValueError(f"rewarded_query_prob must be in [0, 1], got {self.rewarded_query_prob!r}")
         require_numbers(self, ("weight_decay",), positive=False)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
@@ -178,7 +186,7 @@ def pretraining_batch(
         raise ValueError(f"DPT needs a task distribution with sample_states and optimal_action; {type(dist).__name__}")
     A = int(dist.action_space.n)
     probs = _dirichlet(batch, A, config.dirichlet_alpha, generator)  # torch's Dirichlet takes no generator
-    tokens = []
+    tokens, rewards, next_states, next_obs = [], [], [], []
     episodes = config.context_states == "episodes"
     if episodes:
         state, obs = dist.reset(tasks, generator)
@@ -192,6 +200,9 @@ def pretraining_batch(
                 obs, action, step.reward, step.obs, dist, config.obs_one_hot, config.reward_next_obs_input
             )
         )
+        rewards.append(step.reward.float())
+        next_states.append(step.state)
+        next_obs.append(step.obs)
         if episodes:
             state, obs = step.state, step.obs
             ended = step.terminated | step.truncated
@@ -200,11 +211,36 @@ def pretraining_batch(
                     raise ValueError("context_states 'episodes' needs fixed-length episodes")
                 state, obs = dist.reset(tasks, generator)
     q_state, q_obs = dist.sample_states(tasks, generator)
+    if config.rewarded_query_prob > 0 and context_size > 0:
+        q_state, q_obs = _rewarded_queries(
+            q_state, q_obs, torch.stack(rewards, 1), next_states, next_obs, config.rewarded_query_prob, generator
+        )
     label = dist.optimal_action(tasks, q_state)
     if label is None:
         raise ValueError(f"DPT needs optimal_action on the task distribution; {type(dist).__name__} has none")
     query = query_features(q_obs, dist, config.obs_one_hot, config.reward_next_obs_input)
     return PretrainingBatch(torch.stack([query, *tokens], dim=1), label.long(), tasks, q_state)
+
+
+def _rewarded_queries(q_state, q_obs, rewards: Tensor, next_states: list, next_obs: list, prob: float, generator):
+    """With probability ``prob`` per sample, the query becomes the next state (and observation) of
+    one of its dataset's best-rewarded transitions (drawn uniformly among them), where the best
+    reward is positive. ``rewards`` (B, n); ``next_states`` n state containers (NamedTuples of
+    tensors, batch first); ``next_obs`` n (B, obs_dim)."""
+    B, n = rewards.shape
+    best = rewards == rewards.max(1, keepdim=True).values
+    pick = torch.where(best, torch.rand(B, n, generator=generator), torch.full((B, n), -1.0)).argmax(1)
+    use = (torch.rand(B, generator=generator) < prob) & (rewards.max(1).values > 0)
+    rows = torch.arange(B)
+
+    def choose(current: Tensor, steps: list) -> Tensor:
+        chosen = torch.stack(steps, 1)[rows, pick]  # (B, ...)
+        return torch.where(use.view(B, *[1] * (current.dim() - 1)), chosen, current)
+
+    state = type(q_state)(
+        *(choose(f, [getattr(s, name) for s in next_states]) for name, f in q_state._asdict().items())
+    )
+    return state, choose(q_obs, next_obs)
 
 
 def _dirichlet(n: int, k: int, alpha: float, generator: torch.Generator) -> Tensor:
