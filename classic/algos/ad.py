@@ -478,7 +478,13 @@ class ADLearner(MetaLearner):
         _, curve = load_model(checkpoint, config.algo)
         k, name = config.algo.subsample, config.display_name
         ad = results[name].episode_returns.double().mean(0) if name in results else None
-        fmt = lambda xs: ", ".join(f"{float(x):.2f}" for x in xs)  # noqa: E731
+
+        def fmt(xs) -> str:
+            shown = ", ".join(f"{float(x):.2f}" for x in xs[:12])
+            if len(xs) <= 12:
+                return shown
+            return f"{shown}, ... {float(xs[-1]):.2f} (episode {len(xs)}; all in results.json)"
+
         line = (
             f"{name}: its source {config.source.display_name}'s mean return per episode of its "
             f"{config.algo.num_histories} learning histories on training tasks (episodes 1, {1 + k}, {1 + 2 * k}, ... "
