@@ -28,6 +28,7 @@ the platform's trial loop, so the histories are recorded exactly as the evaluato
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -204,25 +205,30 @@ def history_features(h: Histories, dist: TaskDistribution, one_hot: bool) -> Ten
 
 
 class ADModel(nn.Module):
-    """A causal transformer over step tokens with a linear head to action logits.
+    """A causal transformer over tokens with a linear head to action logits: AD's model, and DPT's
+    (:data:`classic.algos.dpt.DPTModel`).
 
     Args:
         input_dim: D, token features.
         num_actions: A.
-        config: the sizes.
+        config: ``hidden_size``, ``num_layers``, ``num_heads`` and, when it has one,
+            ``positional_encoding`` (default: sinusoidal positions).
         generator: initialization RNG.
     """
 
-    def __init__(self, input_dim: int, num_actions: int, config: ADConfig, generator=None) -> None:
+    def __init__(self, input_dim: int, num_actions: int, config: Any, generator=None) -> None:
         super().__init__()
         self.input_dim, self.num_actions = int(input_dim), int(num_actions)
-        self.body = CausalTransformer(input_dim, config.hidden_size, config.num_layers, config.num_heads, generator)
+        positions = getattr(config, "positional_encoding", True)
+        self.body = CausalTransformer(
+            input_dim, config.hidden_size, config.num_layers, config.num_heads, generator, positions
+        )
         self.head = nn.Linear(config.hidden_size, num_actions)
         nn.init.normal_(self.head.weight, std=0.02, generator=generator)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """(B, T, D) tokens -> (B, T, A) logits of the action at each step (causal)."""
+        """(B, T, D) tokens -> (B, T, A) logits of the action at each position (causal)."""
         out, _ = self.body(tokens.transpose(0, 1), None)
         return self.head(out.transpose(0, 1))
 
@@ -235,8 +241,6 @@ class ADModel(nn.Module):
 def lr_at(config: Any, step: int) -> float:
     """The step size at ``step`` of a config with ``learning_rate`` and ``num_steps`` (AD, DPT):
     linear warm-up over 5% of the steps, then cosine decay to 10% of ``learning_rate``."""
-    import math
-
     warm = max(1, config.num_steps // 20)
     if step < warm:
         return config.learning_rate * (step + 1) / warm
@@ -255,6 +259,72 @@ def sample_windows(tokens: Tensor, actions: Tensor, window: int, batch: int, gen
     return tokens[rows.unsqueeze(1), idx], actions[rows.unsqueeze(1), idx]
 
 
+def fit_action_model(
+    model: nn.Module,
+    next_batch: Callable[[torch.Generator], tuple[Tensor, Tensor]],
+    config: Any,
+    generator: torch.Generator,
+    log_fn: Callable[[int, dict], None] | None = None,
+    progress: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    desc: str = "",
+) -> None:
+    """Supervised training of an action model (AD, DPT): ``config.num_steps`` AdamW steps
+    (:func:`lr_at`, gradient clip ``max_grad_norm``) of cross-entropy between the logits at every
+    position and the targets of ``next_batch(generator)`` -> tokens (B, T, D), actions (B, T).
+
+    Every ``checkpoint_every`` steps the model, optimizer, generator and step go to
+    ``checkpoint_path``, and training resumes from there when the file exists (the same numbers as
+    an uninterrupted run). ``log_fn(step, metrics)`` every 50 steps: ``losses/action_nll``,
+    ``charts/action_accuracy`` (every position), ``charts/accuracy_last`` (the last position: the
+    fullest context), ``charts/learning_rate``, ``charts/steps_per_s``.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    first = 0
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        first = state["step"]
+    steps = range(first, config.num_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=desc, initial=first, total=config.num_steps)
+    model.train()
+    start = time.perf_counter()
+    for step in steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, step)
+        with torch.no_grad():
+            x, y = next_batch(generator)
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        if progress:
+            steps.set_postfix(nll=f"{loss.item():.3f}")
+        if log_fn is not None and (step + 1) % 50 == 0:
+            hit = logits.argmax(-1) == y
+            log_fn(
+                step + 1,
+                {
+                    "losses/action_nll": loss.item(),
+                    "charts/action_accuracy": float(hit.float().mean()),
+                    "charts/accuracy_last": float(hit[:, -1].float().mean()),
+                    "charts/learning_rate": lr_at(config, step),
+                    "charts/steps_per_s": (step + 1 - first) / (time.perf_counter() - start),
+                },
+            )
+        if checkpoint_path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps):
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            save_torch({**state, "generator": generator.get_state(), "step": step + 1}, checkpoint_path)
+    model.eval()
+
+
 def train_ad(
     config: ADConfig,
     dist: TaskDistribution,
@@ -269,8 +339,7 @@ def train_ad(
         config: hyperparameters.
         dist: the task distribution (discrete actions, fixed-length episodes).
         source: the source algorithm, an agent that learns across a trial's episodes.
-        log_fn: ``log_fn(step, metrics)`` every 50 steps (``losses/action_nll``,
-            ``charts/action_accuracy``, ``charts/learning_rate``).
+        log_fn: ``log_fn(step, metrics)`` every 50 steps (:func:`fit_action_model`).
         progress: tqdm bar.
         checkpoint_path: training state (model, optimizer, RNG, step, histories' returns) saved
             there every ``checkpoint_every`` steps and resumed from when present.
@@ -290,56 +359,17 @@ def train_ad(
         histories = collect_histories(source, dist, tasks, config.source_episodes, config.subsample, generator)
     tokens = history_features(histories, dist, config.obs_one_hot)
     model = ADModel(tokens.shape[-1], dist.action_space.n, config, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     window = config.context_episodes * dist.episode_length
-    first = 0
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        first = state["step"]
-    steps = range(first, config.num_steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="AD", initial=first, total=config.num_steps)
-    model.train()
-    start = time.perf_counter()
-    for step in steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, step)
-        x, y = sample_windows(tokens, histories.actions, window, config.batch_size, generator)
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        if progress:
-            steps.set_postfix(nll=f"{loss.item():.3f}")
-        if log_fn is not None and (step + 1) % 50 == 0:
-            accuracy = float((logits.argmax(-1) == y).float().mean())
-            log_fn(
-                step + 1,
-                {
-                    "losses/action_nll": loss.item(),
-                    "charts/action_accuracy": accuracy,
-                    "charts/learning_rate": lr_at(config, step),
-                    "charts/steps_per_s": (step + 1 - first) / (time.perf_counter() - start),
-                },
-            )
-        if checkpoint_path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps):
-            save_torch(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "step": step + 1,
-                },
-                checkpoint_path,
-            )
-    model.eval()
+    fit_action_model(
+        model,
+        lambda g: sample_windows(tokens, histories.actions, window, config.batch_size, g),
+        config,
+        generator,
+        log_fn,
+        progress,
+        checkpoint_path,
+        desc="AD",
+    )
     return model, histories.episode_returns.mean(0)
 
 

@@ -28,17 +28,15 @@ data), query states uniform. DPT's held-out Dark Room goals are the task configu
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
-from classic.algos.ad import both_ways, obs_features
-from classic.algos.sequence import CausalTransformer
+from classic.algos.ad import ADModel, both_ways, fit_action_model, obs_features
 from classic.config import require_ints, require_numbers
 from classic.core import Discrete, MetaLearner, StageRun, TaskDistribution
 from classic.files import save_torch
@@ -281,31 +279,10 @@ def _gamma_marsaglia_tsang(n: int, k: int, alpha: float, generator: torch.Genera
 # ---------------------------------------------------------------------------------------------
 
 
-class DPTModel(nn.Module):
-    """A causal transformer over ``[query, transitions]`` with a linear head to action logits.
-
-    Args:
-        input_dim: D, token features.
-        num_actions: A.
-        config: the sizes.
-        generator: initialization RNG.
-    """
-
-    def __init__(self, input_dim: int, num_actions: int, config: DPTConfig, generator=None) -> None:
-        super().__init__()
-        self.input_dim, self.num_actions = int(input_dim), int(num_actions)
-        self.body = CausalTransformer(
-            input_dim, config.hidden_size, config.num_layers, config.num_heads, generator, config.positional_encoding
-        )
-        self.head = nn.Linear(config.hidden_size, num_actions)
-        nn.init.normal_(self.head.weight, std=0.02, generator=generator)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        """(B, 1 + n, D) -> (B, 1 + n, A) logits of the optimal action at the query, after each
-        prefix of the dataset (position 0: the query alone)."""
-        out, _ = self.body(tokens.transpose(0, 1), None)
-        return self.head(out.transpose(0, 1))
+#: DPT's model: :class:`~classic.algos.ad.ADModel` over ``[query, transitions]`` (B, 1 + n, D) ->
+#: (B, 1 + n, A) logits of the optimal action at the query after each prefix of the dataset
+#: (position 0: the query alone); positions per ``DPTConfig.positional_encoding``.
+DPTModel = ADModel
 
 
 def train_dpt(
@@ -321,71 +298,25 @@ def train_dpt(
         config: hyperparameters.
         dist: the training task distribution (discrete actions, with ``sample_states`` and
             ``optimal_action``).
-        log_fn: ``log_fn(step, metrics)`` every 50 steps (``losses/action_nll`` over every
-            position, ``charts/accuracy_full_context`` at the last position, ``charts/learning_rate``).
+        log_fn: ``log_fn(step, metrics)`` every 50 steps (:func:`~classic.algos.ad.fit_action_model`;
+            ``charts/accuracy_last`` is the accuracy with the full dataset in context).
         progress: tqdm bar.
         checkpoint_path: training state saved every ``checkpoint_every`` steps; resumed from.
 
     Raises:
         ValueError: discrete actions or the hooks missing.
     """
-    from classic.algos.ad import lr_at
-
     if not isinstance(dist.action_space, Discrete):
         raise ValueError(f"DPT needs discrete actions, got {type(dist.action_space).__name__}")
     generator = torch.Generator().manual_seed(config.seed)
     probe = pretraining_batch(dist, 2, 1, config, torch.Generator().manual_seed(0)).tokens
     model = DPTModel(probe.shape[-1], dist.action_space.n, config, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    first = 0
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        first = state["step"]
-    steps = range(first, config.num_steps)
-    if progress:
-        from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="DPT", initial=first, total=config.num_steps)
-    model.train()
-    start = time.perf_counter()
-    for step in steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, step)
-        with torch.no_grad():
-            tokens, label, _, _ = pretraining_batch(dist, config.batch_size, config.context_size, config, generator)
-        logits = model(tokens)  # (B, 1 + n, A)
-        target = label.unsqueeze(1).expand(logits.shape[:2])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        if progress:
-            steps.set_postfix(nll=f"{loss.item():.3f}")
-        if log_fn is not None and (step + 1) % 50 == 0:
-            log_fn(
-                step + 1,
-                {
-                    "losses/action_nll": loss.item(),
-                    "charts/accuracy_full_context": float((logits[:, -1].argmax(-1) == label).float().mean()),
-                    "charts/learning_rate": lr_at(config, step),
-                    "charts/steps_per_s": (step + 1 - first) / (time.perf_counter() - start),
-                },
-            )
-        if checkpoint_path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps):
-            save_torch(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "step": step + 1,
-                },
-                checkpoint_path,
-            )
-    model.eval()
+    def next_batch(g: torch.Generator) -> tuple[Tensor, Tensor]:
+        tokens, label, _, _ = pretraining_batch(dist, config.batch_size, config.context_size, config, g)
+        return tokens, label.unsqueeze(1).expand(tokens.shape[:2])
+
+    fit_action_model(model, next_batch, config, generator, log_fn, progress, checkpoint_path, desc="DPT")
     return model
 
 
