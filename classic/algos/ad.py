@@ -54,39 +54,30 @@ BaselineRef = AGENTS.ref
 
 
 @dataclass
-class ADConfig:
-    """Hyperparameters of Algorithm Distillation.
+class ActionModelConfig:
+    """What AD and DPT share: the transformer, its supervised training and how it acts.
 
     Attributes:
-        num_histories: training tasks, one learning history (source run) each.
-        source_episodes: episodes per learning history (the source's trial).
-        subsample: keep every ``subsample``-th episode of each history (1: all).
-        context_episodes: the context W, in episodes of the (subsampled) history: ``W =
-            context_episodes * episode_length`` steps (the paper: 4 episodes on Dark Room).
         hidden_size, num_layers, num_heads: the causal transformer's width, blocks and heads.
         num_steps: gradient steps.
-        batch_size: context windows per gradient step.
+        batch_size: sequences per gradient step.
         learning_rate: AdamW step size (linear warm-up over the first 5% of steps, then cosine
-            decay to 10%).
+            decay to 10%; :func:`lr_at`).
         weight_decay: AdamW weight decay.
         max_grad_norm: global gradient-norm clip.
         obs_one_hot: one-hot each observation coordinate when observations are integer
             coordinates in a Box (Dark Room's ``(x, y)``); otherwise observations enter as they are.
         greedy_eval: act with the most probable action at meta-test instead of sampling (the
-            paper's agent samples).
+            papers' agents sample).
         evaluate_both: also report the other way of acting, as "<name> (greedy)" or
             "<name> (sampled)" (same weights, one more evaluation).
         checkpoint_every: gradient steps between training-state checkpoints.
-        seed: seeds the histories' tasks and the source's randomness, initialization and batches.
+        seed: seeds the data, the initialization and the batches.
 
     Raises:
         ValueError: naming the offending field, when a value is out of range.
     """
 
-    num_histories: int = 512
-    source_episodes: int = 100
-    subsample: int = 1
-    context_episodes: int = 4
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -102,31 +93,43 @@ class ADConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        require_ints(
-            self,
-            (
-                "num_histories",
-                "source_episodes",
-                "subsample",
-                "context_episodes",
-                "hidden_size",
-                "num_layers",
-                "num_heads",
-                "batch_size",
-                "checkpoint_every",
-            ),
-            minimum=1,
-        )
+        require_ints(self, ("hidden_size", "num_layers", "num_heads", "batch_size", "checkpoint_every"), minimum=1)
         require_ints(self, ("num_steps",), minimum=0)
         require_numbers(self, ("learning_rate", "max_grad_norm"))
         require_numbers(self, ("weight_decay",), positive=False)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        if self.subsample > self.source_episodes:
-            raise ValueError(f"subsample ({self.subsample}) must be <= source_episodes ({self.source_episodes})")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class ADConfig(ActionModelConfig):
+    """Hyperparameters of Algorithm Distillation (and those of :class:`ActionModelConfig`).
+
+    Attributes:
+        num_histories: training tasks, one learning history (source run) each.
+        source_episodes: episodes per learning history (the source's trial).
+        subsample: keep every ``subsample``-th episode of each history (1: all).
+        context_episodes: the context W, in episodes of the (subsampled) history: ``W =
+            context_episodes * episode_length`` steps (the paper: 4 episodes on Dark Room); a batch
+            holds ``batch_size`` windows of W steps.
+
+    Raises:
+        ValueError: naming the offending field, when a value is out of range.
+    """
+
+    num_histories: int = 512
+    source_episodes: int = 100
+    subsample: int = 1
+    context_episodes: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_ints(self, ("num_histories", "source_episodes", "subsample", "context_episodes"), minimum=1)
+        if self.subsample > self.source_episodes:
+            raise ValueError(f"subsample ({self.subsample}) must be <= source_episodes ({self.source_episodes})")
 
 
 class Histories(NamedTuple):

@@ -28,7 +28,7 @@ data), query states uniform. DPT's held-out Dark Room goals are the task configu
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from classic.algos.ad import ADModel, both_ways, fit_action_model, obs_features
+from classic.algos.ad import ActionModelConfig, ADModel, both_ways, fit_action_model, obs_features
 from classic.config import require_ints, require_numbers
 from classic.core import Discrete, MetaLearner, StageRun, TaskDistribution
 from classic.files import save_torch
@@ -48,8 +48,9 @@ from classic.registry import LEARNERS
 
 
 @dataclass
-class DPTConfig:
-    """Hyperparameters of DPT.
+class DPTConfig(ActionModelConfig):
+    """Hyperparameters of DPT (and those of :class:`~classic.algos.ad.ActionModelConfig`; a batch
+    holds ``batch_size`` (dataset, query) samples, fresh each step).
 
     Attributes:
         context_size: n, transitions per in-context dataset (and the most the agent keeps).
@@ -63,67 +64,33 @@ class DPTConfig:
             highest reward, when it has a positive one) instead of a uniform state; 0: DPT's uniform
             queries. Our addition: under uniform queries the states an optimal agent dwells in
             (Dark Room's goal, where the label is "stay") are 1/|S| of the labels.
-        hidden_size, num_layers, num_heads: the transformer's width, blocks and heads.
-        num_steps: gradient steps (each on a fresh batch of datasets).
-        batch_size: (dataset, query) samples per gradient step.
-        learning_rate: AdamW step size (5% linear warm-up, cosine decay to 10%).
-        weight_decay: AdamW weight decay.
-        max_grad_norm: global gradient-norm clip.
-        obs_one_hot: one-hot integer Box coordinates (Dark Room's ``(x, y)``).
         reward_next_obs_input: add ``reward * next-obs features`` to each transition token, so "the
             state that paid r" is linear in the input (our addition, not the paper's, as RL²'s
             ``action_reward_input``).
         positional_encoding: sinusoidal positions on the tokens; False (default): none, the
             in-context dataset being a set (the query is told apart by its empty action field).
-        greedy_eval: act with the most probable action at meta-test instead of sampling (the
-            paper's agent samples).
-        evaluate_both: also report the other way of acting, as "<name> (greedy)" or
-            "<name> (sampled)" (same weights, one more evaluation).
-        checkpoint_every: gradient steps between training-state checkpoints.
-        seed: seeds the data, initialization and batches.
+        num_layers: 3 (the shared default is 2).
 
     Raises:
         ValueError: naming the offending field, when a value is out of range.
     """
 
+    num_layers: int = 3
     context_size: int = 200
     context_states: str = "uniform"
     dirichlet_alpha: float = 1.0
     rewarded_query_prob: float = 0.0
-    hidden_size: int = 64
-    num_layers: int = 3
-    num_heads: int = 4
-    num_steps: int = 3000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    obs_one_hot: bool = True
     reward_next_obs_input: bool = True
     positional_encoding: bool = False
-    greedy_eval: bool = False
-    evaluate_both: bool = True
-    checkpoint_every: int = 500
-    seed: int = 1
 
     def __post_init__(self) -> None:
-        require_ints(
-            self,
-            ("context_size", "hidden_size", "num_layers", "num_heads", "batch_size", "checkpoint_every"),
-            minimum=1,
-        )
-        require_ints(self, ("num_steps",), minimum=0)
+        super().__post_init__()
+        require_ints(self, ("context_size",), minimum=1)
         if self.context_states not in ("uniform", "episodes"):
             raise ValueError(f"context_states must be 'uniform' or 'episodes', got {self.context_states!r}")
-        require_numbers(self, ("dirichlet_alpha", "learning_rate", "max_grad_norm"))
+        require_numbers(self, ("dirichlet_alpha",))
         if not 0.0 <= self.rewarded_query_prob <= 1.0:
             raise ValueError(f"rewarded_query_prob must be in [0, 1], got {self.rewarded_query_prob!r}")
-        require_numbers(self, ("weight_decay",), positive=False)
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def transition_features(

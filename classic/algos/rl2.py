@@ -107,7 +107,8 @@ class RL2Policy(nn.Module):
             transformer with a key/value cache, :class:`~classic.algos.sequence.CausalTransformer`)
             or ``snail`` (:class:`~classic.algos.sequence.SNAIL`); ``hidden_size`` is its width.
         num_layers, num_heads: the transformer's blocks and attention heads.
-        seq_len: the longest trial in steps (SNAIL's number of dense blocks).
+        seq_len: the longest trial in steps (SNAIL's number of dense blocks; ignored, and 0 in the
+            spec, for the other networks).
 
     The recurrent state ``h`` is the GRU's hidden state (1, B, hidden_size), the transformer's
     :class:`~classic.algos.sequence.KVCache` or SNAIL's input history: opaque to callers, who get
@@ -142,7 +143,10 @@ class RL2Policy(nn.Module):
         super().__init__()
         if network not in ("gru", "transformer", "snail"):
             raise ValueError(f"network must be 'gru', 'transformer' or 'snail', got {network!r}")
-        self.network, self.num_layers, self.num_heads, self.seq_len = network, int(num_layers), int(num_heads), seq_len
+        self.network, self.num_layers, self.num_heads = network, int(num_layers), int(num_heads)
+        # Only SNAIL's shape depends on the trial length: a GRU or transformer policy trained on one
+        # length warm-starts another (rl2_tables' warm_start compares specs).
+        self.seq_len = int(seq_len) if network == "snail" else 0
         self.continuous = bool(continuous)
         self.action_low, self.action_high = float(action_low), float(action_high)
         if self.continuous and (obs_action_reward_input or obs_action_input):
