@@ -37,7 +37,7 @@ class GridSearchAgent:
     def __init__(self, dist) -> None:
         self.dist = dist
         self.size = int(dist.size)
-        self.moves = dist._moves.clone()  # (5, 2) (dx, dy) per action; action 0 is the no-op
+        self.moves = dist.moves.clone()  # (5, 2) (dx, dy) per action; action 0 is the no-op
         cells = torch.stack(torch.meshgrid(torch.arange(self.size), torch.arange(self.size), indexing="ij"), -1)
         self.cells = cells.reshape(-1, 2)  # (S, 2) cell (x, y) of index x * size + y
         self.generator = torch.Generator().manual_seed(0)

@@ -13,8 +13,8 @@ operator, not one policy. At meta-test it acts on held-out tasks with its own hi
 context and no weight update; its return grows across the trial's episodes.
 
 Learning histories may be *subsampled* (``subsample`` = k keeps episodes 0, k, 2k, ... of each run):
-the distilled algorithm then improves k times faster per episode than its source (the paper's
-Sec. 5 remark that AD can learn faster than the algorithm it distils).
+its histories then improve k times faster per episode than the source's (the mechanism behind the
+paper's observation that AD can learn faster in context than the algorithm it distils).
 
 The source is any registered agent that learns across a trial's episodes (``Q-learning``,
 ``UCB1``, ``Thompson sampling``, ...): one source run is one trial of ``source_episodes`` episodes of

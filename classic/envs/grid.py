@@ -78,6 +78,11 @@ class GoalGrid(TaskDistribution):
         self._moves = torch.tensor(moves, dtype=torch.long)
         self._action_of = {tuple(m): a for a, m in enumerate(moves)}
 
+    @property
+    def moves(self) -> Tensor:
+        """(5, 2) long ``(dx, dy)`` of each action (action 0: the no-op)."""
+        return self._moves
+
     def sample_tasks(self, n: int, generator: torch.Generator) -> GridTasks:
         """Draw ``n`` goals (n, 2) long uniformly from :attr:`goals`, on the generator's device."""
         dev = generator.device
