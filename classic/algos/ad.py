@@ -385,6 +385,9 @@ class ADAgent:
     """AD at meta-test: no weight update; each action is predicted from the last W steps of the
     agent's own trial (its tokens, as in training), then sampled (or the argmax with ``greedy``).
 
+    The window is re-encoded at every step (W forward positions per action): training windows start
+    at position 0, so a sliding window cannot reuse a key/value cache.
+
     Args:
         model: a trained :class:`ADModel`.
         dist: the task distribution (for the tokens).
@@ -426,23 +429,20 @@ def both_ways(config, agent, agent_class):
         yield name, agent_class(agent.model, agent.dist, other, name)
 
 
-def save_model(model: ADModel, path, source_curve: Tensor) -> None:
+def save_model(model: ADModel, path, **extra: Any) -> None:
+    """Save an action model (AD's or DPT's) with its sizes and ``extra`` entries (AD: ``source_curve``)."""
     save_torch(
-        {
-            "state_dict": model.state_dict(),
-            "input_dim": model.input_dim,
-            "num_actions": model.num_actions,
-            "source_curve": source_curve,
-        },
+        {"state_dict": model.state_dict(), "input_dim": model.input_dim, "num_actions": model.num_actions, **extra},
         path,
     )
 
 
-def load_model(path, config: ADConfig) -> tuple[ADModel, Tensor]:
+def load_model(path, config: ActionModelConfig) -> tuple[ADModel, dict]:
+    """The model saved by :func:`save_model` (in eval mode) and its ``extra`` entries."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = ADModel(ckpt["input_dim"], ckpt["num_actions"], config)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt["source_curve"]
+    model = ADModel(ckpt.pop("input_dim"), ckpt.pop("num_actions"), config)
+    model.load_state_dict(ckpt.pop("state_dict"))
+    return model.eval(), ckpt
 
 
 def _default_source():
@@ -495,7 +495,7 @@ class ADLearner(MetaLearner):
         source = config.source.make(dist, config.algo.source_episodes)
         log_fn = run.log_fn(resuming=state_path.exists())
         model, curve = train_ad(config.algo, dist, source, log_fn, run.progress, state_path)
-        save_model(model, path, curve)
+        save_model(model, path, source_curve=curve)
         return path
 
     def agent(self, config: ADLearnerConfig, checkpoint: Path, dist) -> ADAgent:
@@ -508,7 +508,7 @@ class ADLearner(MetaLearner):
     def report(self, config: ADLearnerConfig, checkpoint, results: dict, dist, protocol) -> tuple[list[str], dict]:
         """A note: the source's learning curve on the training tasks (mean return of the kept
         episodes of its histories) beside AD's in-context curve on the held-out tasks."""
-        _, curve = load_model(checkpoint, config.algo)
+        curve = load_model(checkpoint, config.algo)[1]["source_curve"]
         k, name = config.algo.subsample, config.display_name
         ad = results[name].episode_returns.double().mean(0) if name in results else None
 

@@ -36,10 +36,17 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from classic.algos.ad import ActionModelConfig, ADModel, both_ways, fit_action_model, obs_features
+from classic.algos.ad import (
+    ActionModelConfig,
+    ADModel,
+    both_ways,
+    fit_action_model,
+    load_model,
+    obs_features,
+    save_model,
+)
 from classic.config import require_ints, require_numbers
 from classic.core import Discrete, MetaLearner, StageRun, TaskDistribution
-from classic.files import save_torch
 from classic.registry import LEARNERS
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +304,8 @@ class DPTAgent:
     earlier episodes (the last ``context_size``; an episode's last transition, whose next state the
     agent does not see, left out unless episodes are one step), added when an episode ends; each action is
     sampled from the predicted distribution of the optimal action at the current state (or its
-    argmax with ``greedy_eval``). No weight update.
+    argmax with ``greedy_eval``). No weight update. The query comes first in the sequence (DPT's
+    layout), so every step re-encodes ``[query, context]``: no key/value cache across steps.
 
     Args:
         model: a trained :class:`DPTModel`.
@@ -348,17 +356,6 @@ class DPTAgent:
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(-1)
 
 
-def save_model(model: DPTModel, path) -> None:
-    save_torch({"state_dict": model.state_dict(), "input_dim": model.input_dim, "num_actions": model.num_actions}, path)
-
-
-def load_model(path, config: DPTConfig) -> DPTModel:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = DPTModel(ckpt["input_dim"], ckpt["num_actions"], config)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
 @LEARNERS.register("dpt")
 @dataclass
 class DPTLearnerConfig:
@@ -398,7 +395,7 @@ class DPTLearner(MetaLearner):
         return path
 
     def agent(self, config: DPTLearnerConfig, checkpoint: Any, dist) -> DPTAgent:
-        return DPTAgent(load_model(checkpoint, config.algo), dist, config.algo, config.display_name)
+        return DPTAgent(load_model(checkpoint, config.algo)[0], dist, config.algo, config.display_name)
 
     def agents(self, config: DPTLearnerConfig, checkpoint: Any, dist):
         """The agent as configured, and with ``evaluate_both`` the same model acting the other way."""
