@@ -500,3 +500,43 @@ def _jsonable(value: Any) -> Any:
     if callable(getattr(value, "tolist", None)):  # numpy
         return _jsonable(value.tolist())
     return str(value)
+
+
+def merge_runs(docs: Mapping[str, Mapping]) -> tuple[dict, dict]:
+    """The agents and bounds of several compare runs on the same held-out tasks, for one plot.
+
+    Args:
+        docs: run name -> its ``results.json`` (:func:`load_results_json`).
+
+    Returns:
+        (agents, bounds): every run's agents in order (an agent already met in an earlier run, e.g.
+        the same baseline, is taken from the first), and the runs' common bounds.
+
+    Raises:
+        ValueError: fewer than one run, or runs whose task or bounds (the oracle's per-episode
+            return on the held-out tasks, so the tasks themselves) differ, naming both runs.
+    """
+    if not docs:
+        raise ValueError("merge_runs: no runs")
+    (first, ref), *rest = docs.items()
+    agents: dict = {}
+    for name, doc in docs.items():
+        for key in ("task", "bounds"):
+            if doc.get(key) != ref.get(key):
+                raise ValueError(f"runs {first!r} and {name!r} have different {key}: not the same held-out tasks")
+        for agent, summary in doc["agents"].items():
+            agents.setdefault(agent, summary)
+    return agents, dict(ref.get("bounds") or {})
+
+
+def plot_runs(run_dirs: Iterable[str | Path], path: str | Path, title: str | None = None) -> str:
+    """One adaptation plot (PNG at ``path``) of the agents of several compare runs on the same
+    task and held-out tasks (e.g. a classic recipe and an LLM recipe); returns its markdown table.
+
+    Raises:
+        ValueError: as :func:`merge_runs`; FileNotFoundError: a run without ``results.json``.
+    """
+    docs = {str(d): load_results_json(Path(d) / "results.json") for d in run_dirs}
+    agents, bounds = merge_runs(docs)
+    plot_adaptation(agents, path, bounds, title=title)
+    return adaptation_table(agents, bounds, max_columns=12)

@@ -1,4 +1,6 @@
-"""``mrl`` command line: ``mrl run RECIPE [--set key.sub=value ...] [--dry-run]``.
+"""``mrl`` command line: ``mrl run RECIPE [--set key.sub=value ...] [--dry-run]``, and
+``mrl plot RUN [RUN ...] -o FILE.png``: one adaptation plot of several compare runs on the same
+held-out tasks (:func:`classic.report.plot_runs`).
 
 A recipe's top-level ``kind`` picks the experiment: ``compare`` (the default: any task
 distribution, baselines and learners, the LLM among them, by registry name,
@@ -37,7 +39,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resolve the config and build trainer arguments without loading weights or training",
     )
+    plot = sub.add_parser(
+        "plot", help="one adaptation plot of several compare runs on the same held-out tasks (e.g. classic + LLM)"
+    )
+    plot.add_argument("runs", nargs="+", help="run folders (each with its results.json)")
+    plot.add_argument("-o", "--out", required=True, help="the PNG to write")
+    plot.add_argument("--title", default=None, help="the plot's title")
     return p
+
+
+def _plot(args) -> int:
+    from classic.report import plot_runs
+
+    try:
+        table = plot_runs(args.runs, args.out, title=args.title)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mrl: error: {err}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def load_experiment(path: str, overrides=()):
@@ -69,6 +90,8 @@ def _load_experiment(path: str, overrides=()):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "plot":
+        return _plot(args)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
         kind, cfg = load_experiment(args.recipe, args.overrides)

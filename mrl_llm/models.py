@@ -32,6 +32,7 @@ wait but alternatively let me double so is not yes no time up stop thinking give
 Bernoulli Bandit Arm Reward Pull Answer Wait But Alternatively Let Time So Each You Reply
 Invalid N Total Which after armed balancing best choice do exploiting exploring first form multi one playing
 system user assistant
+Dark dark room goal stay down left right or After write
 """.split()
 _PUNCT = list(".,:;!?-+=*/()[]{}<>'\"#|_%$&@^~`\\")
 SPECIAL_TOKENS = {

@@ -19,6 +19,17 @@ def test_shipped_recipes_dry_run(recipe, capsys):
     assert "resolves to" in out
 
 
+def test_qwen_dark_room_recipe_builds_chat_reflection_and_cross_episode_arguments(capsys):
+    assert main(["run", str(ROOT / "recipes/llm/darkroom_icrl_qwen.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("# trainer arguments") :].split("\n", 1)[1])["LLM"]
+    assert summary["chat"] is True and summary["lora"]["r"] == 16 and summary["grpo"]["use_vllm"] is True
+    assert summary["rendering"] == "DarkRoomText" and summary["reflection"] is True
+    assert summary["grpo"]["cross_episode_discount"] == 0.9
+    prompt = summary["prompt"][0]["content"]
+    assert "Action: <name>" in prompt and "Goal: x,y" in prompt
+
+
 def test_qwen_recipe_builds_chat_lora_vllm_arguments(capsys):
     assert main(["run", str(ROOT / "recipes/llm/icrl_bandit_qwen.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -170,3 +181,31 @@ def test_classic_recipe_end_to_end_with_bayes_optimal_row(tmp_path):
     assert set(agents) == {"Random", "UCB1", "Bayes-optimal", "RL²"}
     assert agents["Bayes-optimal"]["regret"]["mean"] < agents["Random"]["regret"]["mean"]
     assert (tmp_path / "c" / "rl2" / "policy.pt").exists() and (tmp_path / "c" / "report.md").exists()
+
+
+def test_plot_merges_runs_on_the_same_held_out_tasks(tmp_path, capsys):
+    """`mrl plot A B -o F.png`: one plot and table with both runs' agents (a shared baseline once);
+    runs on other tasks are refused, naming them."""
+    from classic.report import write_results_json
+
+    curve = lambda m: {"episode_returns": {"mean": m, "ci95": [0.1] * len(m)}}  # noqa: E731
+    task, bounds = {"name": "darkroom", "size": 9}, {"known-goal oracle": [16.9, 16.9]}
+    write_results_json(
+        tmp_path / "a/results.json", task, {"Random": curve([0.2, 0.2]), "AD": curve([3, 14])}, extra={"bounds": bounds}
+    )
+    write_results_json(
+        tmp_path / "b/results.json",
+        task,
+        {"Random": curve([9, 9]), "LLM (SFT)": curve([2, 8])},
+        extra={"bounds": bounds},
+    )
+    out = tmp_path / "both.png"
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert out.stat().st_size > 0 and "AD" in table and "LLM (SFT)" in table and "known-goal oracle" in table
+    assert table.count("Random") == 1 and "0.2" in table  # the first run's Random
+    write_results_json(
+        tmp_path / "c/results.json", {"name": "darkroom", "size": 10}, {"X": curve([1, 1])}, extra={"bounds": bounds}
+    )
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "c"), "-o", str(out)]) == 2
+    assert "different task" in capsys.readouterr().err

@@ -295,7 +295,9 @@ def test_mrt_rl_samples_its_prefixes_after_this_steps_weight_sync(tmp_path, tiny
 # ---- defect 10: importance sampling mode ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe", ["icrl_bandit_qwen", "mrt_r1_distill_1.5b", "mrt_deepscaler_1.5b"])
+@pytest.mark.parametrize(
+    "recipe", ["icrl_bandit_qwen", "darkroom_icrl_qwen", "mrt_r1_distill_1.5b", "mrt_deepscaler_1.5b"]
+)
 def test_gpu_recipes_use_token_level_truncated_importance_sampling(recipe):
     """A sequence-level ratio over 100 turns or 16K tokens multiplies per-token differences past the
     cap and masks whole sequences (TRL's default ``sequence_mask``)."""

@@ -19,9 +19,15 @@ def _darkroom(**kw):
     return task, task.make()
 
 
+def _gridnavi(**kw):
+    """A Discrete task without a dedicated rendering (the generic DiscreteText's)."""
+    task = TASKS.get("gridnavi")(**{"episodes_per_trial": 3, **kw})
+    return task, task.make()
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_every_action_round_trips_through_its_reply(chat):
-    task, dist = _darkroom()
+    task, dist = _gridnavi()
     for env in (text_env_for(task, dist, 3, chat), BanditText(7, 10, chat)):
         n = env.num_actions if isinstance(env, DiscreteText) else env.num_arms
         assert [env.parse_action(env.format_action(a)) for a in range(n)] == list(range(n))
@@ -38,8 +44,10 @@ def test_parse_index_takes_the_last_keyword_match_and_is_linear():
 def test_the_rendering_is_chosen_by_task_name_and_refuses_box_actions():
     bandit = TASKS.get("bandit")(num_arms=4)
     assert text_env_for(bandit, bandit.make(), 10) == BanditText(4, 10)
-    task, dist = _darkroom()
-    assert text_env_for(task, dist, 3) == DiscreteText(5, 3, 20)
+    task, dist = _gridnavi()
+    assert text_env_for(task, dist, 3) == DiscreteText(5, 3, 15)
+    room, room_dist = _darkroom()
+    assert type(text_env_for(room, room_dist, 3)).__name__ == "DarkRoomText"
     nav = TASKS.get("nav2d")()
     with pytest.raises(ValueError, match="Box actions"):
         text_env_for(nav, nav.make(), 2)
@@ -71,7 +79,7 @@ def test_a_teacher_transcript_on_a_gridworld_holds_every_step_and_boundary(tiny_
     and an episode boundary between episodes; env_mask is 1 exactly on the replies."""
     from mrl_llm.train.sft import teacher_transcripts
 
-    task, dist = _darkroom(episode_length=4)
+    task, dist = _gridnavi(episode_length=4)
     env = text_env_for(task, dist, 3)
     renderer = TrialRenderer(tiny_tok, env)
     teacher = AGENTS.get("Random")().make(dist, 3)
@@ -82,7 +90,7 @@ def test_a_teacher_transcript_on_a_gridworld_holds_every_step_and_boundary(tiny_
         assert len(replies) == 12  # one token per step: 3 episodes x 4 steps
         text = tiny_tok.decode(tr.prompt_ids + tr.completion_ids, skip_special_tokens=True)
         assert text.count("|\n") == 2 and text.startswith("Each trial is 3 episodes of 4 turns with 5 actions.")
-        assert "\n4,4 " in text  # every episode starts at the centre of the 9x9 room
+        assert text.count("|\n0,0 ") == 2  # every episode starts at the corner cell
         assert all(tiny_tok.decode([tr.completion_ids[i]]).isdigit() for i in replies)
 
 

@@ -51,7 +51,7 @@ from classic.registry import TASKS
 #: Names of the 5 actions, by index.
 ACTION_NAMES: tuple[str, ...] = ("no-op", "up", "down", "left", "right")
 #: (dx, dy) of each action, by index.
-_MOVES = ((0, 0), (0, 1), (0, -1), (-1, 0), (1, 0))
+MOVES: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, -1), (-1, 0), (1, 0))
 
 Start = Literal["center", "corner"]
 GoalSplit = Literal["all", "train", "test"]
@@ -218,7 +218,7 @@ class DarkRoom(GoalGrid):
             episode_length,
             start_cell(size, start),
             goal_cells(size, start, goal_split, goal_at_start),
-            _MOVES,
+            MOVES,
             goal_reward=1.0,
             step_reward=0.0,
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import pkgutil
 import re
 import unicodedata
@@ -54,10 +55,18 @@ class TextEnv(ABC):
     Attributes:
         chat: conversational rendering (instruct models) instead of the plain one.
         episodes_per_trial: episodes in the trial (what the instructions announce).
+        reflect: the model writes a note (a *reflection*, LaMer, arXiv 2512.16848) after every
+            episode but the last: :meth:`render_step` then ends an episode with the
+            environment's cue, the model writes up to ``reflection_tokens`` tokens, and
+            :meth:`render_next_episode` opens the next episode. Renderings that support it
+            implement those and :meth:`teacher_reflection`; the default is off.
+        reflection_tokens: most tokens of one reflection.
     """
 
     chat: bool
     episodes_per_trial: int
+    reflect: bool = False
+    reflection_tokens: int = 0
 
     @abstractmethod
     def instructions(self) -> str:
@@ -101,6 +110,25 @@ class TextEnv(ABC):
     @abstractmethod
     def format_action(self, action: int) -> str:
         """The canonical reply taking ``action`` (what a teacher's transcript contains)."""
+
+    # ---- reflection (renderings with ``reflect``) -------------------------------------------------
+    def render_next_episode(self, obs: Tensor, episode: int) -> str:
+        """Environment text after a reflection: episode ``episode`` (1-based) starts at ``obs``
+        ((obs_dim,)).
+
+        Raises:
+            NotImplementedError: the rendering has no reflection.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no reflection between episodes")
+
+    def teacher_reflection(self, obs: Tensor, actions: list[int], rewards: list[float]) -> str:
+        """The reflection a teacher writes after an episode, from the trial so far (``obs``: (t,
+        obs_dim) the observation each of the first t actions was taken on).
+
+        Raises:
+            NotImplementedError: the rendering has no reflection.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no reflection between episodes")
 
 
 # ---- reading an action ----------------------------------------------------------------------
@@ -183,7 +211,8 @@ _RENDERINGS: dict[str, Callable[..., TextEnv]] = {}
 
 def register_text_env(task_name: str):
     """Decorator: ``factory(task_config, dist, episodes_per_trial, chat) -> TextEnv`` renders the
-    task registered (in :data:`classic.registry.TASKS`) as ``task_name``."""
+    task registered (in :data:`classic.registry.TASKS`) as ``task_name``; a factory whose
+    rendering can reflect takes ``reflect=True`` too."""
 
     def deco(factory):
         _RENDERINGS[task_name] = factory
@@ -200,12 +229,15 @@ def _import_renderings() -> None:
             importlib.import_module(f"mrl_llm.envs.{info.name}")
 
 
-def text_env_for(task_config: Any, dist: Any, episodes_per_trial: int, chat: bool = False) -> TextEnv:
+def text_env_for(
+    task_config: Any, dist: Any, episodes_per_trial: int, chat: bool = False, reflect: bool = False
+) -> TextEnv:
     """The text rendering of ``task_config``'s task: its registered rendering, else
-    :class:`DiscreteText`.
+    :class:`DiscreteText`; ``reflect`` asks for reflections between episodes (:class:`TextEnv`).
 
     Raises:
-        ValueError: the task's actions are not ``Discrete`` (an LLM's reply names one action).
+        ValueError: the task's actions are not ``Discrete`` (an LLM's reply names one action), or
+            ``reflect`` on a task whose rendering has no reflection.
     """
     from classic.core import Discrete
 
@@ -216,9 +248,16 @@ def text_env_for(task_config: Any, dist: Any, episodes_per_trial: int, chat: boo
         )
     _import_renderings()
     factory = _RENDERINGS.get(task_config.name)
+    can_reflect = factory is not None and "reflect" in inspect.signature(factory).parameters
+    if reflect and not can_reflect:
+        raise ValueError(f"the text rendering of task {task_config.name!r} has no reflection between episodes")
     if factory is None:
-        return DiscreteText(dist.action_space.n, episodes_per_trial, dist.episode_length, chat)
-    return factory(task_config, dist, episodes_per_trial, chat)
+        env = DiscreteText(dist.action_space.n, episodes_per_trial, dist.episode_length, chat)
+    else:
+        env = factory(task_config, dist, episodes_per_trial, chat, **({"reflect": True} if reflect else {}))
+    if reflect and not env.reflect:
+        raise ValueError(f"the text rendering of task {task_config.name!r} has no reflection between episodes")
+    return env
 
 
 # ---- the generic rendering ----------------------------------------------------------------

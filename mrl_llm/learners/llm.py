@@ -83,6 +83,11 @@ class LLMLearnerConfig:
             its ``grid`` is searched on training tasks first when it has one (default: Thompson
             sampling with the task prior, untuned).
         sft: the distillation stage; grpo: the meta-RL stage.
+        reflection: the LM writes a reflection after every episode but the last (LaMer, Jiang
+            et al. 2025, arXiv 2512.16848): a note the next episodes read (Dark Room: where the
+            goal is); SFT teaches the teacher's notes (:meth:`TextEnv.teacher_reflection`), GRPO
+            trains them as the LM's own tokens. Needs a rendering with reflection (ValueError
+            when the run starts otherwise).
         eval_batch_size: held-out tasks the LM plays at once (memory of the KV cache).
         kv_cache_benchmark: the tokens/s comparison in the report.
 
@@ -97,6 +102,7 @@ class LLMLearnerConfig:
     teacher: AGENTS.ref = field(default_factory=_default_teacher)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    reflection: bool = False
     eval_batch_size: int = 250
     kv_cache_benchmark: KVCacheBenchmarkConfig = field(default_factory=KVCacheBenchmarkConfig)
 
@@ -133,8 +139,8 @@ class LLMCheckpoint:
     grpo: Path | None = None
 
 
-def _stage_fingerprints(config: LLMLearnerConfig, task: Any, seed: int) -> tuple[dict, dict]:
-    start = {"model": to_dict(config.model), "seed": seed}
+def _stage_fingerprints(config: LLMLearnerConfig, task: Any, seed: int, text_env: TextEnv) -> tuple[dict, dict]:
+    start = {"model": to_dict(config.model), "seed": seed, "rendering": repr(text_env)}
     sft = {"task": to_dict(task), **start, "sft": to_dict(config.sft), "teacher": to_dict(config.teacher)}
     grpo = {
         "task": to_dict(task),
@@ -172,11 +178,11 @@ class LLMLearner(MetaLearner):
         from mrl_llm.train.checkpoints import open_stage_on_every_rank
 
         E = protocol.episodes_per_trial
-        text_env = text_env_for(run.task, dist, E, chat=config.model.chat)
+        text_env = text_env_for(run.task, dist, E, chat=config.model.chat, reflect=config.reflection)
         self._check_rewards(config, dist)
         PartialState().wait_for_everyone()  # the main process has prepared the run folder
         stage = Path(run.dir)
-        sft_fp, grpo_fp = _stage_fingerprints(config, run.task, run.seed)
+        sft_fp, grpo_fp = _stage_fingerprints(config, run.task, run.seed, text_env)
         ckpt = LLMCheckpoint(text_env, run.seed)
         model = tok = None
         if config.sft.enabled:
@@ -217,14 +223,16 @@ class LLMLearner(MetaLearner):
         return [MetricsCallback(run.metrics, f"{Path(run.dir).name}/{stage}/")] if run.metrics is not None else []
 
     def teacher(self, config: LLMLearnerConfig, dist: TaskDistribution, protocol: Any, seed: int):
-        """The teacher agent, its ``grid`` searched on training tasks (stream ``tune``) first."""
+        """The teacher agent, its ``grid`` searched on training tasks (stream ``tune``) first; made
+        for ``sft.subsample`` x the trial's episodes (its learning history's length)."""
         teacher = config.teacher
+        episodes = protocol.episodes_per_trial * config.sft.subsample
         if teacher.tuning_grid(dist):
             from classic.experiments.compare import tune_baseline
 
             tasks = dist.sample_tasks(protocol.tune_tasks, seeding.generator("tune", seed))
-            teacher, _ = tune_baseline(teacher, dist, protocol.episodes_per_trial, tasks, seed)
-        return teacher.make(dist, protocol.episodes_per_trial)
+            teacher, _ = tune_baseline(teacher, dist, episodes, tasks, seed)
+        return teacher.make(dist, episodes)
 
     def _sft(self, config, dist, protocol, run, text_env, out: Path):
         from mrl_llm.rollout.agent import TrialRenderer
@@ -235,7 +243,13 @@ class LLMLearner(MetaLearner):
         renderer = TrialRenderer(tok, text_env)
         teacher = self.teacher(config, dist, protocol, run.seed)
         trs = teacher_transcripts(
-            teacher, dist, renderer, config.sft.num_trials, protocol.episodes_per_trial, config.sft.seed
+            teacher,
+            dist,
+            renderer,
+            config.sft.num_trials,
+            protocol.episodes_per_trial,
+            config.sft.seed,
+            config.sft.subsample,
         )
         trainer = run_sft(
             model,
@@ -339,7 +353,9 @@ class LLMLearner(MetaLearner):
         notes = [
             f"{config.display_name} = {'the tiny local LM (' + str(m.tiny) + ')' if m.is_tiny else m.name_or_path}; "
             f"sampled at temperature {config.sampling.temperature}; "
-            f"{'chat template' if m.chat else 'plain-text'} rendering; SFT teacher: {config.teacher.display_name}."
+            f"{'chat template' if m.chat else 'plain-text'} rendering"
+            f"{', a reflection after every episode (LaMer)' if config.reflection else ''}; "
+            f"SFT teacher: {config.teacher.display_name}."
         ]
         names = [n for n in config.stage_names() if n in results]
         reg = {k: float(v.final_regret.mean()) for k, v in results.items()}
@@ -387,7 +403,7 @@ class LLMLearner(MetaLearner):
             grpo_cfg, stage_dir / "grpo", trial_completion_length(E * dist.episode_length, config.sampling)
         )
         peft = config.model.lora.to_peft()
-        env = text_env_for(task, dist, E, chat=config.model.chat)
+        env = text_env_for(task, dist, E, chat=config.model.chat, reflect=config.reflection)
         return {
             "model": config.model.name_or_path,
             "chat": config.model.chat,
@@ -415,11 +431,14 @@ class LLMLearner(MetaLearner):
                 "loss_type": grpo_args.loss_type,
                 "temperature": grpo_args.temperature,
                 "rewards": config.grpo.reward_funcs,
+                "cross_episode_discount": config.grpo.cross_episode_discount,
             },
             "gpu": {
                 **gpu_settings(config.grpo, grpo_args, config.model),
                 "vllm_memory_utilization_sum": config.grpo.vllm_gpu_memory_utilization if config.grpo.use_vllm else 0.0,
             },
+            "rendering": type(env).__name__,
+            "reflection": env.reflect,
             "prompt": env.prompt(),
             "stage_dir": str(stage_dir),
             "gpu_flags_validated_only": not gpu,

@@ -31,12 +31,18 @@ class Transcript:
         completion_ids: (C,) everything after the prompt: replies and environment feedback.
         env_mask: (C,) 1 for tokens the model sampled, 0 for environment tokens.
         logprobs: (C,) sampling logprob of model tokens, 0.0 at environment tokens.
+        step_of: (C,) for each model token the trial step it acts on (a reply to step t: t; a
+            reflection after step t: t + 1, the step it prepares), -1 at environment tokens
+            (filled by :class:`LLMAgent`; teacher transcripts leave it empty).
+        episode_of_step: (T,) the episode (0-based) of each step the agent took.
     """
 
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    step_of: list[int] = field(default_factory=list)
+    episode_of_step: list[int] = field(default_factory=list)
 
 
 class ChatTurns:
@@ -85,6 +91,7 @@ class TrialRenderer:
         self.env = text_env
         self.chat = ChatTurns(tokenizer) if text_env.chat else None
         self.stop_ids = self._stop_token_ids(eos_token_id)
+        self.reflection_stop_ids = self.stop_ids if self.chat is not None else self._line_end_ids()
         self._ids_cache: dict[str, list[int]] = {}
         self._chat_prompt_cache: dict[str, list[int]] = {}
 
@@ -100,6 +107,14 @@ class TrialRenderer:
                 tid = self.tok.convert_tokens_to_ids(t)
                 if isinstance(tid, int) and tid != self.tok.unk_token_id:
                     ids.add(tid)
+        return {int(i) for i in ids if i is not None}
+
+    def _line_end_ids(self) -> set[int]:
+        """Plain renderings: a reflection is a line, it stops at the newline (or EOS)."""
+        ids = {self.tok.eos_token_id}
+        nl = self.tok.convert_tokens_to_ids("\n")
+        if isinstance(nl, int) and nl != self.tok.unk_token_id:
+            ids.add(nl)
         return {int(i) for i in ids if i is not None}
 
     def encode(self, text: str) -> list[int]:
@@ -134,6 +149,26 @@ class TrialRenderer:
             end = self.tok.convert_tokens_to_ids("<|im_end|>")
             ids = ids + [end if isinstance(end, int) and end != self.tok.unk_token_id else self.tok.eos_token_id]
         return ids
+
+    def reflection_reply_ids(self, text: str) -> list[int]:
+        """A teacher's reflection ``text`` as model tokens, ending with the turn's stop token in chat mode."""
+        ids = self.encode(text)
+        if self.chat is not None:
+            end = self.tok.convert_tokens_to_ids("<|im_end|>")
+            ids = ids + [end if isinstance(end, int) and end != self.tok.unk_token_id else self.tok.eos_token_id]
+        return ids
+
+    def next_episode_ids(self, obs: Tensor, episode: int, reflection: list[int]) -> list[int]:
+        """Environment tokens after a reflection (``reflection``: its token ids): episode ``episode``
+        (1-based) opens at ``obs`` (:meth:`TextEnv.render_next_episode`)."""
+        text = self.env.render_next_episode(obs, episode)
+        stops = self.reflection_stop_ids
+        end = self.tok.decode(reflection[-1:]) if reflection and reflection[-1] in stops else ""
+        if self.chat is not None:
+            text = self.chat.wrap(text, end)
+        elif reflection and reflection[-1] not in stops:
+            text = "\n" + text  # a note cut at reflection_tokens: the episode still opens on its own line
+        return self.encode(text)
 
     def step_ids(
         self,
@@ -171,6 +206,10 @@ class TrialRenderer:
                 for renderings that show none).
             terminated, truncated: whether step t ended its episode (None: every step does, as
                 in a bandit trial).
+
+        With a reflecting rendering (``text_env.reflect``), the teacher's reflection
+        (:meth:`TextEnv.teacher_reflection` of the trial so far) follows every episode but the
+        last, as model tokens (``env_mask`` 1).
         """
         T = len(actions)
         obs = obs if obs is not None else torch.zeros(T, 0)
@@ -189,6 +228,13 @@ class TrialRenderer:
                 fb = self.step_ids(obs[t + 1], a, r, term, trunc, TrialProgress(t + 1, total, episodes), reply)
                 tr.completion_ids += fb
                 tr.env_mask += [0] * len(fb)
+                if self.env.reflect and ended[t]:  # t + 1 < T: another episode follows
+                    note = self.reflection_reply_ids(
+                        self.env.teacher_reflection(obs[: t + 1], list(actions[: t + 1]), list(rewards[: t + 1]))
+                    )
+                    nxt = self.next_episode_ids(obs[t + 1], episodes + 1, note)
+                    tr.completion_ids += note + nxt
+                    tr.env_mask += [1] * len(note) + [0] * len(nxt)
         tr.logprobs = [0.0] * len(tr.completion_ids)
         return tr
 
@@ -232,6 +278,7 @@ class LLMAgent:
         self.total_stats = GenerationStats()
         self.transcripts: list[Transcript] = []
         self.invalid_replies: list[str] = []
+        self.reflections: list[str] = []  # the first 20 reflections written (reflecting renderings)
 
     # ---- Agent interface ---------------------------------------------------------------------
     def reset(self, num_tasks: int, generator: torch.Generator) -> None:
@@ -280,6 +327,8 @@ class LLMAgent:
                 tr.completion_ids += ids
                 tr.env_mask += [1] * len(ids)
                 tr.logprobs += lp
+                tr.step_of += [self.turn] * len(ids)
+                tr.episode_of_step.append(self.episodes[i])
         self.last_action = actions
         self.turn += 1
         return torch.tensor(actions, dtype=torch.long)
@@ -298,11 +347,46 @@ class LLMAgent:
                 )
             )
         self.session.append(feed)
-        if self.record:
-            for tr, ids in zip(self._trial, feed):
-                tr.completion_ids += ids
-                tr.env_mask += [0] * len(ids)
-                tr.logprobs += [0.0] * len(ids)
+        self._record(feed, model=False)
+        if self.env.reflect:
+            ended = [bool(a or b) for a, b in zip(term, trunc)]
+            active = [e and self.episodes[i] < self.env.episodes_per_trial for i, e in enumerate(ended)]
+            if any(active):
+                self._reflect(obs, active)
+
+    def _reflect(self, obs: Tensor, active: list[bool]) -> None:
+        """The rows in ``active`` ended an episode: the model writes its reflection (model tokens),
+        then the environment opens the next episode (environment tokens)."""
+        s = self.sampling
+        notes, logps = self.session.sample(
+            self.env.reflection_tokens,
+            self.renderer.reflection_stop_ids,
+            s.temperature,
+            self.generator,
+            s.top_k,
+            active=active,
+            top_p=s.top_p,
+        )
+        self._record(notes, model=True, logprobs=logps)
+        if len(self.reflections) < 20:
+            self.reflections += [self.tok.decode(n, skip_special_tokens=True) for n, a in zip(notes, active) if a]
+        nxt = [
+            self.renderer.next_episode_ids(obs[i], self.episodes[i] + 1, notes[i]) if active[i] else []
+            for i in range(self.n)
+        ]
+        self.session.append(nxt)
+        self._record(nxt, model=False)
+
+    def _record(self, ids: list[list[int]], model: bool, logprobs: list[list[float]] | None = None) -> None:
+        """Append one token list per trial to the recorded transcripts (``model``: sampled
+        tokens, env_mask 1, with their ``logprobs``; else environment tokens)."""
+        if not self.record:
+            return
+        for i, (tr, row) in enumerate(zip(self._trial, ids)):
+            tr.completion_ids += row
+            tr.env_mask += [int(model)] * len(row)
+            tr.logprobs += list(logprobs[i]) if model else [0.0] * len(row)
+            tr.step_of += [self.turn if model else -1] * len(row)  # a reflection prepares the next step
 
     def finish(self) -> list[Transcript]:
         """Close the current trials: append EOS as an environment token, move them to
@@ -313,6 +397,7 @@ class LLMAgent:
                 tr.completion_ids.append(eos)
                 tr.env_mask.append(0)
                 tr.logprobs.append(0.0)
+                tr.step_of.append(-1)
             self.transcripts.extend(self._trial)
             self._trial = []
         self._accumulate_stats()

@@ -177,6 +177,14 @@ class GRPOStageConfig(GRPOCommonConfig):
         tasks_per_step: tasks per optimizer step; the batch is tasks_per_step * G trials.
         reward_funcs: registered reward names (mrl_llm.rewards), e.g. trial_return, negative_regret.
         reward_weights: one weight per reward function (default all 1).
+        cross_episode_discount: None (default): TRL's advantage, one group-normalized trial reward
+            (``reward_funcs``) for every token of the trial. A number gamma in [0, 1]: LaMer's
+            cross-episode return instead (Jiang et al. 2025, arXiv 2512.16848, trajectory discount
+            across episodes), per step: a reply at step t of episode n gets
+            G_t = sum_{t' >= t in episode n} r_t' + sum_{m > n} gamma^(m - n) R_m (R_m: episode
+            m's return), normalized across the GRPO group at the same step (``scale_rewards``);
+            gamma = 0 trains each episode for itself, gamma = 1 on the rest of the trial
+            (:func:`cross_episode_advantages`). The reward functions are still computed and logged.
 
     Raises:
         ValueError: naming the field, when a value is out of range or a reward is unknown.
@@ -186,11 +194,15 @@ class GRPOStageConfig(GRPOCommonConfig):
     tasks_per_step: int = 4
     reward_funcs: list[str] = field(default_factory=lambda: ["trial_return"])
     reward_weights: list[float] | None = None
+    cross_episode_discount: float | None = None
 
     _groups_field = "tasks_per_step"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        gamma = self.cross_episode_discount
+        if gamma is not None and not (math.isfinite(gamma) and 0 <= gamma <= 1):
+            raise ValueError(f"cross_episode_discount must be in [0, 1] (or null), got {gamma}")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} reward_funcs"
@@ -207,6 +219,80 @@ class GRPOStageConfig(GRPOCommonConfig):
         return self.tasks_per_step * self.num_generations
 
 
+def cross_episode_returns(rewards: torch.Tensor, episode: torch.Tensor, gamma: float) -> torch.Tensor:
+    """LaMer's cross-episode return of every step (Jiang et al. 2025, arXiv 2512.16848).
+
+    G_t = sum_{t' >= t, t' in episode n} r_t' + sum_{m > n} gamma^(m - n) R_m, for step t of
+    episode n, with R_m the return of episode m: the reward-to-go inside the episode plus the
+    later episodes' returns discounted per episode.
+
+    Args:
+        rewards: (N, T) per-step rewards of N trials.
+        episode: (N, T) long, the episode (0-based, non-decreasing along T) of each step.
+        gamma: the cross-episode discount, in [0, 1].
+
+    Returns:
+        (N, T) float64 returns.
+    """
+    rewards = rewards.double()
+    G = torch.zeros_like(rewards)
+    T = rewards.shape[1]
+    for t in range(T - 1, -1, -1):  # G_t = r_t + G_{t+1} inside an episode, r_t + gamma G_{t+1} across its end
+        if t + 1 < T:
+            carry = torch.where(episode[:, t + 1] == episode[:, t], 1.0, gamma).double()
+            G[:, t] = rewards[:, t] + carry * G[:, t + 1]
+        else:
+            G[:, t] = rewards[:, t]
+    return G
+
+
+def cross_episode_advantages(
+    rewards: torch.Tensor, episode: torch.Tensor, gamma: float, num_generations: int, scale: str = "group"
+) -> torch.Tensor:
+    """Per-step advantages from :func:`cross_episode_returns`, baselined within each GRPO group.
+
+    A_t = (G_t - mean_group G_t) / (std_group G_t + 1e-4) at each step index t (``scale`` "group"),
+    over the whole batch's std ("batch"), or unscaled ("none"), as TRL scales its trial rewards
+    (the group mean as baseline: Shao et al. 2024, arXiv 2402.03300; the std: Dr. GRPO's caveat,
+    arXiv 2503.20783, is why "none" is offered). Trials of a group are consecutive rows.
+
+    Args:
+        rewards, episode: (N, T) as :func:`cross_episode_returns`; N a multiple of num_generations.
+
+    Returns:
+        (N, T) float32 advantages.
+
+    Raises:
+        ValueError: N is not a multiple of ``num_generations`` or ``scale`` is unknown.
+    """
+    N, T = rewards.shape
+    if N % num_generations:
+        raise ValueError(f"{N} trials are not whole groups of {num_generations}")
+    G = cross_episode_returns(rewards, episode, gamma).view(N // num_generations, num_generations, T)
+    centred = G - G.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (G.std(dim=1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        centred = centred / (G.std() + 1e-4)
+    elif scale != "none":
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    return centred.view(N, T).float()
+
+
+def token_advantages(step_advantages: torch.Tensor, step_of: list[list[int]]) -> list[list[float]]:
+    """Each completion token's advantage: its step's (``step_of``, -1 = environment token: 0).
+
+    Args:
+        step_advantages: (N, T) per-step advantages.
+        step_of: per trial, the step of each completion token (:attr:`Transcript.step_of`).
+    """
+    out = []
+    for row, steps in zip(step_advantages.tolist(), step_of):
+        last = len(row) - 1
+        out.append([row[min(s, last)] if s >= 0 else 0.0 for s in steps])
+    return out
+
+
 def make_rollout_func(
     dist,
     text_env: TextEnv,
@@ -215,6 +301,8 @@ def make_rollout_func(
     num_generations: int,
     episodes_per_trial: int,
     seed: int = 0,
+    cross_episode_discount: float | None = None,
+    scale_rewards: str = "group",
 ):
     """Build ``rollout_func(prompts, trainer) -> dict`` playing one trial per prompt.
 
@@ -225,6 +313,10 @@ def make_rollout_func(
 
     Every process of a multi-process run (``accelerate launch``) plays its own task stream,
     seeded from ``seed`` and its rank (:func:`rank_seed`).
+
+    With ``cross_episode_discount``, the function also leaves the per-token advantages of its last
+    call in ``rollout_func.token_advantages`` (:func:`cross_episode_advantages`, a reflection
+    taking its next step's), for :class:`TrialGRPOTrainer`.
 
     Raises:
         ValueError: if the number of prompts is not a multiple of ``num_generations``.
@@ -258,6 +350,13 @@ def make_rollout_func(
             res = run_trials(agent, dist, tasks=tasks, episodes_per_trial=episodes_per_trial, seed=trial_seed)
             trs = agent.finish()
             model.train(was_training)
+        if cross_episode_discount is not None:
+            episode = torch.tensor([t.episode_of_step for t in trs], dtype=torch.long)
+            steps = episode.shape[1]
+            adv = cross_episode_advantages(
+                res.rewards[:, :steps], episode, cross_episode_discount, num_generations, scale_rewards
+            )
+            rollout_func.token_advantages = token_advantages(adv, [t.step_of for t in trs])
         invalid = (res.actions == -1).sum(dim=1)
         metrics = getattr(trainer, "_metrics", None)
         if metrics is not None:
@@ -286,6 +385,7 @@ def make_rollout_func(
             state["task_gen"].set_state(saved["task_gen"])
 
     rollout_func.get_state, rollout_func.set_state = get_state, set_state  # saved with checkpoints
+    rollout_func.token_advantages = None
     return rollout_func
 
 
@@ -444,9 +544,20 @@ def build_grpo_trainer(
     sampling = SamplingConfig(**{**vars(sampling), "temperature": cfg.temperature, "top_p": cfg.top_p})
     max_len = trial_completion_length(episodes_per_trial * dist.episode_length, sampling)
     args = grpo_arguments(cfg, output_dir, max_len)
-    rollout = make_rollout_func(dist, text_env, tokenizer, sampling, cfg.num_generations, episodes_per_trial, cfg.seed)
+    rollout = make_rollout_func(
+        dist,
+        text_env,
+        tokenizer,
+        sampling,
+        cfg.num_generations,
+        episodes_per_trial,
+        cfg.seed,
+        cfg.cross_episode_discount,
+        cfg.scale_rewards,
+    )
     dataset = prompt_dataset(text_env, cfg.max_steps * cfg.tasks_per_step * cfg.num_generations)
-    return GRPOTrainer(
+    cls = GRPOTrainer if cfg.cross_episode_discount is None else trial_grpo_trainer_class()
+    return cls(
         model=model,
         reward_funcs=[get_reward(n) for n in cfg.reward_funcs],
         args=args,
@@ -456,6 +567,34 @@ def build_grpo_trainer(
         rollout_func=rollout,
         callbacks=[generator_state_callback(rollout.get_state, rollout.set_state), *callbacks],
     )
+
+
+def trial_grpo_trainer_class():
+    """``TrialGRPOTrainer``: ``trl.GRPOTrainer`` with per-token advantages from the rollout
+    function (``rollout_func.token_advantages``, the cross-episode return) in place of TRL's one
+    advantage per trial. TRL's loss takes (B, T) advantages as they are
+    (``GRPOTrainer._compute_loss``: "to support subclasses that provide advantages with shape
+    (B, T)"); everything else (ratios, clipping, masks, logging) is TRL's."""
+    from trl import GRPOTrainer
+
+    class TrialGRPOTrainer(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            per_token = getattr(self.rollout_func, "token_advantages", None)
+            if per_token is None:
+                raise RuntimeError("the rollout function left no per-token advantages")
+            ids = out["completion_ids"]
+            adv = torch.zeros(ids.shape, dtype=torch.float32)
+            if len(per_token) != ids.shape[0]:
+                raise RuntimeError(f"{len(per_token)} rows of advantages for {ids.shape[0]} completions")
+            for i, row in enumerate(per_token):
+                n = min(len(row), ids.shape[1])
+                adv[i, :n] = torch.tensor(row[:n])
+            out["advantages"] = adv.to(ids.device)
+            self.rollout_func.token_advantages = None  # used once
+            return out
+
+    return TrialGRPOTrainer
 
 
 def run_grpo(trainer, output_dir) -> None:

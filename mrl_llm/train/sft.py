@@ -46,6 +46,11 @@ class SFTStageConfig:
         save_steps: checkpoint every k steps (resumable).
         bf16: bfloat16 mixed precision (GPU).
         gradient_checkpointing: trade compute for memory.
+        subsample: 1 (default): the teacher plays the trials themselves. k > 1: Algorithm
+            Distillation's learning histories (Laskin et al. 2022, arXiv 2210.14215): the teacher
+            plays k x episodes_per_trial episodes on each task and every k-th episode is kept
+            (:func:`classic.algos.ad.collect_histories`), so a learning teacher (Q-learning) shows
+            its improvement across one trial's worth of episodes.
         packed_batches: compute each batch without its padding: :class:`PackedBatchCollator`
             packs the batch's sequences into a few rows with block-diagonal attention. Same
             batches, same loss (to float rounding), ~2x faster steps on the search task's traces
@@ -71,6 +76,7 @@ class SFTStageConfig:
     save_steps: int = 100
     bf16: bool = False
     gradient_checkpointing: bool = False
+    subsample: int = 1
     packed_batches: bool = False
     pack_width: int = 256
     seed: int = 0
@@ -84,6 +90,7 @@ class SFTStageConfig:
             "logging_steps",
             "save_steps",
             "pack_width",
+            "subsample",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -96,16 +103,33 @@ SFT_SEED_BASE = seeding.STREAMS["sft"][0]
 
 
 def teacher_transcripts(
-    teacher, dist, renderer: TrialRenderer, num_trials: int, episodes_per_trial: int, seed: int
+    teacher, dist, renderer: TrialRenderer, num_trials: int, episodes_per_trial: int, seed: int, subsample: int = 1
 ) -> list[Transcript]:
     """Run ``teacher`` (any :class:`~classic.core.Agent`) for ``num_trials`` training trials
     (stream ``sft``) and render each as token ids, observations and episode boundaries included.
 
+    With ``subsample`` k > 1 each transcript is a learning history instead: the teacher plays
+    ``k * episodes_per_trial`` episodes (``teacher`` made for that many) and every k-th episode
+    is rendered (:func:`classic.algos.ad.collect_histories`, fixed-length episodes only).
+
     Returns:
-        ``num_trials`` transcripts; ``env_mask`` is 1 on the teacher's reply tokens.
+        ``num_trials`` transcripts; ``env_mask`` is 1 on the teacher's reply tokens (and notes,
+        with a reflecting rendering).
     """
     g = torch.Generator().manual_seed(SFT_SEED_BASE + seed)
     tasks = dist.sample_tasks(num_trials, g)
+    if subsample > 1:
+        from classic.algos.ad import collect_histories
+
+        h = collect_histories(teacher, dist, tasks, subsample * episodes_per_trial, subsample, g)
+        T = h.actions.shape[1]
+        ends = torch.cat([h.new_episode[:, 1:], torch.ones(h.actions.shape[0], 1, dtype=torch.bool)], dim=1)
+        return [
+            renderer.teacher_trial(
+                h.actions[b].tolist(), h.rewards[b].tolist(), h.obs[b], [False] * T, ends[b].tolist()
+            )
+            for b in range(h.actions.shape[0])
+        ]
     res = run_trials(
         teacher,
         dist,
