@@ -398,12 +398,12 @@ class LLMLearner(MetaLearner):
         grpo_cfg = config.grpo if gpu else dataclasses.replace(config.grpo, bf16=False, use_vllm=False)
         dist = task.make()
         E = protocol.episodes_per_trial
+        env = text_env_for(task, dist, E, chat=config.model.chat, reflect=config.reflection)
         sft_args = sft_arguments(sft_cfg, stage_dir / "sft")
         grpo_args = grpo_arguments(
-            grpo_cfg, stage_dir / "grpo", trial_completion_length(E * dist.episode_length, config.sampling)
+            grpo_cfg, stage_dir / "grpo", trial_completion_length(E * dist.episode_length, config.sampling, env)
         )
         peft = config.model.lora.to_peft()
-        env = text_env_for(task, dist, E, chat=config.model.chat, reflect=config.reflection)
         return {
             "model": config.model.name_or_path,
             "chat": config.model.chat,

@@ -509,10 +509,14 @@ def grpo_arguments(
     )
 
 
-def trial_completion_length(steps_per_trial: int, sampling: SamplingConfig) -> int:
+def trial_completion_length(steps_per_trial: int, sampling: SamplingConfig, text_env: TextEnv | None = None) -> int:
     """Token budget of a whole trial's completion (replies and environment text): each step's reply
-    and up to 64 tokens of environment text, plus the closing tokens."""
-    return steps_per_trial * (sampling.max_action_tokens + 64) + 8
+    and up to 64 tokens of environment text, each reflection of a reflecting ``text_env`` and 64
+    tokens around it, plus the closing tokens."""
+    notes = 0
+    if text_env is not None and text_env.reflect:
+        notes = (text_env.episodes_per_trial - 1) * (text_env.reflection_tokens + 64)
+    return steps_per_trial * (sampling.max_action_tokens + 64) + notes + 8
 
 
 def prompt_dataset(text_env: TextEnv, num_prompts: int):
@@ -542,7 +546,7 @@ def build_grpo_trainer(
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     sampling = SamplingConfig(**{**vars(sampling), "temperature": cfg.temperature, "top_p": cfg.top_p})
-    max_len = trial_completion_length(episodes_per_trial * dist.episode_length, sampling)
+    max_len = trial_completion_length(episodes_per_trial * dist.episode_length, sampling, text_env)
     args = grpo_arguments(cfg, output_dir, max_len)
     rollout = make_rollout_func(
         dist,
