@@ -118,8 +118,10 @@ def test_mrt_rl_mode_continues_from_a_policy_prefix_with_the_termination_baselin
         assert group[0]["prompt"] == inputs[g * 4]["prompt"] + group[0]["mrt_prefix"]
         assert group[0]["mrt_prefix"] in ("", "t", "try 1: 1+2 is 3 no\n\nWait try 2: 2+2 is 4 yes\n\nAnswer: 2"[:3])
     out = trainer._generate_and_score_completions(inputs)
-    # rewards are 0 for a random model: A = R - J(prefix) = -0.5 on every completion
-    torch.testing.assert_close(out["advantages"], torch.full_like(out["advantages"], -0.5))
+    # A = R - J(prefix) with J = 0.5 and a 0/1 outcome reward: -0.5 or +0.5 on every completion (a random
+    # model mostly answers wrong: -0.5)
+    adv = out["advantages"]
+    assert torch.isclose(adv.abs(), torch.full_like(adv, 0.5)).all() and (adv < 0).float().mean() >= 0.5
     assert all(c == [0] for c in prover.calls[-1][2])  # J at the prefix itself (cut 0 of an empty completion)
     before = [p.detach().clone() for p in model.parameters()]
     trainer.train()

@@ -130,7 +130,9 @@ def test_trie_sampler_draws_the_same_answers_as_decoding_every_sample_on_its_own
     prompts = [_ids(tok, "find x for f ( x ) = 4 .\n"), _ids(tok, "find y .\n")]
     comps = [_ids(tok, "Let me try 3 . no .\n\nWait , try 4 . yes ."), _ids(tok, "try 1 . no .")]
     queries = [(0, 0), (0, 6), (0, len(comps[0])), (1, 2)]
-    cfg = MetaProverConfig(termination_suffix=" so the answer is", num_samples=5, max_answer_tokens=4, temperature=0.7)
+    # a random tiny LM is near-uniform over its vocabulary: at 0.2 a query's samples share tokens (so the trie
+    # saves rows, asserted below) and still branch
+    cfg = MetaProverConfig(termination_suffix=" so the answer is", num_samples=5, max_answer_tokens=4, temperature=0.2)
     shapes = []
     forward = model.forward
 
