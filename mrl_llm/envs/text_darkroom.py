@@ -42,7 +42,15 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from classic.envs.darkroom import MOVES
-from mrl_llm.envs.text_env import INVALID, TextEnv, TrialProgress, _index, _whole_int, register_text_env
+from mrl_llm.envs.text_env import (
+    INVALID,
+    TextEnv,
+    TrialProgress,
+    _index,
+    _whole_int,
+    last_group,
+    register_text_env,
+)
 
 #: Action names by index (classic.envs.darkroom's order); "no-op" is written "stay".
 ACTION_WORDS: tuple[str, ...] = ("stay", "up", "down", "left", "right")
@@ -160,10 +168,8 @@ class DarkRoomText(TextEnv):
         if not self.chat:
             m = _whole_int(text)
             return _index(m, 5) if m is not None else INVALID
-        last = None
-        for last in _action_re().finditer(text):
-            pass
-        word = last.group(1) if last is not None else text.strip().rstrip(".").strip()
+        word = last_group(_action_re(), text)
+        word = word if word is not None else text.strip().rstrip(".").strip()
         key = word.lower()
         if key in _ALIASES:
             return _ALIASES[key]

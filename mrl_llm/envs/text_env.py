@@ -10,7 +10,8 @@ an invalid action and the evaluator counts: nothing raises).
 Renderings register under the task's registry name (:func:`text_env_for`); a task without one gets
 :class:`DiscreteText`, a generic rendering of any ``Discrete``-action task (observations as numbers),
 so every such task can be played by an LLM before anyone writes it a dedicated rendering.
-The Bernoulli bandit's rendering is :class:`mrl_llm.envs.text_bandit.BanditText`.
+The Bernoulli bandit's rendering is :class:`mrl_llm.envs.text_bandit.BanditText`, Dark Room's
+:class:`mrl_llm.envs.text_darkroom.DarkRoomText` (with reflections between episodes).
 
 Two styles, chosen by ``chat``: ``plain`` (the tiny local LM: one line per step, the model writes
 only the action) and ``chat`` (instruct models: one user message per step, the assistant replies).
@@ -179,6 +180,15 @@ def _whole_int(text: str) -> str | None:
     return body if digits.isdecimal() else None
 
 
+def last_group(pattern: re.Pattern[str], text: str) -> str | None:
+    """Group 1 of the last match of ``pattern`` in ``text`` (a reply's last stated action counts),
+    or None; one left-to-right scan."""
+    found = None
+    for found in pattern.finditer(text):
+        continue
+    return found.group(1) if found is not None else None
+
+
 def parse_index(text: str, n: int, keyword: str | None = None) -> int:
     """The index in [0, n) a reply names, or :data:`INVALID`.
 
@@ -190,13 +200,7 @@ def parse_index(text: str, n: int, keyword: str | None = None) -> int:
     Any string is parsed in time linear in its length and nothing raises: an integer of any
     length out of range (``"1" * 5000``) is ``INVALID``.
     """
-    m = None
-    if keyword:
-        last = None
-        for last in _keyword_re(keyword).finditer(text):
-            pass
-        if last is not None:
-            m = last.group(1)
+    m = last_group(_keyword_re(keyword), text) if keyword else None
     if m is None:
         m = _whole_int(text)
     if m is None:

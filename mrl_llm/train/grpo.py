@@ -286,11 +286,7 @@ def token_advantages(step_advantages: torch.Tensor, step_of: list[list[int]]) ->
         step_advantages: (N, T) per-step advantages.
         step_of: per trial, the step of each completion token (:attr:`Transcript.step_of`).
     """
-    out = []
-    for row, steps in zip(step_advantages.tolist(), step_of):
-        last = len(row) - 1
-        out.append([row[min(s, last)] if s >= 0 else 0.0 for s in steps])
-    return out
+    return [[row[s] if s >= 0 else 0.0 for s in steps] for row, steps in zip(step_advantages.tolist(), step_of)]
 
 
 def make_rollout_func(
