@@ -317,3 +317,76 @@ def test_sft_on_learning_histories_renders_every_kth_episode_of_the_teachers_run
         assert replies == traj.actions[kept, b].tolist()
         text = tiny_tok.decode(tr.completion_ids, skip_special_tokens=True)
         assert text.count("|\n") == 2  # three kept episodes
+
+
+def test_note_noise_replaces_context_notes_with_other_trials_and_trains_only_the_teachers():
+    """sft.note_noise = p: a replaced note is another trial's note after the same episode, differs
+    from the teacher's, is not trained on (env_mask 0); every other token, and every kept note, is
+    the noiseless transcript's; p = 0 is the noiseless transcripts exactly."""
+    from mrl_llm.models import build_tiny_tokenizer
+    from mrl_llm.train.sft import teacher_transcripts
+
+    tok = build_tiny_tokenizer()
+    task, dist = _room(episodes_per_trial=6, episode_length=12)
+    env = text_env_for(task, dist, 6, reflect=True)
+    r = TrialRenderer(tok, env)
+    make = lambda: AGENTS.get("Systematic search")().make(dist, 6)  # noqa: E731
+    clean = teacher_transcripts(make(), dist, r, 24, 6, seed=0)
+    same = teacher_transcripts(make(), dist, r, 24, 6, seed=0, note_noise=0.0)
+    noisy = teacher_transcripts(make(), dist, r, 24, 6, seed=0, note_noise=0.5)
+    nl = tok.convert_tokens_to_ids("\n")
+    goal = tok.convert_tokens_to_ids("goal")
+
+    def notes(tr):  # (text, trained) of each note: the tokens after "goal", " " up to the newline
+        ids, out = tr.completion_ids, []
+        for i, t in enumerate(ids):
+            if t == goal:
+                j = ids.index(nl, i + 2)
+                out.append((tok.decode(ids[i + 2 : j + 1]), tr.env_mask[i + 2]))
+        return out
+
+    def replies(tr):  # the trained tokens outside the notes
+        ids, m, out, i = tr.completion_ids, tr.env_mask, [], 0
+        while i < len(ids):
+            if ids[i] == goal:
+                i = ids.index(nl, i + 2) + 1
+                continue
+            out += [ids[i]] if m[i] else []
+            i += 1
+        return out
+
+    replaced = kept = 0
+    all_notes = [[n for n, _ in notes(tr)] for tr in clean]
+    for c, s, n in zip(clean, same, noisy):
+        assert (s.completion_ids, s.env_mask) == (c.completion_ids, c.env_mask)
+        assert len(notes(c)) == len(notes(n)) == 5
+        for e, ((truth, trained_c), (note, trained_n)) in enumerate(zip(notes(c), notes(n))):
+            assert trained_c == 1
+            if trained_n:
+                assert note == truth
+                kept += 1
+            else:
+                assert note != truth and note in [a[e] for a in all_notes]
+                replaced += 1
+        # the replies (and what the environment wrote) are untouched, and still the only trained tokens besides notes
+        strip = lambda tr: re.sub(r"goal [^\n]*\n", "", tok.decode(tr.completion_ids))  # noqa: E731
+        assert strip(n) == strip(c)
+        assert replies(n) == replies(c)
+    assert replaced > 20 and kept > 20
+    with pytest.raises(ValueError, match="note_noise"):
+        teacher_transcripts(make(), dist, r, 2, 6, seed=0, note_noise=1.5)
+
+
+def test_note_noise_without_reflection_is_a_recipe_error_naming_the_file():
+    from pathlib import Path
+
+    from classic.experiments.compare import CompareExperiment
+    from classic.config import RecipeError, load_recipe
+
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes/llm/darkroom_icrl_tiny.yaml")
+    with pytest.raises(
+        RecipeError, match=r"darkroom_icrl_tiny.yaml: invalid 'learners\[0\]': sft.note_noise .* reflection"
+    ):
+        load_recipe(CompareExperiment, recipe, ["learners.llm.reflection=false", "learners.llm.sft.note_noise=0.3"])
+    with pytest.raises(RecipeError, match=r"note_noise must be in \[0, 1\]"):
+        load_recipe(CompareExperiment, recipe, ["learners.llm.sft.note_noise=2"])

@@ -109,6 +109,8 @@ class LLMLearnerConfig:
     def __post_init__(self) -> None:
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.sft.note_noise > 0 and not self.reflection:
+            raise ValueError("sft.note_noise replaces reflections in the context: it needs reflection: true")
         if self.model.trust_remote_code:  # TRL's vLLM engine loads the model by name too
             self.grpo.trust_remote_code = True
 
@@ -250,6 +252,7 @@ class LLMLearner(MetaLearner):
             protocol.episodes_per_trial,
             config.sft.seed,
             config.sft.subsample,
+            config.sft.note_noise,
         )
         trainer = run_sft(
             model,
@@ -417,6 +420,8 @@ class LLMLearner(MetaLearner):
                 "epochs": sft_args.num_train_epochs,
                 "batch": sft_args.per_device_train_batch_size,
                 "bf16": config.sft.bf16,
+                "subsample": config.sft.subsample,
+                "note_noise": config.sft.note_noise,
             },
             "grpo": {
                 "enabled": config.grpo.enabled,

@@ -197,6 +197,7 @@ class TrialRenderer:
         obs: Tensor | None = None,
         terminated: list[bool] | None = None,
         truncated: list[bool] | None = None,
+        context_notes: dict[int, str] | None = None,
     ) -> Transcript:
         """The transcript of a trial whose steps are given (e.g. a teacher agent's).
 
@@ -206,6 +207,9 @@ class TrialRenderer:
                 for renderings that show none).
             terminated, truncated: whether step t ended its episode (None: every step does, as
                 in a bandit trial).
+            context_notes: episode index e (0-based) -> a note written after episode e *instead
+                of* the teacher's, as environment tokens (``env_mask`` 0: context, not a target);
+                :func:`mrl_llm.train.sft.teacher_transcripts`'s ``note_noise``.
 
         With a reflecting rendering (``text_env.reflect``), the teacher's reflection
         (:meth:`TextEnv.teacher_reflection` of the trial so far) follows every episode but the
@@ -213,7 +217,8 @@ class TrialRenderer:
         """
         T = len(actions)
         obs = obs if obs is not None else torch.zeros(T, 0)
-        ended = [True] * T if terminated is None else [bool(a) or bool(b) for a, b in zip(terminated, truncated)]
+        ended = self._ended(T, terminated, truncated)
+        context_notes = context_notes or {}
         tr = Transcript(prompt_ids=self.prompt_ids(obs[0]) if T else self.prompt_ids())
         total, episodes = 0.0, 0
         for t, (a, r) in enumerate(zip(actions, rewards)):
@@ -229,14 +234,43 @@ class TrialRenderer:
                 tr.completion_ids += fb
                 tr.env_mask += [0] * len(fb)
                 if self.env.reflect and ended[t]:  # t + 1 < T: another episode follows
-                    note = self.reflection_reply_ids(
-                        self.env.teacher_reflection(obs[: t + 1], list(actions[: t + 1]), list(rewards[: t + 1]))
-                    )
+                    text = context_notes.get(episodes - 1)
+                    trained = text is None
+                    if trained:
+                        text = self.env.teacher_reflection(obs[: t + 1], list(actions[: t + 1]), list(rewards[: t + 1]))
+                    note = self.reflection_reply_ids(text)
                     nxt = self.next_episode_ids(obs[t + 1], episodes + 1, note)
                     tr.completion_ids += note + nxt
-                    tr.env_mask += [1] * len(note) + [0] * len(nxt)
+                    tr.env_mask += [int(trained)] * len(note) + [0] * len(nxt)
         tr.logprobs = [0.0] * len(tr.completion_ids)
         return tr
+
+    def teacher_notes(
+        self,
+        actions: list[int],
+        rewards: list[float],
+        obs: Tensor | None = None,
+        terminated: list[bool] | None = None,
+        truncated: list[bool] | None = None,
+    ) -> list[str]:
+        """The teacher's reflections in :meth:`teacher_trial` (same arguments), one per episode
+        but the last; ``[]`` for a rendering without reflection."""
+        if not self.env.reflect:
+            return []
+        T = len(actions)
+        obs = obs if obs is not None else torch.zeros(T, 0)
+        ended = self._ended(T, terminated, truncated)
+        return [
+            self.env.teacher_reflection(obs[: t + 1], list(actions[: t + 1]), list(rewards[: t + 1]))
+            for t in range(T - 1)
+            if ended[t]
+        ]
+
+    @staticmethod
+    def _ended(T: int, terminated: list[bool] | None, truncated: list[bool] | None) -> list[bool]:
+        if terminated is None:
+            return [True] * T
+        return [bool(a) or bool(b) for a, b in zip(terminated, truncated)]
 
 
 class LLMAgent:

@@ -51,6 +51,9 @@ class SFTStageConfig:
             plays k x episodes_per_trial episodes on each task and every k-th episode is kept
             (:func:`classic.algos.ad.collect_histories`), so a learning teacher (Q-learning) shows
             its improvement across one trial's worth of episodes.
+        note_noise: with a reflecting rendering, the probability that a teacher's note is replaced
+            in the context by another trial's (not trained on; :func:`teacher_transcripts`), so the
+            LM learns to write notes from the reward lines rather than copy its previous note.
         packed_batches: compute each batch without its padding: :class:`PackedBatchCollator`
             packs the batch's sequences into a few rows with block-diagonal attention. Same
             batches, same loss (to float rounding), ~2x faster steps on the search task's traces
@@ -77,6 +80,7 @@ class SFTStageConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     subsample: int = 1
+    note_noise: float = 0.0
     packed_batches: bool = False
     pack_width: int = 256
     seed: int = 0
@@ -94,6 +98,8 @@ class SFTStageConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.note_noise <= 1.0:
+            raise ValueError(f"note_noise must be in [0, 1], got {self.note_noise}")
         check_optimizer_fields(self)
         check_trl_fields("SFTConfig", self.trl)
 
@@ -103,7 +109,14 @@ SFT_SEED_BASE = seeding.STREAMS["sft"][0]
 
 
 def teacher_transcripts(
-    teacher, dist, renderer: TrialRenderer, num_trials: int, episodes_per_trial: int, seed: int, subsample: int = 1
+    teacher,
+    dist,
+    renderer: TrialRenderer,
+    num_trials: int,
+    episodes_per_trial: int,
+    seed: int,
+    subsample: int = 1,
+    note_noise: float = 0.0,
 ) -> list[Transcript]:
     """Run ``teacher`` (any :class:`~classic.core.Agent`) for ``num_trials`` training trials
     (stream ``sft``) and render each as token ids, observations and episode boundaries included.
@@ -112,46 +125,67 @@ def teacher_transcripts(
     ``k * episodes_per_trial`` episodes (``teacher`` made for that many) and every k-th episode
     is rendered (:func:`classic.algos.ad.collect_histories`, fixed-length episodes only).
 
+    With ``note_noise`` p > 0 (reflecting renderings), each of the teacher's notes is, with
+    probability p, replaced in the context by another trial's note after the same episode (one
+    that differs from it) and not trained on (:meth:`TrialRenderer.teacher_trial`'s
+    ``context_notes``); the notes after it stay the teacher's. A model trained only on right notes
+    learns to copy its previous note (right in most teacher notes) and keeps a wrong one of its own
+    forever; with wrong notes in its context it must read the reward lines instead. Noise
+    injection against exposure bias, in the spirit of scheduled sampling (Bengio et al. 2015,
+    arXiv 1506.03099).
+
     Returns:
         ``num_trials`` transcripts; ``env_mask`` is 1 on the teacher's reply tokens (and notes,
         with a reflecting rendering).
+
+    Raises:
+        ValueError: ``note_noise`` outside [0, 1].
     """
+    if not 0.0 <= note_noise <= 1.0:
+        raise ValueError(f"note_noise must be in [0, 1], got {note_noise}")
     g = torch.Generator().manual_seed(SFT_SEED_BASE + seed)
     tasks = dist.sample_tasks(num_trials, g)
+    trials = []  # (actions, rewards, obs, terminated, truncated) per trial
     if subsample > 1:
         from classic.algos.ad import collect_histories
 
         h = collect_histories(teacher, dist, tasks, subsample * episodes_per_trial, subsample, g)
         T = h.actions.shape[1]
         ends = torch.cat([h.new_episode[:, 1:], torch.ones(h.actions.shape[0], 1, dtype=torch.bool)], dim=1)
-        return [
-            renderer.teacher_trial(
-                h.actions[b].tolist(), h.rewards[b].tolist(), h.obs[b], [False] * T, ends[b].tolist()
-            )
-            for b in range(h.actions.shape[0])
-        ]
-    res = run_trials(
-        teacher,
-        dist,
-        tasks=tasks,
-        episodes_per_trial=episodes_per_trial,
-        seed=SFT_SEED_BASE + seed,
-        keep_trajectories=True,
-    )
-    out = []
-    for traj in res.trajectories:
-        for b in range(traj.num_tasks):
-            steps = traj.valid[:, b]
-            out.append(
-                renderer.teacher_trial(
-                    traj.actions[steps, b].tolist(),
-                    traj.rewards[steps, b].tolist(),
-                    traj.obs[steps, b],
-                    traj.terminated[steps, b].tolist(),
-                    traj.truncated[steps, b].tolist(),
+        for b in range(h.actions.shape[0]):
+            trials.append((h.actions[b].tolist(), h.rewards[b].tolist(), h.obs[b], [False] * T, ends[b].tolist()))
+    else:
+        res = run_trials(
+            teacher,
+            dist,
+            tasks=tasks,
+            episodes_per_trial=episodes_per_trial,
+            seed=SFT_SEED_BASE + seed,
+            keep_trajectories=True,
+        )
+        for traj in res.trajectories:
+            for b in range(traj.num_tasks):
+                steps = traj.valid[:, b]
+                trials.append(
+                    (
+                        traj.actions[steps, b].tolist(),
+                        traj.rewards[steps, b].tolist(),
+                        traj.obs[steps, b],
+                        traj.terminated[steps, b].tolist(),
+                        traj.truncated[steps, b].tolist(),
+                    )
                 )
-            )
-    return out
+    context = [{} for _ in trials]
+    if note_noise > 0 and renderer.env.reflect and trials:
+        notes = [renderer.teacher_notes(*trial) for trial in trials]
+        for i, own in enumerate(notes):
+            for e, note in enumerate(own):
+                if float(torch.rand((), generator=g)) >= note_noise:
+                    continue
+                others = [n[e] for n in notes if e < len(n) and n[e] != note]
+                if others:
+                    context[i][e] = others[int(torch.randint(len(others), (), generator=g))]
+    return [renderer.teacher_trial(*trial, context_notes=ctx) for trial, ctx in zip(trials, context)]
 
 
 def distillation_dataset(transcripts: list[Transcript]):
