@@ -355,13 +355,27 @@ def plot_adaptation(
     fig = Figure(figsize=(7.0, 4.5), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for name, r in results.items():
+    # Distinct colours past matplotlib's 10-colour cycle (a merged plot of several runs has ~15 agents);
+    # an agent's greedy evaluation is dotted.
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(results) <= 10 else "tab20"]
+    for i, (name, r) in enumerate(results.items()):
         curve = adaptation_curve(r) if isinstance(r, TrialResult) else dict(r).get("episode_returns")
         if not curve:
             raise ValueError(f"plot_adaptation: result for {name!r} has no episode returns")
         mean, ci = [float(m) for m in curve["mean"]], [float(c) for c in curve["ci95"]]
         x = list(range(1, len(mean) + 1))
-        (line,) = ax.plot(x, mean, label=name, lw=1.8, marker="o" if len(mean) <= 12 else None, ms=3)
+        (line,) = ax.plot(
+            x,
+            mean,
+            label=name,
+            lw=1.8,
+            marker="o" if len(mean) <= 12 else None,
+            ms=3,
+            color=cmap(i % cmap.N),
+            ls=":" if "greedy" in name else "-",
+        )
         ax.fill_between(
             x,
             [m - c for m, c in zip(mean, ci)],
