@@ -74,7 +74,7 @@ def test_the_plain_rendering_is_one_short_line_per_step_with_episode_boundaries(
     assert DarkRoomText(12, 5, 3).cell(torch.tensor([11.0, 3.0])) == "11,3"  # two digits only up to 10x10
     reflecting = text_env_for(task, dist, 3, reflect=True)
     assert reflecting.render_step(torch.tensor([4.0, 4.0]), 0, 1.0, False, True, TrialProgress(5, 2.0, 1)) == (
-        " 1\n|\ngoal "
+        " 1\n|\ngoal:"
     )
     assert reflecting.render_next_episode(torch.tensor([4.0, 4.0]), 2) == "44 "
     assert tiny_tok.unk_token_id not in tiny_tok(reflecting.prompt(torch.tensor([4.0, 4.0]))).input_ids
@@ -122,7 +122,7 @@ def test_a_teacher_transcript_holds_every_step_boundary_and_note(tiny_tok, refle
         text = tiny_tok.decode(tr.prompt_ids + tr.completion_ids, skip_special_tokens=True)
         assert text.count("|\n") == 2 and text.split("\n")[1].startswith("44 ")
         # each later episode opens at the start cell, after the note when there is one
-        assert len(re.findall(r"\|\ngoal (?:no|\d\d)\n44 " if reflect else r"\|\n44 ", text)) == 2
+        assert len(re.findall(r"\|\ngoal:(?:no|\d\d)\n44 " if reflect else r"\|\n44 ", text)) == 2
         model = [tiny_tok.decode([t]) for t, m in zip(tr.completion_ids, tr.env_mask) if m == 1]
         # the model's tokens: 15 one-digit replies and (reflect) two notes, "no\n" or two digits and "\n"
         assert model.count("\n") == (2 if reflect else 0)
@@ -177,7 +177,7 @@ def test_env_mask_across_episode_boundaries_with_reflections(room_lm, tiny_tok):
         steps = [s for s, m in zip(tr.step_of, tr.env_mask) if m == 1]
         assert steps == sorted(steps) and set(steps) == set(range(15))  # notes prepare steps 5 and 10
         text = tiny_tok.decode(tr.prompt_ids + tr.completion_ids, skip_special_tokens=True)
-        assert text.count("|\ngoal ") == 2
+        assert text.count("|\ngoal:") == 2
 
 
 @pytest.mark.parametrize("reflect", [False, True])
@@ -337,7 +337,7 @@ def test_note_noise_replaces_context_notes_with_other_trials_and_trains_only_the
     nl = tok.convert_tokens_to_ids("\n")
     goal = tok.convert_tokens_to_ids("goal")
 
-    def notes(tr):  # (text, trained) of each note: the tokens after "goal", " " up to the newline
+    def notes(tr):  # (text, trained) of each note: the tokens after "goal", ":" up to the newline
         ids, out = tr.completion_ids, []
         for i, t in enumerate(ids):
             if t == goal:
@@ -369,7 +369,7 @@ def test_note_noise_replaces_context_notes_with_other_trials_and_trains_only_the
                 assert note != truth and note in [a[e] for a in all_notes]
                 replaced += 1
         # the replies (and what the environment wrote) are untouched, and still the only trained tokens besides notes
-        strip = lambda tr: re.sub(r"goal [^\n]*\n", "", tok.decode(tr.completion_ids))  # noqa: E731
+        strip = lambda tr: re.sub(r"goal:[^\n]*\n", "", tok.decode(tr.completion_ids))  # noqa: E731
         assert strip(n) == strip(c)
         assert replies(n) == replies(c)
     assert replaced > 20 and kept > 20

@@ -23,7 +23,7 @@ Two renderings of the same task distribution:
 **Reflection** (``reflect=True``; LaMer, Jiang et al. 2025, arXiv 2512.16848, "in-context policy
 adaptation via reflection"): at the end of every episode but the last, the environment asks where
 the goal is and the *model* writes a short note before the next episode starts, plain
-``"goal 53\\n"`` (the cue ``"goal "`` is the environment's, ``"53\\n"`` the model's; ``"no\\n"``
+``"goal:53\\n"`` (the cue ``"goal:"`` is the environment's, ``"53\\n"`` the model's; ``"no\\n"``
 while no reward has been seen) or chat ``"Goal: 5,3"`` / ``"Goal: unknown"``. The note is model
 text (trained on, ``env_mask`` 1); a teacher's note (:meth:`DarkRoomText.teacher_reflection`) names
 the last cell that paid a reward in the trial so far, so SFT teaches the LM to write what it has
@@ -141,7 +141,7 @@ class DarkRoomText(TextEnv):
             head = " invalid" if action == INVALID else ""
             text = f"{head} {reward:g}\n" + ("|\n" if ended else "")
             if reflecting:
-                return text + "goal "
+                return text + "goal:"  # ":" only ever precedes a note ("xy " precedes an action)
             return text + (f"{self.cell(obs)} " if more else "")
         head = (
             "Invalid reply: answer 'Action: <name>' with stay, up, down, left or right. " if action == INVALID else ""
