@@ -216,8 +216,8 @@ class TrialRenderer:
         last, as model tokens (``env_mask`` 1).
         """
         T = len(actions)
-        obs = obs if obs is not None else torch.zeros(T, 0)
-        ended = self._ended(T, terminated, truncated)
+        obs, ended = self._steps(T, obs, terminated, truncated)
+        notes = self._notes(obs, actions, rewards, ended) if self.env.reflect else []
         context_notes = context_notes or {}
         tr = Transcript(prompt_ids=self.prompt_ids(obs[0]) if T else self.prompt_ids())
         total, episodes = 0.0, 0
@@ -234,11 +234,8 @@ class TrialRenderer:
                 tr.completion_ids += fb
                 tr.env_mask += [0] * len(fb)
                 if self.env.reflect and ended[t]:  # t + 1 < T: another episode follows
-                    text = context_notes.get(episodes - 1)
-                    trained = text is None
-                    if trained:
-                        text = self.env.teacher_reflection(obs[: t + 1], list(actions[: t + 1]), list(rewards[: t + 1]))
-                    note = self.reflection_reply_ids(text)
+                    trained = episodes - 1 not in context_notes
+                    note = self.reflection_reply_ids(notes[episodes - 1] if trained else context_notes[episodes - 1])
                     nxt = self.next_episode_ids(obs[t + 1], episodes + 1, note)
                     tr.completion_ids += note + nxt
                     tr.env_mask += [int(trained)] * len(note) + [0] * len(nxt)
@@ -257,20 +254,27 @@ class TrialRenderer:
         but the last; ``[]`` for a rendering without reflection."""
         if not self.env.reflect:
             return []
-        T = len(actions)
-        obs = obs if obs is not None else torch.zeros(T, 0)
-        ended = self._ended(T, terminated, truncated)
+        obs, ended = self._steps(len(actions), obs, terminated, truncated)
+        return self._notes(obs, actions, rewards, ended)
+
+    def _notes(self, obs: Tensor, actions: list[int], rewards: list[float], ended: list[bool]) -> list[str]:
+        """:meth:`TextEnv.teacher_reflection` of the trial so far after every episode but the last."""
         return [
             self.env.teacher_reflection(obs[: t + 1], list(actions[: t + 1]), list(rewards[: t + 1]))
-            for t in range(T - 1)
+            for t in range(len(actions) - 1)
             if ended[t]
         ]
 
     @staticmethod
-    def _ended(T: int, terminated: list[bool] | None, truncated: list[bool] | None) -> list[bool]:
+    def _steps(
+        T: int, obs: Tensor | None, terminated: list[bool] | None, truncated: list[bool] | None
+    ) -> tuple[Tensor, list[bool]]:
+        """(T, obs_dim) observations (empty ones when None) and whether each step ended its episode
+        (every step when ``terminated`` is None, as in a bandit trial)."""
+        obs = obs if obs is not None else torch.zeros(T, 0)
         if terminated is None:
-            return [True] * T
-        return [bool(a) or bool(b) for a, b in zip(terminated, truncated)]
+            return obs, [True] * T
+        return obs, [bool(a) or bool(b) for a, b in zip(terminated, truncated)]
 
 
 class LLMAgent:
