@@ -39,6 +39,12 @@ def _room():
     return DarkRoomConfig(**SMALL_ROOM).make()
 
 
+def _baseline(name: str, **params):
+    from classic.registry import AGENTS
+
+    return AGENTS.get(name)(**params)
+
+
 # --- Q-learning -------------------------------------------------------------------------------
 
 
@@ -283,3 +289,60 @@ def test_rewarded_queries_are_the_rewarded_next_states_of_the_dataset():
     torch.testing.assert_close(batch.tokens[:, 0, :8], query_features(batch.query_state.pos.float(), dist, True)[:, :8])
     with pytest.raises(ValueError, match="rewarded_query_prob"):
         DPTConfig(rewarded_query_prob=1.5)
+
+
+def test_dpt_source_contexts_are_windows_of_the_source_trials_the_online_agent_would_keep():
+    from classic.algos.dpt import collect_source_pool, source_window, transition_features
+
+    dist = _room()
+    source = _baseline("Systematic search").make(dist, 3)
+    g = torch.Generator().manual_seed(0)
+    pool = collect_source_pool(source, dist, 32, 3, g)
+    # 3 episodes of 6 steps, each episode's last transition left out: 5 per episode.
+    assert pool.obs.shape == (32, 15, 2) and pool.actions.shape == (32, 15) and pool.per_episode == 5
+    moves = torch.tensor([(0, 0), (0, 1), (0, -1), (-1, 0), (1, 0)])
+    s, s2 = pool.obs.long(), pool.next_obs.long()
+    assert torch.equal(s2, (s + moves[pool.actions]).clamp(0, 3))  # next state: the move's cell
+    assert torch.equal(pool.rewards, (s2 == pool.tasks.goal.unsqueeze(1)).all(-1).float())
+    # Every episode starts at the start cell: transitions 0, 5 and 10 leave it.
+    assert (pool.obs[:, [0, 5, 10]] == 2).all()
+    cfg = DPTConfig(**{**DPT_TINY, "context_states": "source"})
+    batch = source_window(pool, dist, 64, 8, cfg, torch.Generator().manual_seed(1))
+    assert batch.tokens.shape == (64, 9, 30)
+    starts = (0, 2, 7)  # windows of 8 ending after episode 2 or 3, or (after episode 1) starting the trial
+    for b in range(64):
+        match = [
+            st
+            for st in starts
+            if any(
+                torch.equal(
+                    batch.tokens[b, 1:],
+                    transition_features(
+                        pool.obs[r, st : st + 8], pool.actions[r, st : st + 8], pool.rewards[r, st : st + 8],
+                        pool.next_obs[r, st : st + 8], dist, True, True,
+                    ),
+                )
+                for r in range(32)
+            )
+        ]  # fmt: skip
+        assert match, b
+    pos, goal = batch.query_state.pos, batch.tasks.goal
+    before = (goal - pos).abs().sum(-1)
+    after = (goal - (pos + moves[batch.labels]).clamp(0, 3)).abs().sum(-1)
+    assert torch.equal(after, (before - 1).clamp(min=0))  # labels: the optimal actions
+    with pytest.raises(ValueError, match="source_episodes"):
+        source_window(pool, dist, 4, 16, cfg, g)
+
+
+def test_dpt_trains_on_a_source_and_refuses_the_source_mode_without_one():
+    dist = _room()
+    cfg = DPTConfig(**{**DPT_TINY, "context_states": "source", "num_source_histories": 8, "source_episodes": 2})
+    source = _baseline("Posterior sampling", sampling="step").make(dist, 2)
+    a, b = train_dpt(cfg, dist, source=source), train_dpt(cfg, dist, source=source)
+    init = DPTModel(a.input_dim, 5, cfg, generator=torch.Generator().manual_seed(cfg.seed))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), init.state_dict().values()))
+    with pytest.raises(ValueError, match="context_source"):
+        train_dpt(cfg, dist)
+    with pytest.raises(ValueError, match="rewarded_query_prob"):
+        DPTConfig(context_states="source", rewarded_query_prob=0.5)

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from classic.algos.ad import (
     ActionModelConfig,
     ADModel,
+    BaselineRef,
     both_ways,
     fit_action_model,
     load_model,
@@ -61,10 +62,16 @@ class DPTConfig(ActionModelConfig):
 
     Attributes:
         context_size: n, transitions per in-context dataset (and the most the agent keeps).
-        context_states: where the dataset's transitions start: ``uniform`` (a uniformly random
-            state each, DPT's Dark Room pretraining) or ``episodes`` (consecutive episodes from the
-            task's start, as the agent collects them online; the behaviour is still the
-            per-dataset Dirichlet action distribution).
+        context_states: where the dataset's transitions come from: ``uniform`` (a uniformly
+            random state each, DPT's Dark Room pretraining), ``episodes`` (consecutive episodes
+            from the task's start, as the agent collects them online; the behaviour is still the
+            per-dataset Dirichlet action distribution) or ``source`` (a trial of the learner's
+            ``context_source``, any registered baseline: the last ``context_size`` transitions
+            after a uniformly random number of its episodes, with the episode-final transitions
+            left out as the online agent leaves them out; from a pool of ``num_source_histories``
+            trials of ``source_episodes`` episodes collected once on the training tasks).
+        num_source_histories: trials in the ``source`` pool (one training task each).
+        source_episodes: episodes per source trial (enough to hold ``context_size`` transitions).
         dirichlet_alpha: concentration of the per-dataset action distribution.
         rewarded_query_prob: probability that a sample's query state is the next state of a
             rewarded transition of its dataset (one drawn uniformly among those with the dataset's
@@ -85,6 +92,8 @@ class DPTConfig(ActionModelConfig):
     num_layers: int = 3
     context_size: int = 200
     context_states: str = "uniform"
+    num_source_histories: int = 2048
+    source_episodes: int = 4
     dirichlet_alpha: float = 1.0
     rewarded_query_prob: float = 0.0
     reward_next_obs_input: bool = True
@@ -92,12 +101,14 @@ class DPTConfig(ActionModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_ints(self, ("context_size",), minimum=1)
-        if self.context_states not in ("uniform", "episodes"):
-            raise ValueError(f"context_states must be 'uniform' or 'episodes', got {self.context_states!r}")
+        require_ints(self, ("context_size", "num_source_histories", "source_episodes"), minimum=1)
+        if self.context_states not in ("uniform", "episodes", "source"):
+            raise ValueError(f"context_states must be 'uniform', 'episodes' or 'source', got {self.context_states!r}")
         require_numbers(self, ("dirichlet_alpha",))
         if not 0.0 <= self.rewarded_query_prob <= 1.0:
             raise ValueError(f"rewarded_query_prob must be in [0, 1], got {self.rewarded_query_prob!r}")
+        if self.context_states == "source" and self.rewarded_query_prob > 0:
+            raise ValueError("rewarded_query_prob works with context_states 'uniform' or 'episodes', not 'source'")
 
 
 def transition_features(
@@ -126,6 +137,59 @@ def query_features(obs: Tensor, dist: TaskDistribution, one_hot: bool, reward_ne
     return torch.cat([s, torch.zeros(*s.shape[:-1], rest)], dim=-1)
 
 
+class SourcePool(NamedTuple):
+    """Trials of a source agent on training tasks, as the transitions an online DPT agent keeps.
+
+    Attributes:
+        tasks: the N tasks (the distribution's task container).
+        obs, next_obs: (N, T, obs_dim) float, T = E * L transitions, L = H - 1 per episode (the
+            episode-final transition left out: the agent never sees where it led), L = 1 for
+            one-step episodes (whose next state is the start state itself).
+        actions: (N, T) long.
+        rewards: (N, T) float.
+        per_episode: L.
+    """
+
+    tasks: Any
+    obs: Tensor
+    next_obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    per_episode: int
+
+
+def collect_source_pool(
+    source, dist: TaskDistribution, num: int, episodes: int, generator: torch.Generator
+) -> SourcePool:
+    """One trial of ``episodes`` episodes of the ``source`` agent on each of ``num`` training tasks.
+
+    Raises:
+        ValueError: episodes of different lengths (the pool needs fixed-length episodes).
+    """
+    from classic.rollout import rollout
+
+    tasks = dist.sample_tasks(num, generator)
+    traj = rollout(source, dist, tasks, episodes, generator)  # time-major (T, B)
+    H = int(dist.episode_length)
+    if not bool(traj.valid.all()) or traj.valid.shape[0] != episodes * H:
+        raise ValueError("context_states 'source' needs fixed-length episodes")
+    obs = traj.obs.float().transpose(0, 1)  # (B, E * H, obs_dim)
+    next_obs = torch.cat([obs[:, 1:], obs[:, -1:]], dim=1)
+    keep = torch.arange(episodes * H) if H == 1 else torch.nonzero(traj.step[:, 0] < H - 1).squeeze(-1)
+    if H == 1:
+        next_obs = obs  # a one-step episode's next state is the start state again
+    pick = lambda x: x.transpose(0, 1)[:, keep] if x.dim() == 2 else x[:, keep]  # noqa: E731
+    return SourcePool(
+        tasks, pick(obs), pick(next_obs), pick(traj.actions.long()), pick(traj.rewards.float()), max(H - 1, 1)
+    )
+
+
+def _take(tasks: Any, index: Tensor) -> Any:
+    """Rows ``index`` of a task container (NamedTuple or tuple of tensors leading with n)."""
+    parts = [t[index] for t in tasks]
+    return type(tasks)(*parts) if hasattr(tasks, "_fields") else type(tasks)(parts)
+
+
 class PretrainingBatch(NamedTuple):
     """DPT pretraining samples.
 
@@ -143,15 +207,23 @@ class PretrainingBatch(NamedTuple):
 
 
 def pretraining_batch(
-    dist: TaskDistribution, batch: int, context_size: int, config: DPTConfig, generator: torch.Generator
+    dist: TaskDistribution,
+    batch: int,
+    context_size: int,
+    config: DPTConfig,
+    generator: torch.Generator,
+    pool: SourcePool | None = None,
 ) -> PretrainingBatch:
     """``batch`` fresh pretraining samples, one task each: n transitions with Dirichlet-weighted
-    actions (from uniform states, or in consecutive episodes from the start: ``context_states``),
-    a uniform query state and its optimal action.
+    actions (from uniform states, or in consecutive episodes from the start: ``context_states``)
+    or, given a ``pool``, a window of a source trial (:func:`source_window`); a uniform query
+    state and its optimal action.
 
     Raises:
         ValueError: the distribution does not define ``sample_states`` / ``optimal_action``.
     """
+    if pool is not None:
+        return source_window(pool, dist, batch, context_size, config, generator)
     tasks = dist.sample_tasks(batch, generator)
     probe = dist.sample_states(tasks, generator)
     if probe is None:
@@ -192,6 +264,42 @@ def pretraining_batch(
         raise ValueError(f"DPT needs optimal_action on the task distribution; {type(dist).__name__} has none")
     query = query_features(q_obs, dist, config.obs_one_hot, config.reward_next_obs_input)
     return PretrainingBatch(torch.stack([query, *tokens], dim=1), label.long(), tasks, q_state)
+
+
+def source_window(
+    pool: SourcePool, dist: TaskDistribution, batch: int, context_size: int, config: DPTConfig, generator
+) -> PretrainingBatch:
+    """``batch`` samples from a source pool: a trial drawn uniformly, a number of its episodes k
+    drawn uniformly from 1 .. E, the n = ``context_size`` transitions ending with episode k (those
+    starting the trial when k episodes hold fewer than n), a uniform query state, its optimal action.
+
+    Raises:
+        ValueError: the pool's trials hold fewer than n transitions.
+    """
+    N, T = pool.actions.shape
+    if T < context_size:
+        raise ValueError(
+            f"source trials hold {T} transitions, fewer than context_size={context_size}: raise source_episodes"
+        )
+    row = torch.randint(N, (batch,), generator=generator)
+    k = torch.randint(1, T // pool.per_episode + 1, (batch,), generator=generator)
+    start = (k * pool.per_episode - context_size).clamp(0, T - context_size)
+    cols = start.unsqueeze(1) + torch.arange(context_size)  # (B, n)
+    rows = row.unsqueeze(1)
+    tokens = transition_features(
+        pool.obs[rows, cols],
+        pool.actions[rows, cols],
+        pool.rewards[rows, cols],
+        pool.next_obs[rows, cols],
+        dist,
+        config.obs_one_hot,
+        config.reward_next_obs_input,
+    )
+    tasks = _take(pool.tasks, row)
+    q_state, q_obs = dist.sample_states(tasks, generator)
+    label = dist.optimal_action(tasks, q_state)
+    query = query_features(q_obs, dist, config.obs_one_hot, config.reward_next_obs_input)
+    return PretrainingBatch(torch.cat([query.unsqueeze(1), tokens], dim=1), label.long(), tasks, q_state)
 
 
 def _rewarded_queries(q_state, q_obs, rewards: Tensor, next_states: list, next_obs: list, prob: float, generator):
@@ -265,6 +373,7 @@ def train_dpt(
     log_fn: Callable[[int, dict], None] | None = None,
     progress: bool = False,
     checkpoint_path: str | os.PathLike | None = None,
+    source=None,
 ) -> DPTModel:
     """Pretrain DPT on fresh batches from ``dist`` (the training tasks).
 
@@ -276,18 +385,27 @@ def train_dpt(
             ``charts/accuracy_last`` is the accuracy with the full dataset in context).
         progress: tqdm bar.
         checkpoint_path: training state saved every ``checkpoint_every`` steps; resumed from.
+        source: the agent whose trials are the in-context datasets under ``context_states:
+            source`` (:func:`collect_source_pool`, collected from ``config.seed`` before training).
 
     Raises:
-        ValueError: discrete actions or the hooks missing.
+        ValueError: discrete actions or the hooks missing; ``context_states: source`` without a
+            source.
     """
     if not isinstance(dist.action_space, Discrete):
         raise ValueError(f"DPT needs discrete actions, got {type(dist.action_space).__name__}")
+    pool = None
+    if config.context_states == "source":
+        if source is None:
+            raise ValueError("context_states 'source' needs the learner's context_source (a baseline)")
+        g = torch.Generator().manual_seed(config.seed + 1)
+        pool = collect_source_pool(source, dist, config.num_source_histories, config.source_episodes, g)
     generator = torch.Generator().manual_seed(config.seed)
-    probe = pretraining_batch(dist, 2, 1, config, torch.Generator().manual_seed(0)).tokens
+    probe = pretraining_batch(dist, 2, 1, config, torch.Generator().manual_seed(0), pool).tokens
     model = DPTModel(probe.shape[-1], dist.action_space.n, config, generator)
 
     def next_batch(g: torch.Generator) -> tuple[Tensor, Tensor]:
-        tokens, label, _, _ = pretraining_batch(dist, config.batch_size, config.context_size, config, g)
+        tokens, label, _, _ = pretraining_batch(dist, config.batch_size, config.context_size, config, g, pool)
         return tokens, label.unsqueeze(1).expand(tokens.shape[:2])
 
     fit_action_model(model, next_batch, config, generator, log_fn, progress, checkpoint_path, desc="DPT")
@@ -364,11 +482,15 @@ class DPTLearnerConfig:
     Attributes:
         name: the registry name.
         label: its name in reports (default "DPT").
+        context_source: the agent whose trials are the pretraining in-context datasets under
+            ``algo.context_states: source``: any registered baseline by name with its
+            hyperparameters (e.g. ``{name: Posterior sampling}``); not tuned.
         algo: :class:`DPTConfig`.
     """
 
     name: str = "dpt"
     label: str | None = None
+    context_source: BaselineRef | None = None
     algo: DPTConfig = field(default_factory=DPTConfig)
 
     @property
@@ -391,7 +513,10 @@ class DPTLearner(MetaLearner):
             return path
         state_path = path.parent / "training_state.pt"
         log_fn = run.log_fn(resuming=state_path.exists())
-        save_model(train_dpt(config.algo, dist, log_fn, run.progress, state_path), path)
+        source = None
+        if config.context_source is not None:
+            source = config.context_source.make(dist, config.algo.source_episodes)
+        save_model(train_dpt(config.algo, dist, log_fn, run.progress, state_path, source), path)
         return path
 
     def agent(self, config: DPTLearnerConfig, checkpoint: Any, dist) -> DPTAgent:
