@@ -11,11 +11,18 @@ import json
 import math
 import numbers
 import operator
+import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX advisory locks; elsewhere the loggers of one run folder rely on the inode check alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 __all__ = ["MetricsLogger", "read_metrics"]
 
@@ -39,7 +46,10 @@ class MetricsLogger:
     Each line is ``{"step": int, "time": unix seconds, "<prefix><name>": float | null, ...}``
     (non-finite values are written as ``null`` so the file stays strict JSON; TensorBoard gets
     the actual value). Several loggers (one per stage) may share one ``run_dir``: the jsonl
-    file is opened in append mode. If TensorBoard cannot be imported or opened, a
+    file is opened in append mode, and loggers in other processes stay correct when one of them
+    rewrites it (:meth:`forget`): writes and rewrites hold an advisory lock
+    (``metrics.jsonl.lock``, POSIX), and a logger whose file was replaced reopens it before
+    writing. If TensorBoard cannot be imported or opened, a
     ``RuntimeWarning`` is issued once per process and only the jsonl file is written.
 
     Args:
@@ -110,8 +120,10 @@ class MetricsLogger:
         now = time.time()
         record: dict[str, Any] = {"step": step, "time": now}
         record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        with self._locked():
+            self._reopen_if_replaced()
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
         if self._writer is not None:
             try:
                 for key, value in values.items():
@@ -146,6 +158,10 @@ class MetricsLogger:
             return 0
         from classic.files import write_atomic
 
+        with self._locked():
+            return self._forget(prefix, write_atomic)
+
+    def _forget(self, prefix: str, write_atomic) -> int:
         kept, changed = [], 0
         with open(self.path, encoding="utf-8") as f:
             for line in f:
@@ -166,6 +182,30 @@ class MetricsLogger:
             if self._file is not None:
                 self._file = open(self.path, "a", encoding="utf-8")
         return changed
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the run folder's metrics lock (exclusive, advisory; a no-op without ``fcntl``)."""
+        if fcntl is None:
+            yield
+            return
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _reopen_if_replaced(self) -> None:
+        """Reopen ``metrics.jsonl`` when another logger replaced it (:meth:`forget` writes a new
+        file): appending to the old one would write lines nobody reads."""
+        try:
+            replaced = os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            replaced = True
+        if replaced:
+            self._file.close()
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def flush(self) -> None:
         """Flush both outputs (the jsonl file is already flushed after every call)."""

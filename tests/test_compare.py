@@ -222,6 +222,21 @@ def test_metrics_logger_forget_drops_only_its_prefix(tmp_path):
     ]
 
 
+def test_a_logger_keeps_its_lines_when_another_logger_rewrites_the_file(tmp_path):
+    # Two stages training in parallel share metrics.jsonl; one starting over forgets its old curve by
+    # replacing the file. The other must not go on appending to the replaced (unlinked) file.
+    from classic.metrics import MetricsLogger, read_metrics
+
+    with MetricsLogger(tmp_path, tensorboard=False) as a, MetricsLogger(tmp_path, tensorboard=False) as b:
+        a.log(1, {"a/x": 1.0})
+        b.log(1, {"b/y": 1.0})
+        assert a.forget("a/") == 1
+        b.log(2, {"b/y": 2.0})
+        a.log(2, {"a/x": 2.0})
+    records = [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(tmp_path)]
+    assert records == [{"step": 1, "b/y": 1.0}, {"step": 2, "b/y": 2.0}, {"step": 2, "a/x": 2.0}]
+
+
 def test_learners_trained_in_a_worker_process_give_the_same_numbers(tmp_path):
     """workers: 2 trains RL² in a spawned process beside the baselines (the LLM's stages, in the
     main job): the same results.json agents as training it here."""
