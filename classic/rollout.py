@@ -88,6 +88,13 @@ def slice_tasks(tasks: Any, lo: int, hi: int) -> Any:
     return type(tasks)(*parts) if hasattr(tasks, "_fields") else type(tasks)(parts)
 
 
+def take_tasks(tasks: Any, index: Tensor) -> Any:
+    """Tasks ``index`` (a long tensor of rows, repeats allowed) of a task container (NamedTuple or
+    tuple of tensors leading with n)."""
+    parts = [t[index] for t in tasks]
+    return type(tasks)(*parts) if hasattr(tasks, "_fields") else type(tasks)(parts)
+
+
 def repeat_tasks(tasks: Any, copies: int) -> Any:
     """Each task of a container repeated ``copies`` times in place: rows ``b * copies .. b * copies
     + copies - 1`` are copies of task ``b`` (a NamedTuple or tuple of tensors leading with n)."""

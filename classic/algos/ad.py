@@ -157,11 +157,11 @@ def collect_histories(
     (:func:`classic.rollout.rollout`), every ``subsample``-th episode kept.
 
     Raises:
-        ValueError: episodes of different lengths (AD here needs fixed-length episodes).
+        ValueError: episodes of different lengths (AD and DPT's source pool need fixed-length episodes).
     """
     traj = rollout(source, dist, tasks, episodes, generator)
     if not bool(traj.valid.all()):
-        raise ValueError("Algorithm Distillation needs fixed-length episodes (no early termination)")
+        raise ValueError("learning histories need fixed-length episodes (no early termination)")
     keep = (traj.episode[:, 0] % subsample) == 0  # (T,) the same episode layout for every task
     obs = traj.obs[keep].transpose(0, 1).float()
     actions, rewards = traj.actions[keep].T.long(), traj.rewards[keep].T.float()

@@ -41,6 +41,7 @@ from classic.algos.ad import (
     ADModel,
     BaselineRef,
     both_ways,
+    collect_histories,
     fit_action_model,
     load_model,
     obs_features,
@@ -49,6 +50,7 @@ from classic.algos.ad import (
 from classic.config import require_ints, require_numbers
 from classic.core import Discrete, MetaLearner, StageRun, TaskDistribution
 from classic.registry import LEARNERS
+from classic.rollout import take_tasks
 
 # ---------------------------------------------------------------------------------------------
 # 1. Configuration and pretraining data
@@ -161,33 +163,22 @@ class SourcePool(NamedTuple):
 def collect_source_pool(
     source, dist: TaskDistribution, num: int, episodes: int, generator: torch.Generator
 ) -> SourcePool:
-    """One trial of ``episodes`` episodes of the ``source`` agent on each of ``num`` training tasks.
+    """One trial of ``episodes`` episodes of the ``source`` agent on each of ``num`` training tasks
+    (AD's :func:`~classic.algos.ad.collect_histories`), as the transitions the online agent keeps.
 
     Raises:
         ValueError: episodes of different lengths (the pool needs fixed-length episodes).
     """
-    from classic.rollout import rollout
-
     tasks = dist.sample_tasks(num, generator)
-    traj = rollout(source, dist, tasks, episodes, generator)  # time-major (T, B)
-    H = int(dist.episode_length)
-    if not bool(traj.valid.all()) or traj.valid.shape[0] != episodes * H:
-        raise ValueError("context_states 'source' needs fixed-length episodes")
-    obs = traj.obs.float().transpose(0, 1)  # (B, E * H, obs_dim)
-    next_obs = torch.cat([obs[:, 1:], obs[:, -1:]], dim=1)
-    keep = torch.arange(episodes * H) if H == 1 else torch.nonzero(traj.step[:, 0] < H - 1).squeeze(-1)
-    if H == 1:
-        next_obs = obs  # a one-step episode's next state is the start state again
-    pick = lambda x: x.transpose(0, 1)[:, keep] if x.dim() == 2 else x[:, keep]  # noqa: E731
+    h = collect_histories(source, dist, tasks, episodes, 1, generator)
+    if dist.episode_length == 1:  # every pull is kept; its next state is the start state again
+        return SourcePool(tasks, h.obs, h.obs, h.actions, h.rewards, 1)
+    # s' of step t is the observation of step t + 1, unless step t ended its episode (left out).
+    keep = ~torch.cat([h.new_episode[0, 1:], torch.ones(1, dtype=torch.bool)])  # (T,) same layout per task
+    next_obs = h.obs.roll(-1, dims=1)
     return SourcePool(
-        tasks, pick(obs), pick(next_obs), pick(traj.actions.long()), pick(traj.rewards.float()), max(H - 1, 1)
+        tasks, h.obs[:, keep], next_obs[:, keep], h.actions[:, keep], h.rewards[:, keep], dist.episode_length - 1
     )
-
-
-def _take(tasks: Any, index: Tensor) -> Any:
-    """Rows ``index`` of a task container (NamedTuple or tuple of tensors leading with n)."""
-    parts = [t[index] for t in tasks]
-    return type(tasks)(*parts) if hasattr(tasks, "_fields") else type(tasks)(parts)
 
 
 class PretrainingBatch(NamedTuple):
@@ -295,7 +286,7 @@ def source_window(
         config.obs_one_hot,
         config.reward_next_obs_input,
     )
-    tasks = _take(pool.tasks, row)
+    tasks = take_tasks(pool.tasks, row)
     q_state, q_obs = dist.sample_states(tasks, generator)
     label = dist.optimal_action(tasks, q_state)
     query = query_features(q_obs, dist, config.obs_one_hot, config.reward_next_obs_input)
