@@ -21,7 +21,10 @@ the distribution's hooks :meth:`~classic.core.TaskDistribution.sample_states` an
 :meth:`~classic.core.TaskDistribution.optimal_action`): states uniform over the task's states,
 actions from a per-dataset random distribution ``p ~ Dirichlet(1)`` over the actions (DPT's
 bandit datasets; diverse, from near-uniform to concentrated on one action like a learner's
-data), query states uniform. DPT's held-out Dark Room goals are the task configuration
+data), query states uniform. Alternatively (``context_states: source``) the in-context datasets
+are windows of a registered baseline's trials (e.g. posterior sampling), so that they look like
+the contexts the deployed agent builds; labels and queries are unchanged. DPT's held-out Dark
+Room goals are the task configuration
 (``goal_split: train`` for pretraining, ``protocol.eval_task: {goal_split: test}``).
 """
 
