@@ -276,6 +276,30 @@ def test_systematic_search_finds_the_goal_then_plays_the_oracle():
         AGENTS.get("Systematic search")().make(BernoulliBandit(3), 10)
 
 
+def test_systematic_search_with_fixed_ties_sweeps_the_same_cells_in_every_task_until_the_goal_pays():
+    from classic.agents.grid_search import GridSearchAgent
+    from classic.registry import AGENTS
+
+    dist = DarkRoomConfig().make()
+    agent = AGENTS.get("Systematic search")(tie_break="fixed").make(dist, 10)
+    g = torch.Generator().manual_seed(0)
+    tasks = dist.sample_tasks(64, g)
+    traj = rollout(agent, dist, tasks, 10, g)
+    paid = traj.rewards.T > 0  # (64, 200)
+    first = torch.where(paid.any(-1), paid.float().argmax(-1), torch.full((64,), 200))
+    sweep = traj.actions.T[first.argmax()]  # the longest unrewarded prefix
+    for b in range(64):
+        assert torch.equal(traj.actions.T[b, : first[b]], sweep[: first[b]])
+    assert (first < 200).all()  # and it still finds every goal
+    # The same prefix under another generator (no randomness left), and a random tie-break differs.
+    again = rollout(agent, dist, tasks, 10, torch.Generator().manual_seed(1))
+    assert torch.equal(again.actions, traj.actions)
+    noisy = rollout(AGENTS.get("Systematic search")().make(dist, 10), dist, tasks, 10, g)
+    assert not torch.equal(noisy.actions, traj.actions)
+    with pytest.raises(ValueError, match="tie_break"):
+        GridSearchAgent(dist, "lowest")
+
+
 def test_rewarded_queries_are_the_rewarded_next_states_of_the_dataset():
     dist = _room()
     cfg = DPTConfig(**{**DPT_TINY, "rewarded_query_prob": 1.0})

@@ -7,7 +7,12 @@ cell (the cell a step ended on when that step paid ``goal_reward``). Each step:
 
 * the goal is known: move toward it (the known-goal oracle's action) and stay there;
 * otherwise: move toward the nearest cell not yet visited (Manhattan distance: an open grid has no
-  walls inside; ties broken uniformly at random), so each episode sweeps new cells from the start.
+  walls inside; ties broken uniformly at random, or with ``tie_break: fixed`` toward the lowest cell
+  index ``x * size + y``), so each episode sweeps new cells from the start.
+
+With fixed tie-breaks the sweep is the same in every task until the goal pays: the searcher's
+trials then differ only in where the sweep stops, the lowest-entropy teacher for distillation
+(an imitator need not infer the visited set from its context, only the episode it is in).
 
 It is not the Bayes-optimal policy (that would plan the whole sweep over the remaining episodes),
 but it never revisits a cell it has already ruled out except on the way to a new one.
@@ -16,6 +21,7 @@ but it never revisits a cell it has already ruled out except on the way to a new
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -30,12 +36,20 @@ class GridSearchAgent:
 
     Args:
         dist: the grid task distribution (its ``size``, move table and ``goal_reward``).
+        tie_break: "random" (uniform among the nearest unvisited cells) or "fixed" (the lowest
+            cell index among them).
+
+    Raises:
+        ValueError: an unknown ``tie_break``.
     """
 
     name = "Systematic search"
 
-    def __init__(self, dist) -> None:
+    def __init__(self, dist, tie_break: str = "random") -> None:
+        if tie_break not in ("random", "fixed"):
+            raise ValueError(f"tie_break must be 'random' or 'fixed', got {tie_break!r}")
         self.dist = dist
+        self.tie_break = tie_break
         self.size = int(dist.size)
         self.moves = dist.moves.clone()  # (5, 2) (dx, dy) per action; action 0 is the no-op
         cells = torch.stack(torch.meshgrid(torch.arange(self.size), torch.arange(self.size), indexing="ij"), -1)
@@ -63,10 +77,11 @@ class GridSearchAgent:
             self.visited[torch.arange(n), landed[:, 0] * self.size + landed[:, 1]] = True
         self.visited[torch.arange(n), pos[:, 0] * self.size + pos[:, 1]] = True
         known = self.goal[:, 0] >= 0
-        # Target: the goal, else the nearest unvisited cell (random tie-break); stay when none is left.
+        # Target: the goal, else the nearest unvisited cell (tie_break); stay when none is left.
         dist = (self.cells.unsqueeze(0) - pos.unsqueeze(1)).abs().sum(-1).float()  # (n, S)
-        noise = torch.rand(dist.shape, generator=self.generator) * 0.5
-        score = torch.where(self.visited, torch.full_like(dist, float("inf")), dist + noise)
+        if self.tie_break == "random":
+            dist = dist + torch.rand(dist.shape, generator=self.generator) * 0.5
+        score = torch.where(self.visited, torch.full_like(dist, float("inf")), dist)  # argmin: first of ties
         nearest = self.cells[score.argmin(-1)]
         target = torch.where(known.unsqueeze(-1), self.goal, nearest)
         target = torch.where(torch.isinf(score.min(-1).values).unsqueeze(-1) & ~known.unsqueeze(-1), pos, target)
@@ -89,13 +104,18 @@ class GridSearchAgent:
 @AGENTS.register("Systematic search")
 @dataclass
 class GridSearchConfig(BaselineConfig):
-    """Systematic search on goal-finding grids (Dark Room, GridNavi): no hyperparameters."""
+    """Systematic search on goal-finding grids (Dark Room, GridNavi) (:class:`GridSearchAgent`).
+
+    Attributes:
+        tie_break: "random" (default) or "fixed" (lowest cell index among the nearest unvisited).
+    """
 
     name: str = "Systematic search"
+    tie_break: Literal["random", "fixed"] = "random"
 
     def make(self, dist: TaskDistribution, episodes_per_trial: int) -> GridSearchAgent:
         from classic.envs.grid import GoalGrid
 
         if not isinstance(dist, GoalGrid):
             raise needs("a goal-finding grid (darkroom, gridnavi)", self.name, dist)
-        return GridSearchAgent(dist)
+        return GridSearchAgent(dist, self.tie_break)
