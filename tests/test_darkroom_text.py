@@ -390,3 +390,54 @@ def test_note_noise_without_reflection_is_a_recipe_error_naming_the_file():
         load_recipe(CompareExperiment, recipe, ["learners.llm.reflection=false", "learners.llm.sft.note_noise=0.3"])
     with pytest.raises(RecipeError, match=r"note_noise must be in \[0, 1\]"):
         load_recipe(CompareExperiment, recipe, ["learners.llm.sft.note_noise=2"])
+    with pytest.raises(
+        RecipeError, match=r"darkroom_icrl_tiny.yaml: invalid 'learners\[0\]': sft.note_weight .* reflection"
+    ):
+        load_recipe(CompareExperiment, recipe, ["learners.llm.reflection=false", "learners.llm.sft.note_weight=5"])
+    with pytest.raises(RecipeError, match=r"note_weight must be > 0"):
+        load_recipe(CompareExperiment, recipe, ["learners.llm.sft.note_weight=0"])
+
+
+def test_note_weight_weighs_exactly_the_teacher_notes_and_trains(tmp_path, tiny_tok):
+    """sft.note_weight: the loss_weights column is the weight on every note token (the tokens the
+    teacher writes after the cue, up to its newline) and 1 on every other token; SFT on it runs
+    through the weighted loss (parameters change, a different path from the unweighted run)."""
+    from mrl_llm.models import TinyLMConfig, build_tiny_model
+    from mrl_llm.train.sft import SFTStageConfig, distillation_dataset, run_sft, teacher_transcripts
+
+    task, dist = _room(episodes_per_trial=4, episode_length=8)
+    r = TrialRenderer(tiny_tok, text_env_for(task, dist, 4, reflect=True))
+    trs = teacher_transcripts(AGENTS.get("Systematic search")().make(dist, 4), dist, r, 16, 4, seed=0)
+    assert "loss_weights" not in distillation_dataset(trs).column_names  # 1.0: TRL's loss as is
+    ds = distillation_dataset(trs, note_weight=4.0)
+    goal, colon, nl = (tiny_tok.convert_tokens_to_ids(t) for t in ("goal", ":", "\n"))
+    for tr, row in zip(trs, ds):
+        ids, w = row["input_ids"], row["loss_weights"]
+        P = len(tr.prompt_ids)
+        expected = [1.0] * len(ids)
+        for i in range(P, len(ids) - 1):
+            if ids[i] == goal and ids[i + 1] == colon:
+                j = ids.index(nl, i + 2)
+                expected[i + 2 : j + 1] = [4.0] * (j - i - 1)
+        assert w == expected
+        assert sum(x == 4.0 for x in w) >= 3 * 2  # three notes of >= 2 tokens
+        assert all(m for m, x in zip(row["completion_mask"], w) if x == 4.0)  # notes are trained tokens
+    params, first_loss = [], []
+    for weight in (1.0, 4.0):
+        model = build_tiny_model(
+            TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0
+        )
+        start = [p.detach().clone() for p in model.parameters()]
+        cfg = SFTStageConfig(
+            num_trials=16, num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1, note_weight=weight
+        )
+        trainer = run_sft(model, tiny_tok, distillation_dataset(trs, weight), cfg, tmp_path / str(weight), use_cpu=True)
+        assert sum(float((p.detach() - q).abs().sum()) for p, q in zip(trainer.model.parameters(), start)) > 0
+        params.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+        first_loss.append(next(h["loss"] for h in trainer.state.log_history if "loss" in h))
+    assert not torch.allclose(params[0], params[1])
+    assert first_loss[1] > 1.2 * first_loss[0]  # same model and batch: the notes' loss counted 4 times
+    with pytest.raises(ValueError, match="reflection_mask"):
+        from mrl_llm.rollout.agent import Transcript
+
+        distillation_dataset([Transcript(prompt_ids=[1], completion_ids=[2, 3], env_mask=[1, 1])], note_weight=2.0)

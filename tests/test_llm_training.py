@@ -207,3 +207,55 @@ def test_packed_sft_refuses_an_attention_kernel_without_4d_masks(tmp_path, tiny_
     cfg = SFTStageConfig(num_trials=4, packed_batches=True)
     with pytest.raises(ValueError, match="packed_batches needs 'sdpa' or 'eager'.*flash_attention_2"):
         run_sft(model, tiny_tok, _search_sft_data(tiny_tok, 4), cfg, tmp_path / "sft")
+
+
+def test_weighted_nll_is_the_models_loss_at_unit_weights_and_the_weighted_mean_otherwise(tmp_path, tiny_tok):
+    """weighted_token_nll against transformers' own causal-LM loss (all weights 1) and a slow loop
+    over tokens (random weights), on a padded batch and on the same batch packed (the weights
+    re-laid with the labels)."""
+    from trl import SFTTrainer
+
+    from mrl_llm.models import TinyLMConfig, build_tiny_model
+    from mrl_llm.train.sft import LossWeightCollator, PackedBatchCollator, sft_arguments
+    from mrl_llm.train.trainers import weighted_token_nll
+
+    model = build_tiny_model(
+        TinyLMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=1
+    )
+    renderer = TrialRenderer(tiny_tok, BanditText(5, 10))
+    data = distillation_dataset(
+        teacher_transcripts(ThompsonSamplingAgent(5), BernoulliBandit(5), renderer, 12, 10, seed=0)
+    )
+    g = torch.Generator().manual_seed(0)
+    data = data.add_column("loss_weights", [(3 * torch.rand(len(r), generator=g)).tolist() for r in data["input_ids"]])
+    args = sft_arguments(SFTStageConfig(), tmp_path, use_cpu=True)
+    args.remove_unused_columns = False
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tiny_tok,
+    )
+    examples = [trainer.train_dataset[i] for i in range(8)]
+    batch = LossWeightCollator(trainer.data_collator)(examples)
+    assert batch["loss_weights"].shape == batch["labels"].shape
+    weights = batch.pop("loss_weights")
+    with torch.no_grad():
+        out = model(**batch)
+        torch.testing.assert_close(weighted_token_nll(out, batch["labels"], torch.ones_like(weights)), out.loss)
+        total, count = 0.0, 0
+        for b in range(weights.shape[0]):
+            logp = out.logits[b].float().log_softmax(-1)
+            for t in range(1, weights.shape[1]):
+                y = int(batch["labels"][b, t])
+                if y != -100:
+                    total += float(weights[b, t]) * -float(logp[t - 1, y])
+                    count += 1
+        expected = torch.tensor(total / count)
+        torch.testing.assert_close(weighted_token_nll(out, batch["labels"], weights), expected, rtol=1e-5, atol=1e-6)
+        packed = PackedBatchCollator(LossWeightCollator(trainer.data_collator), width=64)(examples)
+        packed.pop("num_real_tokens")
+        packed_weights = packed.pop("loss_weights")
+        torch.testing.assert_close(
+            weighted_token_nll(model(**packed), packed["labels"], packed_weights), expected, rtol=1e-4, atol=1e-5
+        )

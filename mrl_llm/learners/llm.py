@@ -111,6 +111,8 @@ class LLMLearnerConfig:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.sft.note_noise > 0 and not self.reflection:
             raise ValueError("sft.note_noise replaces reflections in the context: it needs reflection: true")
+        if self.sft.note_weight != 1.0 and not self.reflection:
+            raise ValueError("sft.note_weight weighs the reflections' tokens: it needs reflection: true")
         if self.model.trust_remote_code:  # TRL's vLLM engine loads the model by name too
             self.grpo.trust_remote_code = True
 
@@ -257,7 +259,7 @@ class LLMLearner(MetaLearner):
         trainer = run_sft(
             model,
             tok,
-            distillation_dataset(trs),
+            distillation_dataset(trs, config.sft.note_weight),
             config.sft,
             out,
             callbacks=self._metrics_callbacks(run, "sft"),
@@ -422,6 +424,7 @@ class LLMLearner(MetaLearner):
                 "bf16": config.sft.bf16,
                 "subsample": config.sft.subsample,
                 "note_noise": config.sft.note_noise,
+                "note_weight": config.sft.note_weight,
             },
             "grpo": {
                 "enabled": config.grpo.enabled,

@@ -35,6 +35,9 @@ class Transcript:
             reflection after step t: t + 1, the step it prepares), -1 at environment tokens
             (filled by :class:`LLMAgent`; teacher transcripts leave it empty).
         episode_of_step: (T,) the episode (0-based) of each step the agent took.
+        reflection_mask: (C,) 1 at the tokens of a reflection written between episodes (the
+            teacher's, trained on, or a context note), 0 elsewhere (filled by
+            :meth:`TrialRenderer.teacher_trial`; empty otherwise).
     """
 
     prompt_ids: list[int]
@@ -43,6 +46,7 @@ class Transcript:
     logprobs: list[float] = field(default_factory=list)
     step_of: list[int] = field(default_factory=list)
     episode_of_step: list[int] = field(default_factory=list)
+    reflection_mask: list[int] = field(default_factory=list)
 
 
 class ChatTurns:
@@ -225,6 +229,7 @@ class TrialRenderer:
             reply = self.reply_ids(a)
             tr.completion_ids += reply
             tr.env_mask += [1] * len(reply)
+            tr.reflection_mask += [0] * len(reply)
             if t + 1 < T:
                 total += r
                 episodes += ended[t]
@@ -233,12 +238,14 @@ class TrialRenderer:
                 fb = self.step_ids(obs[t + 1], a, r, term, trunc, TrialProgress(t + 1, total, episodes), reply)
                 tr.completion_ids += fb
                 tr.env_mask += [0] * len(fb)
+                tr.reflection_mask += [0] * len(fb)
                 if self.env.reflect and ended[t]:  # t + 1 < T: another episode follows
                     trained = episodes - 1 not in context_notes
                     note = self.reflection_reply_ids(notes[episodes - 1] if trained else context_notes[episodes - 1])
                     nxt = self.next_episode_ids(obs[t + 1], episodes + 1, note)
                     tr.completion_ids += note + nxt
                     tr.env_mask += [int(trained)] * len(note) + [0] * len(nxt)
+                    tr.reflection_mask += [1] * len(note) + [0] * len(nxt)
         tr.logprobs = [0.0] * len(tr.completion_ids)
         return tr
 

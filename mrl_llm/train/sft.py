@@ -54,6 +54,11 @@ class SFTStageConfig:
         note_noise: with a reflecting rendering, the probability that a teacher's note is replaced
             in the context by another trial's (not trained on; :func:`teacher_transcripts`), so the
             LM learns to write notes from the reward lines rather than copy its previous note.
+        note_weight: with a reflecting rendering, the loss weight of the teacher's note tokens
+            (every other trained token weighs 1): a note is ~3 tokens against ~100 action tokens per
+            episode, and the first note after the goal pays is the one copy the next episode needs
+            (:func:`distillation_dataset`, :class:`LossWeightCollator`). 1.0 (default) is TRL's
+            loss unchanged.
         packed_batches: compute each batch without its padding: :class:`PackedBatchCollator`
             packs the batch's sequences into a few rows with block-diagonal attention. Same
             batches, same loss (to float rounding), ~2x faster steps on the search task's traces
@@ -81,6 +86,7 @@ class SFTStageConfig:
     gradient_checkpointing: bool = False
     subsample: int = 1
     note_noise: float = 0.0
+    note_weight: float = 1.0
     packed_batches: bool = False
     pack_width: int = 256
     seed: int = 0
@@ -100,6 +106,8 @@ class SFTStageConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.note_noise <= 1.0:
             raise ValueError(f"note_noise must be in [0, 1], got {self.note_noise}")
+        if not self.note_weight > 0:
+            raise ValueError(f"note_weight must be > 0, got {self.note_weight}")
         check_optimizer_fields(self)
         check_trl_fields("SFTConfig", self.trl)
 
@@ -188,16 +196,29 @@ def teacher_transcripts(
     return [renderer.teacher_trial(*trial, context_notes=ctx) for trial, ctx in zip(trials, context)]
 
 
-def distillation_dataset(transcripts: list[Transcript]):
-    """A ``datasets.Dataset`` with ``input_ids`` and ``completion_mask`` (1 = trained on)."""
+def distillation_dataset(transcripts: list[Transcript], note_weight: float = 1.0):
+    """A ``datasets.Dataset`` with ``input_ids`` and ``completion_mask`` (1 = trained on).
+
+    With ``note_weight`` != 1 it also has ``loss_weights`` (per token: ``note_weight`` on a
+    reflection's tokens, ``Transcript.reflection_mask``, 1 elsewhere; only trained tokens count),
+    which :func:`run_sft` applies (:class:`LossWeightCollator`).
+
+    Raises:
+        ValueError: ``note_weight`` != 1 and a transcript without a ``reflection_mask``.
+    """
     from datasets import Dataset
 
-    return Dataset.from_dict(
-        {
-            "input_ids": [t.prompt_ids + t.completion_ids for t in transcripts],
-            "completion_mask": [[0] * len(t.prompt_ids) + t.env_mask for t in transcripts],
-        }
-    )
+    columns = {
+        "input_ids": [t.prompt_ids + t.completion_ids for t in transcripts],
+        "completion_mask": [[0] * len(t.prompt_ids) + t.env_mask for t in transcripts],
+    }
+    if note_weight != 1.0:
+        if any(len(t.reflection_mask) != len(t.completion_ids) for t in transcripts):
+            raise ValueError("note_weight needs transcripts with a reflection_mask (TrialRenderer.teacher_trial's)")
+        columns["loss_weights"] = [
+            [1.0] * len(t.prompt_ids) + [note_weight if r else 1.0 for r in t.reflection_mask] for t in transcripts
+        ]
+    return Dataset.from_dict(columns)
 
 
 def sft_arguments(cfg: SFTStageConfig, output_dir: str | os.PathLike, use_cpu: bool | None = None):
@@ -224,6 +245,35 @@ def sft_arguments(cfg: SFTStageConfig, output_dir: str | os.PathLike, use_cpu: b
     return SFTConfig(**{**args, **cfg.trl})
 
 
+class LossWeightCollator:
+    """Wraps a padding collator (TRL's, which drops unknown columns): the same batch plus
+    ``loss_weights`` (B, T), each example's per-token weights padded with 1 (padding is -100 in
+    ``labels``, never counted). :class:`~mrl_llm.train.trainers.DistillationSFTTrainer` weighs each
+    trained token's negative log-likelihood by them.
+
+    Raises (when called):
+        ValueError: the inner collator flattened the batch (padding-free), so rows no longer match
+            examples.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.pad_token_id = getattr(inner, "pad_token_id", None)
+
+    def __call__(self, examples):
+        weights = [example["loss_weights"] for example in examples]
+        batch = self.inner([{k: v for k, v in example.items() if k != "loss_weights"} for example in examples])
+        rows, width = batch["labels"].shape
+        if rows != len(examples):
+            raise ValueError("loss_weights need one batch row per example (padding_free is not supported)")
+        out = torch.ones(rows, width)
+        for i, w in enumerate(weights):
+            n = min(len(w), width)
+            out[i, :n] = torch.as_tensor(w[:n], dtype=out.dtype)
+        batch["loss_weights"] = out
+        return batch
+
+
 class PackedBatchCollator:
     """Wraps a padding collator: the same batch, packed into a few rows without padding.
 
@@ -244,7 +294,8 @@ class PackedBatchCollator:
 
     Returns (when called on a list of examples):
         {"input_ids": (R, W), "labels": (R, W), "position_ids": (R, W), "attention_mask": (R, 1, W, W),
-        "num_real_tokens": () the batch's unpadded token count}.
+        "num_real_tokens": () the batch's unpadded token count}, and ``loss_weights`` (R, W) laid
+        out like ``labels`` when the inner batch has them (:class:`LossWeightCollator`).
     """
 
     def __init__(self, inner, width: int = 256, mask: str = "bool", dtype: torch.dtype = torch.float32) -> None:
@@ -271,6 +322,8 @@ class PackedBatchCollator:
         W = max(fill)
         out_ids = torch.full((len(rows), W), int(getattr(self.inner, "pad_token_id", None) or 0), dtype=ids.dtype)
         out_labels = torch.full((len(rows), W), -100, dtype=labels.dtype)
+        weights = batch.get("loss_weights")
+        out_weights = torch.ones(len(rows), W) if weights is not None else None
         pos = torch.zeros(len(rows), W, dtype=torch.long)
         allowed = torch.zeros(len(rows), 1, W, W, dtype=torch.bool)
         allowed[:, 0, torch.arange(W), torch.arange(W)] = True  # padding at a row's end sees itself
@@ -280,17 +333,22 @@ class PackedBatchCollator:
                 n = lengths[i]
                 out_ids[r, o : o + n] = ids[i, :n]
                 out_labels[r, o + 1 : o + n] = labels[i, 1:n]
+                if out_weights is not None:
+                    out_weights[r, o : o + n] = weights[i, :n]
                 pos[r, o : o + n] = torch.arange(n)
                 allowed[r, 0, o : o + n, o : o + n] = torch.ones(n, n, dtype=torch.bool).tril()
                 o += n
         mask = allowed if self.mask == "bool" else additive_attention_mask(allowed, self.dtype)
-        return {
+        out = {
             "input_ids": out_ids,
             "labels": out_labels,
             "position_ids": pos,
             "attention_mask": mask,
             "num_real_tokens": torch.tensor(sum(lengths)),
         }
+        if out_weights is not None:
+            out["loss_weights"] = out_weights
+        return out
 
 
 def run_sft(
@@ -304,7 +362,9 @@ def run_sft(
     use_cpu: bool | None = None,
 ):
     """Train ``model`` on ``dataset`` with ``trl.SFTTrainer``; resumes from the last checkpoint in
-    ``output_dir`` if one exists. Returns the trainer (its ``.model`` is the trained model).
+    ``output_dir`` if one exists. Returns the trainer (its ``.model`` is the trained model). A
+    dataset with ``loss_weights`` (:func:`distillation_dataset`'s ``note_weight``) trains on the
+    weighted loss of :class:`~mrl_llm.train.trainers.DistillationSFTTrainer`.
 
     Raises:
         ValueError: ``cfg.packed_batches`` with a model whose attention takes no 4D mask.
@@ -320,9 +380,12 @@ def run_sft(
         )
     output_dir = Path(output_dir)
     args = sft_arguments(cfg, output_dir, use_cpu)
-    from mrl_llm.train.trainers import PackedSFTTrainer
+    from mrl_llm.train.trainers import DistillationSFTTrainer
 
-    cls = PackedSFTTrainer if cfg.packed_batches else SFTTrainer
+    weighted = "loss_weights" in dataset.column_names
+    if weighted:  # keep the column through TRL's dataset preparation (it is no model input)
+        args.remove_unused_columns = False
+    cls = DistillationSFTTrainer if cfg.packed_batches or weighted else SFTTrainer
     trainer = cls(
         model=model,
         args=args,
@@ -331,6 +394,8 @@ def run_sft(
         peft_config=peft_config,
         callbacks=list(callbacks),
     )
+    if weighted:  # TRL's collator drops the weights; ours pads them beside its batch
+        trainer.data_collator = LossWeightCollator(trainer.data_collator)
     if cfg.packed_batches:  # TRL's collator pads and sets the labels; ours re-lays its batch
         mask = "bool" if attention_implementation(model) == "sdpa" else "additive"
         trainer.data_collator = PackedBatchCollator(

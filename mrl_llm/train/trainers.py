@@ -3,8 +3,8 @@
 This module imports TRL when it is imported, so the rest of the project imports it only where a
 trainer is built (``mrl run`` of a classic recipe never pays TRL's import time).
 
-* :class:`PackedSFTTrainer`: ``trl.SFTTrainer`` over packed batches (the real-token count in TRL's
-  ``num_tokens`` metric).
+* :class:`DistillationSFTTrainer`: ``trl.SFTTrainer`` over packed batches (the real-token count in
+  TRL's ``num_tokens`` metric) and with per-token loss weights (``loss_weights``).
 * :class:`MRTGRPOTrainer`: ``trl.GRPOTrainer`` with MRT's advantages (Qu et al. 2025, arXiv
   2503.07572; :mod:`mrl_llm.train.mrt`). It overrides the private
   ``GRPOTrainer._generate_and_score_completions``: the dense progress reward needs the meta-prover
@@ -35,15 +35,53 @@ from mrl_llm.train.mrt import (
 )
 
 
-class PackedSFTTrainer(SFTTrainer):
-    """``trl.SFTTrainer`` that drops ``num_real_tokens`` from the inputs and counts it, rather than
-    the 4D mask's entries, in TRL's ``num_tokens`` metric (packed batches,
-    :class:`~mrl_llm.train.sft.PackedBatchCollator`)."""
+def weighted_token_nll(outputs, labels: torch.Tensor, weights: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Σ_t w_t · (−log p(y_t | y_<t)) over the labelled tokens, divided by their count (or by
+    ``num_items_in_batch``, the labelled tokens of the whole accumulated batch, as TRL's and
+    transformers' causal-LM loss): with every weight 1 it is TRL's ``nll`` loss.
+
+    Args:
+        outputs: the model's outputs with ``logits`` (B, T, V).
+        labels: (B, T) token ids, -100 where not trained (unshifted: position t predicts t + 1).
+        weights: (B, T) per-token weights, aligned with ``labels``.
+        num_items_in_batch: the normaliser (default: the labelled tokens of this batch).
+
+    Returns:
+        () the loss.
+    """
+    logits = outputs.logits[:, :-1].float()
+    target = labels[:, 1:].to(logits.device)
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(target)
+    w = weights[:, 1:].to(nll) * (target != -100)
+    count = (target != -100).sum() if num_items_in_batch is None else num_items_in_batch
+    return (w * nll).sum() / torch.as_tensor(count, device=nll.device).clamp(min=1)
+
+
+class DistillationSFTTrainer(SFTTrainer):
+    """``trl.SFTTrainer`` for the project's distillation batches.
+
+    * Packed batches (:class:`~mrl_llm.train.sft.PackedBatchCollator`): drops ``num_real_tokens``
+      from the inputs and counts it, rather than the 4D mask's entries, in TRL's ``num_tokens``.
+    * Per-token loss weights (``loss_weights`` (B, T), :class:`~mrl_llm.train.sft.LossWeightCollator`):
+      the loss is :func:`weighted_token_nll` through TRL's ``compute_loss_func`` path (TRL's
+      metrics, token accuracy and entropy, are unweighted, from its extra no-grad pass).
+    """
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         real = inputs.pop("num_real_tokens", None)
+        weights = inputs.pop("loss_weights", None)
         before = getattr(self, "_total_train_tokens", None)
-        out = super().compute_loss(model, inputs, *args, **kwargs)
+        own = self.compute_loss_func
+        if weights is not None:
+            self.compute_loss_func = lambda outputs, labels, num_items_in_batch=None: weighted_token_nll(
+                outputs, labels, weights, num_items_in_batch
+            )
+        try:
+            out = super().compute_loss(model, inputs, *args, **kwargs)
+        finally:
+            self.compute_loss_func = own
         if real is not None and before is not None and model.training:
             self._total_train_tokens = before + int(
                 self.accelerator.gather_for_metrics(real.to(self.accelerator.device).reshape(1)).sum()
