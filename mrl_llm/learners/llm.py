@@ -354,13 +354,14 @@ class LLMLearner(MetaLearner):
     @staticmethod
     def notes(config: LLMLearnerConfig, results: dict[str, TrialResult], extra: dict) -> list[str]:
         """Report lines on the LLM's agents."""
-        m = config.model
+        m, t = config.model, config.teacher
+        teacher = ", ".join(f"{k} = {getattr(t, k)}" for k in t.hyperparameters() if getattr(t, k) is not None)
         notes = [
             f"{config.display_name} = {'the tiny local LM (' + str(m.tiny) + ')' if m.is_tiny else m.name_or_path}; "
             f"sampled at temperature {config.sampling.temperature}; "
             f"{'chat template' if m.chat else 'plain-text'} rendering"
             f"{', a reflection after every episode (LaMer)' if config.reflection else ''}; "
-            f"SFT teacher: {config.teacher.display_name}."
+            f"SFT teacher: {t.display_name}{f' ({teacher})' if teacher else ''}."
         ]
         names = [n for n in config.stage_names() if n in results]
         reg = {k: float(v.final_regret.mean()) for k, v in results.items()}
