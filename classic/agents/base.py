@@ -56,6 +56,10 @@ class BaselineConfig:
     def display_name(self) -> str:
         return self.label or self.name
 
+    def settings(self) -> dict[str, Any]:
+        """The hyperparameters' values, by name."""
+        return {k: getattr(self, k) for k in self.hyperparameters()}
+
     def default_grid(self, dist: TaskDistribution) -> dict[str, list[Any]]:
         """The grid searched when ``grid`` is None (none by default)."""
         return {}
@@ -75,3 +79,8 @@ class BaselineConfig:
 def needs(what: str, name: str, dist: TaskDistribution) -> ValueError:
     """The error a baseline raises on a task distribution it does not apply to."""
     return ValueError(f"baseline {name!r} needs {what}, not {type(dist).__name__}")
+
+
+def settings_text(params: dict[str, Any]) -> str:
+    """``"alpha = 1.0, gamma = 0.9"`` (None values left out), or "" when there are none."""
+    return ", ".join(f"{k} = {v}" for k, v in params.items() if v is not None)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from classic import seeding
-from classic.agents.base import BaselineConfig
+from classic.agents.base import BaselineConfig, settings_text
 from classic.config import save_resolved, to_dict
 from classic.core import StageRun, TaskDistribution
 from classic.distributed import is_main_process
@@ -229,7 +229,7 @@ def run_baselines(
             batch_size=protocol.batch_size,
         )
         times[f"evaluate {name}"] = time.perf_counter() - t
-        chosen = {k: getattr(config, k) for k in config.hyperparameters()}
+        chosen = config.settings()
         params[name] = {"params": chosen, "grid": grid}
     return results, params
 
@@ -389,7 +389,7 @@ def write_compare_report(
         lines += ["## Baselines' settings", ""]
         for n, p in params.items():
             how = " (tuned on training tasks)" if n in tuned else ""
-            setting = ", ".join(f"{k} = {v}" for k, v in p["params"].items() if v is not None) or "no hyperparameters"
+            setting = settings_text(p["params"]) or "no hyperparameters"
             lines.append(f"- {n}: {setting}{how}")
         lines.append("")
     if notes:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from classic import seeding
+from classic.agents.base import settings_text
 from classic.config import to_dict
 from classic.core import MetaLearner, StageRun, TaskDistribution
 from classic.evaluate import TrialResult, run_trials
@@ -355,7 +356,7 @@ class LLMLearner(MetaLearner):
     def notes(config: LLMLearnerConfig, results: dict[str, TrialResult], extra: dict) -> list[str]:
         """Report lines on the LLM's agents."""
         m, t = config.model, config.teacher
-        teacher = ", ".join(f"{k} = {getattr(t, k)}" for k in t.hyperparameters() if getattr(t, k) is not None)
+        teacher = settings_text(t.settings())
         notes = [
             f"{config.display_name} = {'the tiny local LM (' + str(m.tiny) + ')' if m.is_tiny else m.name_or_path}; "
             f"sampled at temperature {config.sampling.temperature}; "
